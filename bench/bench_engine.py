@@ -1,0 +1,107 @@
+"""End-to-end prefill and decode speed of one engine on a random checkpoint, with peak memory.
+
+    python bench/bench_engine.py --model random:20b --backend numpy --prompt 64 --decode 8
+
+Decode speed is also given as achieved bytes/s against the floor of SPEC.md section 8
+(bytes a decode step must read), measured against this machine's own read bandwidth.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import FLOOR_BYTES_PER_TOKEN, memory, write_json  # noqa: E402
+
+
+def read_bandwidth(gb=2.0, repeats=5):
+    """This machine's read bandwidth (GB/s): every core sums its own slice of a large array."""
+    from concurrent.futures import ThreadPoolExecutor
+    n = os.cpu_count() or 1
+    a = np.ones(int(gb * 1e9 / 4), dtype=np.float32)
+    parts = np.array_split(a, n * 4)
+    rates = []
+    with ThreadPoolExecutor(n) as ex:
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            list(ex.map(lambda p: np.dot(p, p), parts))
+            rates.append(a.nbytes / (time.perf_counter() - t) / 1e9)
+    del a, parts
+    return statistics.median(rates[1:])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="random:20b")
+    p.add_argument("--backend", default="numpy")
+    p.add_argument("--prompt", type=int, default=64, help="prompt tokens for the prefill")
+    p.add_argument("--decode", type=int, default=8, help="decode steps to time")
+    p.add_argument("--repeats", type=int, default=1, help="prefill repeats (median)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+
+    import gptoss
+    from gptoss import Model
+    t0 = time.perf_counter()
+    model = Model.from_pretrained(a.model, backend=a.backend, progress=True)
+    if a.threads and model.backend != "numpy":
+        from gptoss import _C
+        _C.set_num_threads(a.threads)
+    load_s = time.perf_counter() - t0
+    preset = a.model.split(":")[1] if a.model.startswith("random:") else None
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, 199998, a.prompt).tolist()
+
+    # warm-up: one short prefill + decode touches (and, for numpy, converts) the dense weights
+    model.engine.reset()
+    model.engine.prefill(prompt[:4], all_logits=False)
+    model.engine.decode(1)
+    prefill_times = []
+    for _ in range(a.repeats):
+        model.engine.reset()
+        t = time.perf_counter()
+        logits = model.engine.prefill(prompt, all_logits=False)
+        prefill_times.append(time.perf_counter() - t)
+    tok = int(np.argmax(logits))
+    decode_times = []
+    for _ in range(a.decode):
+        t = time.perf_counter()
+        logits = model.engine.decode(tok)
+        decode_times.append(time.perf_counter() - t)
+        tok = int(np.argmax(logits))
+    pre = statistics.median(prefill_times)
+    dec = statistics.median(decode_times)
+    mem = memory()
+    bw = read_bandwidth()
+    res = {
+        "model": a.model, "backend": model.backend, "backend_note": model.backend_note,
+        "load_s": load_s, "prompt_tokens": a.prompt,
+        "prefill_s_median": pre, "prefill_tok_s": a.prompt / pre,
+        "decode_steps": a.decode, "decode_s_median": dec, "decode_tok_s": 1.0 / dec,
+        "decode_times": decode_times, "memory": mem, "machine_read_gb_s": bw,
+    }
+    if preset in FLOOR_BYTES_PER_TOKEN:
+        floor = FLOOR_BYTES_PER_TOKEN[preset]
+        res["floor_bytes_per_token"] = floor
+        res["floor_tok_s_this_machine"] = bw * 1e9 / floor
+        res["fraction_of_floor"] = (1.0 / dec) / res["floor_tok_s_this_machine"]
+    out = a.out or os.path.join(os.path.dirname(__file__), "results",
+                                f"engine_{model.backend}_{(preset or 'ckpt')}.json")
+    write_json(out, res)
+    print(f"{a.model} on {model.backend}: load {load_s:.1f} s, prefill {a.prompt} tokens "
+          f"{a.prompt / pre:.2f} tok/s, decode {1 / dec:.3f} tok/s (median of {a.decode})")
+    print(f"peak RSS {mem['peak_rss_gb']:.2f} GB (anon {mem.get('RssAnon', float('nan')):.2f} GB "
+          f"now, file-backed {mem.get('RssFile', float('nan')):.2f} GB now)")
+    if "fraction_of_floor" in res:
+        print(f"floor on this machine ({bw:.1f} GB/s read): "
+              f"{res['floor_tok_s_this_machine']:.2f} tok/s; achieved "
+              f"{100 * res['fraction_of_floor']:.1f}% of it")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

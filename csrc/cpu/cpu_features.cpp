@@ -1,0 +1,72 @@
+#include "cpu/cpu_features.h"
+
+#include <atomic>
+
+#include "gptoss/error.h"
+#if defined(GPTOSS_OPENMP)
+#include <omp.h>
+#endif
+
+namespace gptoss {
+namespace cpu {
+
+Isa detect_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl");
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+#else
+  const bool bf16 = false;
+#endif
+  if (bf16) return Isa::Avx512Bf16;
+  if (avx512) return Isa::Avx512;
+  if (avx2) return Isa::Avx2;
+#endif
+  return Isa::Plain;
+}
+
+static std::atomic<int> g_forced{-1};
+
+Isa active_isa() {
+  static const Isa best = detect_isa();
+  const int f = g_forced.load();
+  return f < 0 ? best : Isa(f);
+}
+
+void force_isa(Isa isa) {
+  GPTOSS_CHECK(int(isa) <= int(detect_isa()),
+               "this processor does not support the " << isa_name(isa) << " kernels (best: "
+                                                       << isa_name(detect_isa()) << ")");
+  g_forced.store(int(isa));
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Plain: return "plain";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx512Bf16: return "avx512bf16";
+  }
+  return "?";
+}
+
+int num_threads() {
+#if defined(GPTOSS_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+  GPTOSS_CHECK(n >= 1, "thread count must be at least 1, got " << n);
+#if defined(GPTOSS_OPENMP)
+  omp_set_num_threads(n);
+#endif
+}
+
+}  // namespace cpu
+}  // namespace gptoss

@@ -1,0 +1,95 @@
+"""Which engines this installation can run, and why the others cannot.
+
+numpy: always (the specification and the fallback). cpu: the C++ engine in the compiled extension
+`gptoss._C`. cuda: the same engine with the CUDA kernels, where the extension was compiled with
+CUDA and a GPU is present.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Tuple
+
+ORDER = ("cuda", "cpu", "numpy")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    available: bool
+    reason: str
+
+    def __str__(self):
+        return f"{self.name:6s} {'available' if self.available else 'unavailable'}: {self.reason}"
+
+
+def _native() -> Tuple[Optional[object], str]:
+    try:
+        from .. import _C  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, f"the compiled extension gptoss._C could not be imported ({e})"
+    return _C, ""
+
+
+def backends() -> List[BackendInfo]:
+    """Every backend, fastest first, each with whether it is available and why (not)."""
+    out = []
+    C, why = _native()
+    if C is None:
+        out.append(BackendInfo("cuda", False, why))
+        out.append(BackendInfo("cpu", False, why))
+    else:
+        info = C.build_info()
+        if not info["cuda_compiled"]:
+            out.append(BackendInfo("cuda", False, "gptoss._C was built without CUDA "
+                                   "(no nvcc at build time, or GPTOSS_CUDA=OFF)"))
+        else:
+            n, err = C.cuda_device_count()
+            if n <= 0:
+                out.append(BackendInfo("cuda", False, f"built with CUDA, but no GPU is usable "
+                                       f"here ({err or 'no devices'})"))
+            elif not hasattr(C, "CudaEngine"):
+                out.append(BackendInfo("cuda", False, f"{n} GPU(s) found, but this build has no "
+                                       "CUDA engine yet (CUDA kernels: "
+                                       f"{', '.join(info['cuda_kernels'])})"))
+            else:
+                out.append(BackendInfo("cuda", True, f"{n} GPU(s): {C.cuda_device_name(0)}"))
+        if hasattr(C, "CpuEngine"):
+            out.append(BackendInfo("cpu", True, f"C++ engine, SIMD: {info['simd']}, "
+                                   f"{info['threads']} threads"))
+        else:
+            out.append(BackendInfo("cpu", False, "gptoss._C is built, but has no CPU engine yet"))
+    out.append(BackendInfo("numpy", True, "pure NumPy float32 reference engine"))
+    return out
+
+
+def make_engine(weights, backend: str = "auto", max_context: Optional[int] = None):
+    """(engine, note) for `backend`; `auto` takes the fastest available and says why."""
+    infos = {b.name: b for b in backends()}
+    if backend != "auto":
+        if backend not in infos:
+            raise ValueError(f"backend={backend!r}: must be 'auto' or one of {', '.join(ORDER)}")
+        if not infos[backend].available:
+            raise RuntimeError(f"backend {backend!r} is not available: {infos[backend].reason}")
+        return _build(backend, weights, max_context), f"{backend} (asked for)"
+    skipped = []
+    for name in ORDER:
+        b = infos[name]
+        if not b.available:
+            skipped.append(f"{name}: {b.reason}")
+            continue
+        try:
+            eng = _build(name, weights, max_context)
+        except (ValueError, RuntimeError) as e:
+            skipped.append(f"{name}: {e}")
+            continue
+        note = name + (" (not " + "; not ".join(skipped) + ")" if skipped else "")
+        return eng, note
+    raise RuntimeError("no backend could run this model: " + "; ".join(skipped))
+
+
+def _build(name: str, weights, max_context):
+    if name == "numpy":
+        from .numpy import NumpyEngine
+        return NumpyEngine(weights, max_context=max_context)
+    from .native import NativeEngine
+    return NativeEngine(weights, device=name, max_context=max_context)

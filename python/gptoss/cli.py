@@ -1,0 +1,139 @@
+"""The `gptoss` command: info, generate, make-random-checkpoint."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000.0
+    return str(n)
+
+
+def cmd_info(args) -> int:
+    from . import __version__, backends
+    print(f"gptoss {__version__}")
+    print("backends:")
+    for b in backends():
+        print(f"  {b}")
+    if args.model:
+        from .checkpoint import Weights
+        from .testing import resolve_model_path
+        w = Weights(resolve_model_path(args.model, progress=True), layout=args.layout)
+        cfg = w.config
+        print(f"checkpoint: {w.directory}")
+        print(f"layout: {w.layout}" + (f"  ({w.note})" if w.note else ""))
+        print(f"config: {w.config_path}")
+        for f in w.files:
+            print(f"  {os.path.basename(f)}: {_human(os.path.getsize(f))}")
+        print(f"total on disk: {_human(w.nbytes())}")
+        for k, v in dataclasses.asdict(cfg).items():
+            if k == "layer_sliding":
+                v = "".join("S" if s else "F" for s in v) + "  (S = sliding window, F = full)"
+            print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .model import Model
+    t0 = time.perf_counter()
+    model = Model.from_pretrained(args.model, backend=args.backend, layout=args.layout,
+                                  progress=True)
+    if args.verbose:
+        print(f"[backend: {model.backend_note}; loaded in {time.perf_counter() - t0:.1f} s]",
+              file=sys.stderr)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    stops = None if args.stop_token is None else args.stop_token
+    gen = model.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop_tokens=stops)
+    t1 = time.perf_counter()
+    first = None
+    for tok in gen:
+        if first is None:
+            first = time.perf_counter()
+        sys.stdout.write(tok.text)
+        sys.stdout.flush()
+    t2 = time.perf_counter()
+    sys.stdout.write("\n")
+    if args.verbose:
+        n = len(gen.tokens)
+        rate = (n - 1) / (t2 - first) if n > 1 and first else float("nan")
+        print(f"[{len(gen.prompt_tokens)} prompt tokens, {n} generated, stop: {gen.stop_reason}; "
+              f"first token {((first or t2) - t1):.2f} s, {rate:.2f} tok/s after]", file=sys.stderr)
+    return 0
+
+
+def cmd_make_random(args) -> int:
+    from .testing import write_random_checkpoint
+    last = [-1]
+
+    def progress(done, total):
+        pct = int(100 * done / total)
+        if pct != last[0]:
+            last[0] = pct
+            sys.stderr.write(f"\r{pct:3d}% of {_human(total)}")
+            sys.stderr.flush()
+    write_random_checkpoint(args.path, preset=args.preset, layout=args.layout, seed=args.seed,
+                            max_shard_bytes=args.max_shard_bytes, progress=progress)
+    sys.stderr.write("\n")
+    print(args.path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gptoss", description="Run gpt-oss-20b/120b offline.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("info", help="backends, and a checkpoint's config, layout and sizes")
+    i.add_argument("model", nargs="?", help="checkpoint directory or random:PRESET")
+    i.add_argument("--layout", choices=["hf", "original"], default=None)
+    i.set_defaults(fn=cmd_info)
+
+    g = sub.add_parser("generate", help="stream a completion of a prompt")
+    g.add_argument("--model", "-m", required=True,
+                   help="checkpoint directory, or random:tiny / random:20b / random:120b "
+                        "(random weights: the text is meaningless)")
+    g.add_argument("prompt", nargs="?", help="the prompt (read from stdin if absent)")
+    g.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu", "numpy"])
+    g.add_argument("--layout", choices=["hf", "original"], default=None)
+    g.add_argument("--max-new-tokens", "-n", type=int, default=64)
+    g.add_argument("--temperature", "-t", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop-token", type=int, action="append",
+                   help="stop at this token id (repeatable; default <|endoftext|> and <|return|>)")
+    g.add_argument("--verbose", "-v", action="store_true", help="print backend and speed")
+    g.set_defaults(fn=cmd_generate)
+
+    r = sub.add_parser("make-random-checkpoint", help="write a random checkpoint (real layout)")
+    r.add_argument("path")
+    r.add_argument("--preset", default="tiny", choices=["tiny", "20b", "120b"])
+    r.add_argument("--layout", default="hf", choices=["hf", "original", "both"])
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--max-shard-bytes", type=int, default=None)
+    r.set_defaults(fn=cmd_make_random)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"gptoss: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

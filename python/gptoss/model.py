@@ -1,0 +1,150 @@
+"""`Model`: the one object a user touches. Loads a checkpoint, picks a backend, generates."""
+from __future__ import annotations
+
+import codecs
+import dataclasses
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .backends import make_engine
+from .checkpoint import Weights
+from .sampling import Sampler
+from .testing import resolve_model_path
+from .tokenizer import ENDOFTEXT, RETURN, get_tokenizer
+
+DEFAULT_STOP_TOKENS = (ENDOFTEXT, RETURN)
+
+
+@dataclasses.dataclass
+class GeneratedToken:
+    id: int
+    text: str           # the text this token completes (may be "" mid UTF-8 sequence)
+
+
+class Generation:
+    """A stream of `GeneratedToken`s. After it is exhausted: `tokens`, `text`, `stop_reason`.
+
+    stop_reason: "stop_token" (then `stop_token` holds which), "max_new_tokens" or
+    "context_limit".
+    """
+
+    def __init__(self, it: Iterator[GeneratedToken], prompt_tokens: List[int]):
+        self._it = it
+        self.prompt_tokens = prompt_tokens
+        self.tokens: List[int] = []
+        self.text = ""
+        self.stop_reason: Optional[str] = None
+        self.stop_token: Optional[int] = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> GeneratedToken:
+        tok = next(self._it)
+        self.tokens.append(tok.id)
+        self.text += tok.text
+        return tok
+
+    def run(self) -> "Generation":
+        """Consume the stream and return self."""
+        for _ in self:
+            pass
+        return self
+
+
+class Model:
+    def __init__(self, weights: Weights, engine, backend_note: str):
+        self.weights = weights
+        self.config = weights.config
+        self.engine = engine
+        self.backend = engine.name
+        self.backend_note = backend_note
+        self.tokenizer = get_tokenizer()
+
+    @classmethod
+    def from_pretrained(cls, path: str, backend: str = "auto", layout: Optional[str] = None,
+                        max_context: Optional[int] = None, progress: bool = False) -> "Model":
+        """Open a checkpoint directory (either layout) or `random:PRESET`.
+
+        backend: "auto" (fastest available), "cuda", "cpu" or "numpy".
+        """
+        weights = Weights(resolve_model_path(path, progress=progress), layout=layout)
+        engine, note = make_engine(weights, backend, max_context=max_context)
+        return cls(weights, engine, note)
+
+    @property
+    def max_context(self) -> int:
+        return self.engine.max_context
+
+    # ------------------------------------------------------------------------- forward
+    def _as_tokens(self, prompt: Union[str, Sequence[int]]) -> List[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, allowed_special="all")
+        toks = [int(t) for t in prompt]
+        V = self.config.vocab_size
+        for t in toks:
+            if not 0 <= t < V:
+                raise ValueError(f"token id {t} is out of range [0, {V})")
+        return toks
+
+    def forward(self, tokens: Union[str, Sequence[int]]) -> np.ndarray:
+        """Logits [len(tokens), vocab] float32 of a fresh sequence (the cache is reset)."""
+        toks = self._as_tokens(tokens)
+        if not toks:
+            raise ValueError("tokens is empty")
+        self.engine.reset()
+        out = self.engine.prefill(toks, all_logits=True)
+        self.engine.reset()
+        return np.asarray(out, dtype=np.float32)
+
+    # ------------------------------------------------------------------------- generate
+    def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 256,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 seed: Optional[int] = None,
+                 stop_tokens: Optional[Iterable[int]] = None) -> Generation:
+        """Stream tokens after `prompt` (text, special tokens allowed, or token ids).
+
+        Greedy at temperature 0; reproducible for a given seed. Stops at any of `stop_tokens`
+        (default <|endoftext|> and <|return|>; the stop token is not yielded), after
+        `max_new_tokens`, or at the context limit.
+        """
+        toks = self._as_tokens(prompt)
+        if not toks:
+            raise ValueError("prompt is empty")
+        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
+        if len(toks) >= self.max_context:
+            raise ValueError(f"prompt of {len(toks)} tokens leaves no room in the context of "
+                             f"{self.max_context} tokens")
+        sampler = Sampler(temperature, top_p, top_k, seed)
+        stops = set(DEFAULT_STOP_TOKENS if stop_tokens is None else (int(t) for t in stop_tokens))
+        gen = Generation(iter(()), toks)
+        gen._it = self._stream(toks, max_new_tokens, sampler, stops, gen)
+        return gen
+
+    def _stream(self, toks, max_new_tokens, sampler, stops, gen) -> Iterator[GeneratedToken]:
+        eng = self.engine
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        eng.reset()
+        if max_new_tokens == 0:
+            gen.stop_reason = "max_new_tokens"
+            return
+        logits = eng.prefill(toks, all_logits=False)
+        for i in range(max_new_tokens):
+            nxt = sampler(logits)
+            if nxt in stops:
+                gen.stop_reason, gen.stop_token = "stop_token", nxt
+                return
+            text = dec.decode(self.tokenizer.decode_single_token_bytes(nxt))
+            yield GeneratedToken(nxt, text)
+            if i + 1 == max_new_tokens:
+                break
+            if eng.position >= self.max_context:
+                gen.stop_reason = "context_limit"
+                return
+            logits = eng.decode(nxt)
+        gen.stop_reason = "max_new_tokens"
+        tail = dec.decode(b"", final=True)
+        if tail:
+            gen.text += tail

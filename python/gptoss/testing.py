@@ -1,0 +1,246 @@
+"""Random checkpoints at any size, in either layout, written as a stream with bounded memory.
+
+Values are drawn per role, layer and chunk from seeded generators, so the same seed gives the
+same weights whatever the layout or sharding (the two layouts of one seed give identical logits).
+Magnitudes keep activations in a realistic range: unit-RMS embeddings, projections scaled by
+1/sqrt(fan_in), MXFP4 scales chosen so the decoded experts have RMS about 1/sqrt(fan_in), and
+router weights that spread tokens over all experts. The text such a model writes is meaningless.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .checkpoint import GLOBAL_ROLES, LAYER_ROLES, MXFP4_ROLES, expected_shapes, tensor_name
+from .config import Config, write_config
+from .safetensors_io import SafetensorsWriter, f32_to_bf16
+
+PRESETS: Dict[str, Dict] = {
+    # A few layers and small widths: fast in tests, every structural feature present
+    # (sliding and full layers, GQA with 8 query heads per kv head, 32 experts, real vocab).
+    "tiny": dict(num_layers=4, hidden_size=128, num_heads=16, num_kv_heads=2, head_dim=64,
+                 num_experts=32, experts_per_token=4, intermediate_size=96),
+    "20b": dict(num_layers=24, hidden_size=2880, num_heads=64, num_kv_heads=8, head_dim=64,
+                num_experts=32, experts_per_token=4, intermediate_size=2880),
+    "120b": dict(num_layers=36, hidden_size=2880, num_heads=64, num_kv_heads=8, head_dim=64,
+                 num_experts=128, experts_per_token=4, intermediate_size=2880),
+}
+
+# Mean square of the 16 E2M1 values when every code is equally likely.
+_E2M1_RMS = math.sqrt(np.mean(np.array([0, .5, 1, 1.5, 2, 3, 4, 6]) ** 2))
+_ROLE_IDS = {r: i for i, r in enumerate(GLOBAL_ROLES + LAYER_ROLES)}
+CHUNK_ELEMS = 1 << 23
+
+
+def preset_config(preset: str = "tiny", **overrides) -> Config:
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}: must be one of {sorted(PRESETS)}")
+    return Config(**{**PRESETS[preset], **overrides})
+
+
+def _rng(seed: int, role: str, layer: Optional[int], chunk: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _ROLE_IDS[role], 0 if layer is None else layer + 1, chunk])
+
+
+def _dense_spec(cfg: Config, role: str) -> Tuple[str, float, float]:
+    """(kind, a, b): 'normal' with mean a, std b; or 'uniform' on [a, b]."""
+    H = cfg.hidden_size
+    if role in ("attn_norm", "mlp_norm", "final_norm"):
+        return "uniform", 0.75, 1.25
+    return {
+        "embedding": ("normal", 0.0, 1.0),
+        "unembedding": ("normal", 0.0, 1.0 / math.sqrt(H)),
+        "q_w": ("normal", 0.0, 1.0 / math.sqrt(H)),
+        "k_w": ("normal", 0.0, 1.0 / math.sqrt(H)),
+        "v_w": ("normal", 0.0, 1.0 / math.sqrt(H)),
+        "q_b": ("normal", 0.0, 0.2), "k_b": ("normal", 0.0, 0.2), "v_b": ("normal", 0.0, 0.2),
+        "sinks": ("normal", 0.0, 1.0),
+        "out_w": ("normal", 0.0, 1.0 / math.sqrt(cfg.q_width)),
+        "out_b": ("normal", 0.0, 0.05),
+        "router_w": ("normal", 0.0, 2.0 / math.sqrt(H)),
+        "router_b": ("normal", 0.0, 0.1),
+        "w1_bias": ("normal", 0.0, 0.2),
+        "w2_bias": ("normal", 0.0, 0.05),
+    }[role]
+
+
+def _produce(cfg: Config, seed: int, role: str, layer: Optional[int]) -> Iterator[np.ndarray]:
+    """The stored bits of one role, in row-major order, in bounded chunks."""
+    shape = expected_shapes(cfg)[role]
+    if role in MXFP4_ROLES:
+        E = shape[0]
+        for e in range(E):
+            rng = _rng(seed, role, layer, e)
+            n = int(np.prod(shape[1:]))
+            if role.endswith("blocks"):
+                yield np.frombuffer(rng.bytes(n), dtype=np.uint8)
+            else:
+                fan_in = cfg.hidden_size if role.startswith("w1") else cfg.intermediate_size
+                e2 = round(math.log2(1.0 / (_E2M1_RMS * math.sqrt(fan_in))))
+                yield (127 + e2 - rng.integers(0, 2, size=n)).astype(np.uint8)
+        return
+    kind, a, b = _dense_spec(cfg, role)
+    rows = shape[0]
+    cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    step = max(1, CHUNK_ELEMS // cols)
+    for ci, r0 in enumerate(range(0, rows, step)):
+        n = (min(rows, r0 + step) - r0) * cols
+        rng = _rng(seed, role, layer, ci)
+        if kind == "normal":
+            x = rng.standard_normal(n, dtype=np.float32)
+            x *= np.float32(b)
+            x += np.float32(a)
+        else:
+            x = rng.uniform(a, b, size=n).astype(np.float32)
+        yield f32_to_bf16(x)
+
+
+def _entries(cfg: Config, layout: str) -> List[Tuple[str, str, Tuple[int, ...], List]]:
+    """(name, dtype, shape, [(role, layer), ...]) for every tensor of the layout, in file order."""
+    shapes = expected_shapes(cfg)
+    out = []
+
+    def add(role, layer):
+        if layout == "original" and role[0] in "qkv" and role[1:] in ("_w", "_b"):
+            if role[0] != "q":
+                return
+            kind = role[1:]
+            shape = (cfg.qkv_width,) + shapes[role][1:]
+            out.append((tensor_name(role, layer, layout), "BF16", shape,
+                        [("q" + kind, layer), ("k" + kind, layer), ("v" + kind, layer)]))
+            return
+        dtype = "U8" if role in MXFP4_ROLES else "BF16"
+        out.append((tensor_name(role, layer, layout), dtype, shapes[role], [(role, layer)]))
+
+    add("embedding", None)
+    for l in range(cfg.num_layers):
+        for role in LAYER_ROLES:
+            add(role, l)
+    add("final_norm", None)
+    add("unembedding", None)
+    return out
+
+
+def _nbytes(shape, dtype) -> int:
+    return int(np.prod(shape)) * (1 if dtype == "U8" else 2)
+
+
+def write_random_checkpoint(path: str, preset: str = "tiny", layout: str = "hf", seed: int = 0,
+                            max_shard_bytes: Optional[int] = None,
+                            config: Optional[Config] = None,
+                            progress: Optional[Callable[[int, int], None]] = None,
+                            **overrides) -> str:
+    """Write a random checkpoint to `path` (a directory) and return `path`.
+
+    layout: "hf" (config.json + model.safetensors, or shards with an index when the weights
+    exceed `max_shard_bytes`), "original" (config.json + model.safetensors as in original/), or
+    "both" (HF at the root and the original layout in original/, as the published repos are).
+    """
+    if layout not in ("hf", "original", "both"):
+        raise ValueError(f"layout={layout!r}: must be 'hf', 'original' or 'both'")
+    cfg = config or preset_config(preset, **overrides)
+    if layout == "both":
+        write_random_checkpoint(path, layout="hf", seed=seed, max_shard_bytes=max_shard_bytes,
+                                config=cfg, progress=progress)
+        write_random_checkpoint(os.path.join(path, "original"), layout="original", seed=seed,
+                                config=cfg, progress=progress)
+        return path
+    os.makedirs(path, exist_ok=True)
+    entries = _entries(cfg, layout)
+    total = sum(_nbytes(s, d) for _, d, s, _ in entries)
+    if max_shard_bytes is None:
+        max_shard_bytes = 4 << 30
+    shards: List[List] = [[]]
+    size = 0
+    for ent in entries:
+        nb = _nbytes(ent[2], ent[1])
+        if layout == "hf" and shards[-1] and size + nb > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(ent)
+        size += nb
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    done = 0
+    for fname, shard in zip(names, shards):
+        w = SafetensorsWriter(os.path.join(path, fname), [(n, d, s) for n, d, s, _ in shard],
+                              metadata={"format": "pt", "generator": f"gptoss.testing seed={seed}"})
+        for name, dtype, shape, parts in shard:
+            def chunks():
+                nonlocal done
+                for role, layer in parts:
+                    for c in _produce(cfg, seed, role, layer):
+                        done += c.nbytes
+                        if progress is not None:
+                            progress(done, total)
+                        yield c
+            w.write(name, chunks())
+        w.close()
+    if len(shards) > 1:
+        weight_map = {n: fname for fname, shard in zip(names, shards) for n, _, _, _ in shard}
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    write_config(cfg, os.path.join(path, "config.json"), layout)
+    return path
+
+
+def cache_dir() -> str:
+    base = os.environ.get("GPTOSS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "gptoss")
+    return base
+
+
+def random_checkpoint(preset: str, layout: str = "hf", seed: int = 0,
+                      directory: Optional[str] = None, progress: bool = False) -> str:
+    """A random checkpoint for `random:PRESET`, written once into the cache and reused.
+
+    The cache directory is $GPTOSS_CACHE (default ~/.cache/gptoss); a finished checkpoint carries
+    a marker file, so an interrupted write is redone rather than used.
+    """
+    cfg = preset_config(preset)
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), layout, seed, 1],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(directory or cache_dir(), f"random-{preset}-{layout}-seed{seed}-{key}")
+    marker = os.path.join(path, ".gptoss-complete")
+    if os.path.exists(marker):
+        return path
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    cb = None
+    if progress:
+        last = [-1]
+
+        def cb(done, total):
+            pct = int(100 * done / total)
+            if pct != last[0]:
+                last[0] = pct
+                sys.stderr.write(f"\rwriting random:{preset} checkpoint to {path}: {pct:3d}%")
+                if done >= total:
+                    sys.stderr.write("\n")
+                sys.stderr.flush()
+    write_random_checkpoint(path, preset=preset, layout=layout, seed=seed, config=cfg, progress=cb)
+    with open(marker, "w") as f:
+        f.write("ok\n")
+    return path
+
+
+def resolve_model_path(name: str, progress: bool = False) -> str:
+    """`random:PRESET[:LAYOUT]` -> a cached random checkpoint; anything else is a path."""
+    if name.startswith("random:"):
+        parts = name.split(":")
+        preset = parts[1]
+        layout = parts[2] if len(parts) > 2 else "hf"
+        if preset not in PRESETS:
+            raise ValueError(f"model {name!r}: unknown preset {preset!r} "
+                             f"(choose from {', '.join(sorted(PRESETS))})")
+        return random_checkpoint(preset, layout=layout, progress=progress)
+    return name
