@@ -1,15 +1,93 @@
-// CPU kernels (layer 1): raw pointers and sizes in, no allocation policy, no Python.
-// Shapes are given next to each pointer; all matrices are row-major.
+// CPU kernels (layer 1): raw pointers and sizes in, no allocation, no Python. Each kernel family
+// has a plain C++ version (the reference, used everywhere) and SIMD versions chosen at run time
+// (cpu_features.h); cpu::force_isa() pins one for tests. Shapes are given next to each pointer;
+// all matrices are row-major.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
+#include "cpu/cpu_features.h"
+
 namespace gptoss {
 namespace cpu {
 
+// ------------------------------------------------------------------------------------ MXFP4
 // MXFP4 -> float32. blocks [rows, nb, 16] u8, scales [rows, nb] u8 -> out [rows, nb * 32].
 void f32_mf4_dequant(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t nb,
                      float* out);
+
+// Activations quantized for the MXFP4 integer dot product, in two int8 levels per 32-block:
+// x ~= step * (254 * q1 + q2), step = max|x| / 127 / 254, so the error is below
+// max|x| / 64516 per element (about 2^-16 relative: float32-class for this use). Values are
+// stored de-interleaved the way MXFP4 bytes hold them (even values, then odd values, 16 each per
+// block), with per-lane correction sums for the unsigned-weight trick, padded to whole groups of
+// 4 blocks (64 bytes).
+struct Q8Act {
+  int nb = 0;        // 32-blocks per row (K / 32)
+  int nbp = 0;       // nb rounded up to a multiple of 4
+  int8_t* e1 = nullptr;   // [m, nbp * 16] level-1 codes of the even values
+  int8_t* o1 = nullptr;   // [m, nbp * 16] level-1 codes of the odd values
+  int8_t* e2 = nullptr;   // [m, nbp * 16] level 2, even
+  int8_t* o2 = nullptr;   // [m, nbp * 16] level 2, odd
+  int32_t* c1 = nullptr;  // [m, nbp * 4] -12 * (sum of the 8 level-1 codes of each 32-bit lane)
+  int32_t* c2 = nullptr;  // [m, nbp * 4] the same for level 2
+  float* step = nullptr;  // [m, nbp * 4] step / 2 of each block, repeated for its 4 lanes
+  static size_t bytes(int m, int K);             // workspace needed for m rows of K values
+  static Q8Act carve(void* workspace, int m, int K);
+};
+
+// Quantize m rows of x [m, K] (K % 32 == 0) into q.
+void q8_quantize(const float* x, int m, int K, const Q8Act& q);
+
+// out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]) for the MXFP4 matrix W given by
+// blocks [R, nb, 16] and scales [R, nb], for rows r in [r0, r1) and the m quantized rows of q.
+// out has row stride ldo. Single-threaded: callers split rows over threads.
+void mf4w_q8_gemm_rows(const uint8_t* blocks, const uint8_t* scales, int r0, int r1,
+                       const Q8Act& q, int m, const float* bias, float* out, int ldo);
+
+// ------------------------------------------------------------------------------------ bf16
+// out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]), W bf16 [R, K] with row stride ldw elements,
+// x [m, K] f32, rows r in [r0, r1). Single-threaded; callers split rows over threads.
+void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x, int m, int K,
+                     const float* bias, float* out, int ldo);
+
+// ------------------------------------------------------------------------------------ small ops
+// out [n, H] = x * rsqrt(mean(x^2) + eps) * w
+void rmsnorm(const float* x, const float* w, int n, int H, float eps, float* out);
+// In place YaRN RoPE (half-split) on x [n, heads, d] with row stride ld (floats) per token;
+// cos/sin [n, d/2] already scaled by the concentration.
+void rope(float* x, int n, int heads, int d, int ld, const float* cos, const float* sin);
+// Router: logits [n, E] -> the k largest (ties: lower index) and the softmax over those k.
+void topk_softmax(const float* logits, int n, int E, int k, int32_t* experts, float* weights);
+// u [m, 2I] (gate on even, linear on odd columns) -> a [m, I], the clamped SwiGLU.
+void swiglu(const float* u, int m, int I, float alpha, float limit, float* a);
+
+// Attention of n queries against a cache, with sinks, GQA and an optional window.
+// q [n, Hq, d] (row stride ldq floats), keys/values are found through `kv_at(pos)`:
+// K and V rows [Hkv, d] for absolute position pos. Query t sits at absolute position qpos[t] and
+// sees positions max(0, qpos - window + 1) .. qpos (window <= 0: all). sinks [Hq]. out [n, Hq, d].
+struct KVView {
+  // paged cache: page p holds positions [p * page, (p+1) * page), ring layers use slot pos % ring
+  float* const* k_pages = nullptr;
+  float* const* v_pages = nullptr;
+  int page = 0;     // positions per page (paged layers)
+  int ring = 0;     // > 0: a ring of this many slots in page 0 (sliding layers)
+  int row = 0;      // floats per position (Hkv * d)
+  const float* k(int pos) const {
+    return ring ? k_pages[0] + size_t(pos % ring) * row
+                : k_pages[pos / page] + size_t(pos % page) * row;
+  }
+  const float* v(int pos) const {
+    return ring ? v_pages[0] + size_t(pos % ring) * row
+                : v_pages[pos / page] + size_t(pos % page) * row;
+  }
+};
+void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView& kv, int Hq,
+               int Hkv, int d, int window, const float* sinks, float* out, float* scratch);
+size_t attention_scratch_floats(int max_keys, int Hq);
+
+// Measured read bandwidth of this machine in GB/s (all threads stream a buffer of `bytes`).
+double read_bandwidth_gbs(size_t bytes, int repeats);
 
 }  // namespace cpu
 }  // namespace gptoss

@@ -1,8 +1,29 @@
-// MXFP4 decode on the CPU: a 256-entry table maps each byte to its two values (low nibble first),
-// then the block's E8M0 scale multiplies all 32. Exact in float32. Rows are split over threads.
-#include "cpu/kernels.h"
+// MXFP4 on the CPU.
+//
+// Decode (dequant): a 256-entry table maps each byte to its two values, times the E8M0 scale.
+//
+// The expert matmul works straight from the 4-bit codes with integer dot products. A code c
+// becomes the unsigned byte u = 2*value(c) + 12 (0..24, exact), activations are quantized per
+// 32-block into two int8 levels (Q8Act), and the products sum as
+//   sum(value * x) = (sum(u * q) - 12 * sum(q)) / 2, per level,
+// where the -12 * sum(q) correction is precomputed per 32-bit lane (Q8Act::c1/c2) and seeds the
+// accumulator. The AVX-512 VNNI version does this with vpdpbusd: one 64-byte load covers 4 blocks
+// (128 values), two vpshufb turn the low and high nibbles into bytes, and each int32 lane
+// accumulates 8 products of one block; the block's E8M0 scale is applied as a float multiply per
+// lane group. The plain version does the same integer arithmetic in scalar code, so the two agree
+// up to float32 summation order. Work maps to threads by rows (callers split [r0, r1)); several
+// activation rows (prefill) share each decoded weight vector.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 
 #include "common/numeric.h"
+#include "cpu/kernels.h"
+#include "gptoss/error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace gptoss {
 namespace cpu {
@@ -21,6 +42,9 @@ const BytePairs& byte_pairs() {
   static const BytePairs t;
   return t;
 }
+// code -> 2 * value + 12: 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0
+alignas(64) const uint8_t kU8Lut[16] = {12, 13, 14, 15, 16, 18, 20, 24,
+                                        12, 11, 10, 9, 8, 6, 4, 0};
 }  // namespace
 
 void f32_mf4_dequant(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t nb,
@@ -37,6 +61,203 @@ void f32_mf4_dequant(const uint8_t* blocks, const uint8_t* scales, size_t rows, 
       o[2 * j + 1] = t.v[b[j]][1] * s;
     }
   }
+}
+
+// ------------------------------------------------------------------------------------ Q8Act
+size_t Q8Act::bytes(int m, int K) {
+  const size_t nbp = size_t((K / 32 + 3) / 4 * 4);
+  return size_t(m) * nbp * (16 * 4 + 4 * 4 * 3) + 64;
+}
+
+Q8Act Q8Act::carve(void* ws, int m, int K) {
+  Q8Act q;
+  q.nb = K / 32;
+  q.nbp = (q.nb + 3) / 4 * 4;
+  const size_t nbp = size_t(q.nbp);
+  uint8_t* p = static_cast<uint8_t*>(ws);
+  p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+  auto take = [&](size_t bytes) {
+    uint8_t* r = p;
+    p += bytes;
+    return r;
+  };
+  q.c1 = reinterpret_cast<int32_t*>(take(size_t(m) * nbp * 16));
+  q.c2 = reinterpret_cast<int32_t*>(take(size_t(m) * nbp * 16));
+  q.step = reinterpret_cast<float*>(take(size_t(m) * nbp * 16));
+  q.e1 = reinterpret_cast<int8_t*>(take(size_t(m) * nbp * 16));
+  q.o1 = reinterpret_cast<int8_t*>(take(size_t(m) * nbp * 16));
+  q.e2 = reinterpret_cast<int8_t*>(take(size_t(m) * nbp * 16));
+  q.o2 = reinterpret_cast<int8_t*>(take(size_t(m) * nbp * 16));
+  return q;
+}
+
+void q8_quantize(const float* x, int m, int K, const Q8Act& q) {
+  GPTOSS_CHECK(K % 32 == 0 && K / 32 == q.nb, "q8_quantize: K = " << K << " does not match "
+                                                                   << q.nb << " blocks");
+  const int nbp = q.nbp;
+  for (int t = 0; t < m; ++t) {
+    const float* xr = x + size_t(t) * K;
+    int8_t* e1 = q.e1 + size_t(t) * nbp * 16;
+    int8_t* o1 = q.o1 + size_t(t) * nbp * 16;
+    int8_t* e2 = q.e2 + size_t(t) * nbp * 16;
+    int8_t* o2 = q.o2 + size_t(t) * nbp * 16;
+    int32_t* c1 = q.c1 + size_t(t) * nbp * 4;
+    int32_t* c2 = q.c2 + size_t(t) * nbp * 4;
+    float* st = q.step + size_t(t) * nbp * 4;
+    for (int b = 0; b < nbp; ++b) {
+      if (b >= q.nb) {  // padding: contributes nothing
+        std::memset(e1 + b * 16, 0, 16);
+        std::memset(o1 + b * 16, 0, 16);
+        std::memset(e2 + b * 16, 0, 16);
+        std::memset(o2 + b * 16, 0, 16);
+        for (int g = 0; g < 4; ++g) c1[b * 4 + g] = c2[b * 4 + g] = 0, st[b * 4 + g] = 0.f;
+        continue;
+      }
+      const float* xb = xr + b * 32;
+      float amax = 0.f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float d = amax / 127.0f;
+      const float inv1 = amax > 0 ? 127.0f / amax : 0.f;
+      const float inv2 = amax > 0 ? 254.0f * 127.0f / amax : 0.f;
+      int8_t l1[32], l2[32];
+      for (int i = 0; i < 32; ++i) {
+        float a = std::nearbyint(xb[i] * inv1);
+        a = std::min(127.f, std::max(-127.f, a));
+        float r = xb[i] - a * d;
+        float c = std::nearbyint(r * inv2);
+        c = std::min(127.f, std::max(-127.f, c));
+        l1[i] = int8_t(a);
+        l2[i] = int8_t(c);
+      }
+      for (int j = 0; j < 16; ++j) {
+        e1[b * 16 + j] = l1[2 * j];
+        o1[b * 16 + j] = l1[2 * j + 1];
+        e2[b * 16 + j] = l2[2 * j];
+        o2[b * 16 + j] = l2[2 * j + 1];
+      }
+      for (int g = 0; g < 4; ++g) {
+        int s1 = 0, s2 = 0;
+        for (int j = 4 * g; j < 4 * g + 4; ++j) {
+          s1 += l1[2 * j] + l1[2 * j + 1];
+          s2 += l2[2 * j] + l2[2 * j + 1];
+        }
+        c1[b * 4 + g] = -12 * s1;
+        c2[b * 4 + g] = -12 * s2;
+        st[b * 4 + g] = d / 254.0f * 0.5f;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ plain
+static void mf4w_q8_gemm_rows_plain(const uint8_t* blocks, const uint8_t* scales, int r0, int r1,
+                                    const Q8Act& q, int m, const float* bias, float* out,
+                                    int ldo) {
+  const int nb = q.nb, nbp = q.nbp;
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* wr = blocks + size_t(r) * nb * 16;
+    const uint8_t* sr = scales + size_t(r) * nb;
+    for (int t = 0; t < m; ++t) {
+      const int8_t* e1 = q.e1 + size_t(t) * nbp * 16;
+      const int8_t* o1 = q.o1 + size_t(t) * nbp * 16;
+      const int8_t* e2 = q.e2 + size_t(t) * nbp * 16;
+      const int8_t* o2 = q.o2 + size_t(t) * nbp * 16;
+      const int32_t* c1 = q.c1 + size_t(t) * nbp * 4;
+      const int32_t* c2 = q.c2 + size_t(t) * nbp * 4;
+      const float* st = q.step + size_t(t) * nbp * 4;
+      float acc = 0.f;
+      for (int b = 0; b < nb; ++b) {
+        const float ws = e8m0_to_f32(sr[b]);
+        float fb = 0.f;
+        for (int g = 0; g < 4; ++g) {
+          int32_t a1 = c1[b * 4 + g], a2 = c2[b * 4 + g];
+          for (int j = 4 * g; j < 4 * g + 4; ++j) {
+            const uint8_t byte = wr[b * 16 + j];
+            const int32_t lo = kU8Lut[byte & 15], hi = kU8Lut[byte >> 4];
+            a1 += lo * e1[b * 16 + j] + hi * o1[b * 16 + j];
+            a2 += lo * e2[b * 16 + j] + hi * o2[b * 16 + j];
+          }
+          fb += (float(a1) * 254.0f + float(a2)) * st[b * 4 + g];
+        }
+        acc += fb * ws;
+      }
+      out[size_t(t) * ldo + r] = acc + (bias ? bias[r] : 0.f);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ AVX-512
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+GPTOSS_AVX512 static inline __m512 expand_scales4(const uint8_t* s, int count) {
+  // 4 E8M0 bytes -> 16 float lanes, each block's 2^(s-127) repeated for its 4 lanes
+  uint32_t w = 0;
+  std::memcpy(&w, s, size_t(count));
+  const __m128i bytes = _mm_shuffle_epi8(
+      _mm_cvtsi32_si128(int(w)), _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 23));
+}
+
+template <int TB>
+GPTOSS_AVX512 static void mf4w_rows_avx512_tb(const uint8_t* blocks, const uint8_t* scales,
+                                               int r0, int r1, const Q8Act& q, int t0,
+                                               const float* bias, float* out, int ldo) {
+  const int nb = q.nb, nbp = q.nbp;
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8Lut)));
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const size_t xs = size_t(nbp) * 16, cs = size_t(nbp) * 4;
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* wr = blocks + size_t(r) * nb * 16;
+    const uint8_t* sr = scales + size_t(r) * nb;
+    __m512 acc[TB];
+    for (int t = 0; t < TB; ++t) acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += 4) {
+      const int nblk = std::min(4, nb - b);
+      const __m512i w = nblk == 4 ? _mm512_loadu_si512(wr + b * 16)
+                                  : _mm512_maskz_loadu_epi8((__mmask64)((1ull << (16 * nblk)) - 1),
+                                                            wr + b * 16);
+      const __m512i wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
+      const __m512i wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+      const __m512 ws = expand_scales4(sr + b, nblk);
+      for (int t = 0; t < TB; ++t) {
+        const size_t tt = size_t(t0 + t);
+        __m512i a1 = _mm512_load_si512(q.c1 + tt * cs + b * 4);
+        __m512i a2 = _mm512_load_si512(q.c2 + tt * cs + b * 4);
+        a1 = _mm512_dpbusd_epi32(a1, wl, _mm512_load_si512(q.e1 + tt * xs + b * 16));
+        a1 = _mm512_dpbusd_epi32(a1, wh, _mm512_load_si512(q.o1 + tt * xs + b * 16));
+        a2 = _mm512_dpbusd_epi32(a2, wl, _mm512_load_si512(q.e2 + tt * xs + b * 16));
+        a2 = _mm512_dpbusd_epi32(a2, wh, _mm512_load_si512(q.o2 + tt * xs + b * 16));
+        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(254.0f),
+                                         _mm512_cvtepi32_ps(a2));
+        const __m512 sc = _mm512_mul_ps(ws, _mm512_load_ps(q.step + tt * cs + b * 4));
+        acc[t] = _mm512_fmadd_ps(f, sc, acc[t]);
+      }
+    }
+    const float bb = bias ? bias[r] : 0.f;
+    for (int t = 0; t < TB; ++t) out[size_t(t0 + t) * ldo + r] = _mm512_reduce_add_ps(acc[t]) + bb;
+  }
+}
+
+GPTOSS_AVX512 static void mf4w_q8_gemm_rows_avx512(const uint8_t* blocks, const uint8_t* scales,
+                                                   int r0, int r1, const Q8Act& q, int m,
+                                                   const float* bias, float* out, int ldo) {
+  int t = 0;
+  for (; t + 4 <= m; t += 4) mf4w_rows_avx512_tb<4>(blocks, scales, r0, r1, q, t, bias, out, ldo);
+  for (; t + 2 <= m; t += 2) mf4w_rows_avx512_tb<2>(blocks, scales, r0, r1, q, t, bias, out, ldo);
+  for (; t < m; ++t) mf4w_rows_avx512_tb<1>(blocks, scales, r0, r1, q, t, bias, out, ldo);
+}
+#endif
+
+void mf4w_q8_gemm_rows(const uint8_t* blocks, const uint8_t* scales, int r0, int r1,
+                       const Q8Act& q, int m, const float* bias, float* out, int ldo) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (active_isa() >= Isa::Avx512) {
+    mf4w_q8_gemm_rows_avx512(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    return;
+  }
+#endif
+  mf4w_q8_gemm_rows_plain(blocks, scales, r0, r1, q, m, bias, out, ldo);
 }
 
 }  // namespace cpu

@@ -4,12 +4,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "cpu/cpu_features.h"
 #include "cpu/kernels.h"
+#include "engine/engine.h"
 #include "gptoss/error.h"
+#include "gptoss/gptoss.h"
 #if defined(GPTOSS_WITH_CUDA)
 #include "cuda/kernels.h"
 #endif
@@ -59,11 +63,178 @@ py::array_t<float> mxfp4_dequantize(const py::array& blocks_in, const py::array&
   return out;
 }
 
+
+template <typename T>
+carray<T> need_array(const py::array& a, const char* name, std::vector<py::ssize_t> shape) {
+  // shape entries of -1 match any size
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::value_error(std::string(name) + " must be " + py::str(py::dtype::of<T>()).cast<std::string>() +
+                          ", got " + py::str(a.dtype()).cast<std::string>());
+  auto c = carray<T>::ensure(a);
+  bool ok = c.ndim() == py::ssize_t(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || c.shape(i) == shape[i];
+  if (!ok) {
+    std::string want = "[";
+    for (size_t i = 0; i < shape.size(); ++i)
+      want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
+    throw py::value_error(std::string(name) + " must have shape " + want + "], got " + shape_str(c));
+  }
+  return c;
+}
+
+carray<float> f32(const py::array& a, const char* name, std::vector<py::ssize_t> shape) {
+  return need_array<float>(py::array(a.attr("astype")("float32", py::arg("copy") = false)), name,
+                           std::move(shape));
+}
+
+Tensor tensor_of(const py::array& a, DType dt, const char* name) {
+  Tensor t;
+  t.data = static_cast<const uint8_t*>(a.data());
+  t.dtype = dt;
+  t.name = name;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) t.shape.push_back(a.shape(i));
+  t.row_stride_bytes = a.ndim() ? size_t(a.strides(0)) : 0;
+  return t;
+}
+
+py::array_t<float> op_bf16_linear(const py::array& x_in, const py::array& w_in,
+                                  const py::object& bias_in) {
+  auto w = need_array<uint16_t>(w_in, "w (bf16 bits as uint16)", {-1, -1});
+  const py::ssize_t R = w.shape(0), K = w.shape(1);
+  auto x = f32(x_in, "x", {-1, K});
+  carray<float> bias;
+  if (!bias_in.is_none()) bias = f32(bias_in.cast<py::array>(), "bias", {R});
+  const int m = int(x.shape(0));
+  py::array_t<float> out({py::ssize_t(m), R});
+  auto be = make_cpu_backend();
+  Tensor W = tensor_of(w, DType::BF16, "w");
+  const float* b = bias_in.is_none() ? nullptr : bias.data();
+  const float* xp = x.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    be->linear(xp, m, W, b, o, int(R));
+  }
+  return out;
+}
+
+py::array_t<float> op_mxfp4_linear(const py::array& x_in, const py::array& blocks_in,
+                                   const py::array& scales_in, const py::object& bias_in) {
+  auto blocks = need_array<uint8_t>(blocks_in, "blocks", {-1, -1, 16});
+  const py::ssize_t R = blocks.shape(0), nb = blocks.shape(1);
+  auto scales = need_array<uint8_t>(scales_in, "scales", {R, nb});
+  auto x = f32(x_in, "x", {-1, nb * 32});
+  carray<float> bias;
+  if (!bias_in.is_none()) bias = f32(bias_in.cast<py::array>(), "bias", {R});
+  const int m = int(x.shape(0)), K = int(nb * 32);
+  py::array_t<float> out({py::ssize_t(m), R});
+  const float* b = bias_in.is_none() ? nullptr : bias.data();
+  const uint8_t* bp = blocks.data();
+  const uint8_t* sp = scales.data();
+  const float* xp = x.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    std::vector<uint8_t> ws(cpu::Q8Act::bytes(m, K));
+    cpu::Q8Act q = cpu::Q8Act::carve(ws.data(), m, K);
+    cpu::q8_quantize(xp, m, K, q);
+    const int band = 32, bands = int((R + band - 1) / band);
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < bands; ++i)
+      cpu::mf4w_q8_gemm_rows(bp, sp, i * band, std::min(int(R), (i + 1) * band), q, m, b, o,
+                             int(R));
+  }
+  return out;
+}
+
+py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
+                          const py::array& weights_in, const py::array& w1b_in,
+                          const py::array& w1s_in, const py::array& w1bias_in,
+                          const py::array& w2b_in, const py::array& w2s_in,
+                          const py::array& w2bias_in, float alpha, float limit) {
+  auto w1b = need_array<uint8_t>(w1b_in, "w1_blocks", {-1, -1, -1, 16});
+  const py::ssize_t E = w1b.shape(0), I2 = w1b.shape(1), H = w1b.shape(2) * 32, I = I2 / 2;
+  need(I2 % 2 == 0 && I % 32 == 0, "w1_blocks rows must be 2I with I a multiple of 32");
+  auto w1s = need_array<uint8_t>(w1s_in, "w1_scales", {E, I2, H / 32});
+  auto w1bias = f32(w1bias_in, "w1_bias", {E, I2});
+  auto w2b = need_array<uint8_t>(w2b_in, "w2_blocks", {E, H, I / 32, 16});
+  auto w2s = need_array<uint8_t>(w2s_in, "w2_scales", {E, H, I / 32});
+  auto w2bias = f32(w2bias_in, "w2_bias", {E, H});
+  auto t = f32(t_in, "t", {-1, H});
+  const py::ssize_t n = t.shape(0);
+  auto experts = need_array<int32_t>(py::array(experts_in.attr("astype")("int32")), "experts",
+                                     {n, -1});
+  const py::ssize_t k = experts.shape(1);
+  auto weights = f32(weights_in, "weights", {n, k});
+  for (py::ssize_t i = 0; i < n * k; ++i)
+    need(experts.data()[i] >= 0 && experts.data()[i] < E,
+         "experts holds id " + std::to_string(experts.data()[i]) + " outside [0, " +
+             std::to_string(E) + ")");
+  LayerTensors L;
+  L.w1_blocks = tensor_of(w1b, DType::U8, "w1_blocks");
+  L.w1_scales = tensor_of(w1s, DType::U8, "w1_scales");
+  L.w2_blocks = tensor_of(w2b, DType::U8, "w2_blocks");
+  L.w2_scales = tensor_of(w2s, DType::U8, "w2_scales");
+  py::array_t<float> out({n, H});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    auto be = make_cpu_backend();
+    be->moe(L, w1bias.data(), w2bias.data(), t.data(), int(n), int(H), int(I), int(k),
+            experts.data(), weights.data(), alpha, limit, o);
+  }
+  return out;
+}
+
+py::array_t<float> op_attention(const py::array& q_in, const py::array& k_in,
+                                const py::array& v_in, const py::array& qpos_in,
+                                const py::array& sinks_in, int window) {
+  auto q = f32(q_in, "q", {-1, -1, -1});
+  const py::ssize_t n = q.shape(0), Hq = q.shape(1), d = q.shape(2);
+  auto k = f32(k_in, "k", {-1, -1, d});
+  const py::ssize_t S = k.shape(0), Hkv = k.shape(1);
+  auto v = f32(v_in, "v", {S, Hkv, d});
+  auto qpos = need_array<int32_t>(py::array(qpos_in.attr("astype")("int32")), "qpos", {n});
+  auto sinks = f32(sinks_in, "sinks", {Hq});
+  need(Hkv > 0 && Hq % Hkv == 0 && Hq / Hkv <= 64,
+       "q heads must be a multiple (at most 64x) of kv heads");
+  for (py::ssize_t i = 0; i < n; ++i)
+    need(qpos.data()[i] >= 0 && qpos.data()[i] < S,
+         "qpos[" + std::to_string(i) + "] = " + std::to_string(qpos.data()[i]) +
+             " must index a key in [0, " + std::to_string(S) + ")");
+  py::array_t<float> out({n, Hq, d});
+  float* kp = const_cast<float*>(k.data());
+  float* vp = const_cast<float*>(v.data());
+  cpu::KVView kv;
+  kv.k_pages = &kp;
+  kv.v_pages = &vp;
+  kv.page = int(std::max<py::ssize_t>(S, 1));
+  kv.row = int(Hkv * d);
+  const float* qp = q.data();
+  const int32_t* pp = qpos.data();
+  const float* sp = sinks.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    cpu::attention(qp, int(n), int(Hq * d), pp, kv, int(Hq), int(Hkv), int(d), window, sp, o,
+                   nullptr);
+  }
+  return out;
+}
+
+cpu::Isa isa_from(const std::string& s) {
+  for (cpu::Isa i : {cpu::Isa::Plain, cpu::Isa::Avx2, cpu::Isa::Avx512, cpu::Isa::Avx512Bf16})
+    if (s == cpu::isa_name(i)) return i;
+  throw py::value_error("unknown SIMD level '" + s + "' (plain, avx2, avx512, avx512bf16)");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gptoss native engine and kernels";
-  py::register_exception<Error>(m, "NativeError", PyExc_RuntimeError);
+  // Errors from the engine are mostly bad input (a checkpoint, a token id, the context), so they
+  // derive from ValueError like the Python layer's CheckpointError; the message holds file:line.
+  py::register_exception<Error>(m, "NativeError", PyExc_ValueError);
 
   m.def("build_info", [] {
     py::dict d;
@@ -91,10 +262,119 @@ PYBIND11_MODULE(_C, m) {
 #if defined(GPTOSS_WITH_CUDA)
   m.def("cuda_device_name", &cuda::device_name, py::arg("device") = 0);
 #endif
+
+  m.def("force_simd", [](const std::string& s) { cpu::force_isa(isa_from(s)); }, py::arg("level"),
+        "pin the CPU kernels to one SIMD level (plain, avx2, avx512, avx512bf16) for tests");
+  m.def("simd_levels", [] {
+    std::vector<std::string> out;
+    for (int i = 0; i <= int(cpu::detect_isa()); ++i) out.push_back(cpu::isa_name(cpu::Isa(i)));
+    return out;
+  });
+  m.def("read_bandwidth", [](double gb, int repeats) {
+    py::gil_scoped_release nogil;
+    return cpu::read_bandwidth_gbs(size_t(gb * 1e9), repeats);
+  }, py::arg("gb") = 2.0, py::arg("repeats") = 5, "this machine's read bandwidth in GB/s");
+
+  py::class_<Model>(m, "CpuEngine", "the C++ engine on the CPU backend")
+      .def(py::init([](const std::string& path, const std::string& layout, int max_context,
+                       int threads) {
+             Options o;
+             o.layout = layout;
+             o.max_context = max_context;
+             o.num_threads = threads;
+             py::gil_scoped_release nogil;
+             return new Model(path, o);
+           }),
+           py::arg("path"), py::arg("layout") = "", py::arg("max_context") = 0,
+           py::arg("threads") = 0)
+      .def_property_readonly("position", &Model::position)
+      .def_property_readonly("max_context", &Model::max_context)
+      .def_property_readonly("layout", &Model::layout)
+      .def_property_readonly("vocab_size", [](const Model& m) { return m.config().vocab_size; })
+      .def("reset", &Model::reset)
+      .def("prefill",
+           [](Model& m, const py::array& tokens_in, bool all_logits) {
+             auto tokens = carray<int32_t>::ensure(tokens_in.attr("astype")("int32"));
+             need(tokens.ndim() == 1, "tokens must be a 1-D sequence of ids");
+             const size_t n = size_t(tokens.size());
+             need(n > 0, "tokens is empty");
+             const py::ssize_t V = m.config().vocab_size;
+             py::array_t<float> out = all_logits ? py::array_t<float>({py::ssize_t(n), V})
+                                                 : py::array_t<float>({V});
+             const int32_t* tp = tokens.data();
+             float* o = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               m.prefill(tp, n, o, all_logits);
+             }
+             return out;
+           },
+           py::arg("tokens"), py::arg("all_logits") = true)
+      .def("decode", [](Model& m, int32_t token) {
+        py::array_t<float> out({py::ssize_t(m.config().vocab_size)});
+        float* o = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          m.decode(token, o);
+        }
+        return out;
+      }, py::arg("token"));
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &cpu::num_threads);
 
   py::module_ ops = m.def_submodule("ops", "single kernels, NumPy arrays in and out");
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");
+  ops.def("bf16_linear", &op_bf16_linear, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
+          "x [m, K] float32, w [R, K] bf16 bits (uint16), bias [R] or None -> [m, R] = x @ w.T + bias");
+  ops.def("mxfp4_linear", &op_mxfp4_linear, py::arg("x"), py::arg("blocks"), py::arg("scales"),
+          py::arg("bias") = py::none(),
+          "x [m, K] float32, blocks [R, K/32, 16] u8, scales [R, K/32] u8 -> [m, R]; activations are "
+          "quantized to two int8 levels per 32-block (error below max|x|/64516)");
+  ops.def("moe", &op_moe, py::arg("t"), py::arg("experts"), py::arg("weights"),
+          py::arg("w1_blocks"), py::arg("w1_scales"), py::arg("w1_bias"), py::arg("w2_blocks"),
+          py::arg("w2_scales"), py::arg("w2_bias"), py::arg("alpha") = 1.702f,
+          py::arg("limit") = 7.0f,
+          "t [n, H], experts [n, k] int, weights [n, k], W1 [E, 2I, H/32, 16] + [E, 2I, H/32] + "
+          "bias [E, 2I], W2 [E, H, I/32, 16] + [E, H, I/32] + bias [E, H] -> [n, H]: the grouped "
+          "MXFP4 experts with the clamped SwiGLU and the weighted sum");
+  ops.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("qpos"),
+          py::arg("sinks"), py::arg("window") = 0,
+          "q [n, Hq, d], k/v [S, Hkv, d] (key j at position j), qpos [n], sinks [Hq], window "
+          "(0: full causal) -> [n, Hq, d]");
+  ops.def("rmsnorm", [](const py::array& x_in, const py::array& w_in, float eps) {
+    auto x = f32(x_in, "x", {-1, -1});
+    auto w = f32(w_in, "w", {x.shape(1)});
+    py::array_t<float> out({x.shape(0), x.shape(1)});
+    cpu::rmsnorm(x.data(), w.data(), int(x.shape(0)), int(x.shape(1)), eps, out.mutable_data());
+    return out;
+  }, py::arg("x"), py::arg("w"), py::arg("eps") = 1e-5f, "x [n, H], w [H] -> [n, H]");
+  ops.def("rope", [](const py::array& x_in, const py::array& cos_in, const py::array& sin_in) {
+    auto x = f32(x_in, "x", {-1, -1, -1});
+    const py::ssize_t n = x.shape(0), h = x.shape(1), d = x.shape(2);
+    auto c = f32(cos_in, "cos", {n, d / 2});
+    auto s = f32(sin_in, "sin", {n, d / 2});
+    py::array_t<float> out({n, h, d});
+    std::memcpy(out.mutable_data(), x.data(), sizeof(float) * size_t(n * h * d));
+    cpu::rope(out.mutable_data(), int(n), int(h), int(d), int(h * d), c.data(), s.data());
+    return out;
+  }, py::arg("x"), py::arg("cos"), py::arg("sin"), "x [n, heads, d], cos/sin [n, d/2] -> rotated");
+  ops.def("topk_softmax", [](const py::array& g_in, int k) {
+    auto g = f32(g_in, "logits", {-1, -1});
+    const py::ssize_t n = g.shape(0), E = g.shape(1);
+    need(k >= 1 && k <= E && k <= 16, "k must be in [1, min(E, 16)]");
+    py::array_t<int32_t> ex({n, py::ssize_t(k)});
+    py::array_t<float> w({n, py::ssize_t(k)});
+    cpu::topk_softmax(g.data(), int(n), int(E), k, ex.mutable_data(), w.mutable_data());
+    return py::make_tuple(ex, w);
+  }, py::arg("logits"), py::arg("k") = 4, "logits [n, E] -> (experts [n, k], weights [n, k])");
+  ops.def("swiglu", [](const py::array& u_in, float alpha, float limit) {
+    auto u = f32(u_in, "u", {-1, -1});
+    need(u.shape(1) % 2 == 0, "u must have an even number of columns");
+    py::array_t<float> out({u.shape(0), u.shape(1) / 2});
+    cpu::swiglu(u.data(), int(u.shape(0)), int(u.shape(1) / 2), alpha, limit, out.mutable_data());
+    return out;
+  }, py::arg("u"), py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f,
+     "u [m, 2I] (gate even, linear odd columns) -> [m, I]");
+
 }

@@ -53,11 +53,8 @@ def backends() -> List[BackendInfo]:
                                        f"{', '.join(info['cuda_kernels'])})"))
             else:
                 out.append(BackendInfo("cuda", True, f"{n} GPU(s): {C.cuda_device_name(0)}"))
-        if hasattr(C, "CpuEngine"):
-            out.append(BackendInfo("cpu", True, f"C++ engine, SIMD: {info['simd']}, "
-                                   f"{info['threads']} threads"))
-        else:
-            out.append(BackendInfo("cpu", False, "gptoss._C is built, but has no CPU engine yet"))
+        out.append(BackendInfo("cpu", True, f"C++ engine, SIMD: {info['simd']}, "
+                               f"{info['threads']} threads"))
     out.append(BackendInfo("numpy", True, "pure NumPy float32 reference engine"))
     return out
 

@@ -1,0 +1,200 @@
+// The CPU backend: the engine's kernels on host memory, threads over rows with OpenMP.
+// Weights are used in place in the mapped checkpoint (zero copy); the only per-step buffers are
+// the workspaces below, grown when a longer chunk arrives and then reused, so the decode path
+// does not allocate.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "common/numeric.h"
+#include "cpu/kernels.h"
+#include "engine/backend.h"
+#include "engine/engine.h"
+
+namespace gptoss {
+
+namespace {
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+cpu::Q8Act q8_rows_from(const cpu::Q8Act& q, int off) {
+  cpu::Q8Act r = q;
+  const size_t xs = size_t(q.nbp) * 16 * size_t(off), cs = size_t(q.nbp) * 4 * size_t(off);
+  r.e1 += xs;
+  r.o1 += xs;
+  r.e2 += xs;
+  r.o2 += xs;
+  r.c1 += cs;
+  r.c2 += cs;
+  r.step += cs;
+  return r;
+}
+
+// Rows are handed to threads in bands of this many.
+constexpr int kBand = 32;
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  void* alloc(size_t bytes) override {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    GPTOSS_CHECK(p != nullptr, "out of memory allocating " << bytes << " bytes");
+    std::memset(p, 0, bytes);
+    return p;
+  }
+  void release(void* p) override { std::free(p); }
+  void from_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void bind(const Checkpoint&) override {}
+
+  void embed(const Tensor& emb, const int32_t* tokens, int n, float* x) override {
+    const int H = int(emb.shape[1]);
+    for (int i = 0; i < n; ++i) {
+      const uint16_t* row = reinterpret_cast<const uint16_t*>(emb.data) + size_t(tokens[i]) * H;
+      for (int j = 0; j < H; ++j) x[size_t(i) * H + j] = bf16_to_f32(row[j]);
+    }
+  }
+
+  void rmsnorm(const float* x, int n, int H, const float* w, float eps, float* out) override {
+    cpu::rmsnorm(x, w, n, H, eps, out);
+  }
+
+  void linear(const float* x, int n, const Tensor& W, const float* bias, float* out,
+              int ldo) override {
+    const int R = int(W.shape[0]), K = int(W.shape[1]);
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(W.data);
+    const size_t ldw = W.row_stride_bytes / 2;
+    const int bands = (R + kBand - 1) / kBand;
+#pragma omp parallel for schedule(static) if (size_t(R) * K > 65536)
+    for (int b = 0; b < bands; ++b)
+      cpu::bf16w_gemm_rows(w, ldw, b * kBand, std::min(R, (b + 1) * kBand), x, n, K, bias, out,
+                           ldo);
+  }
+
+  void rope(float* x, int n, int heads, int d, int ld, const float* cos,
+            const float* sin) override {
+    cpu::rope(x, n, heads, d, ld, cos, sin);
+  }
+
+  void copy_rows(float* dst, int dst_ld, const float* src, int src_ld, int rows,
+                 int width) override {
+    for (int i = 0; i < rows; ++i)
+      std::memcpy(dst + size_t(i) * dst_ld, src + size_t(i) * src_ld, sizeof(float) * width);
+  }
+
+  void attention(const float* q, int n, int ldq, const int32_t* qpos, const cpu::KVView& kv,
+                 int Hq, int Hkv, int d, int window, const float* sinks, float* out) override {
+    cpu::attention(q, n, ldq, qpos, kv, Hq, Hkv, d, window, sinks, out, nullptr);
+  }
+
+  void add(float* x, const float* y, size_t count) override {
+    for (size_t i = 0; i < count; ++i) x[i] += y[i];
+  }
+
+  void route(const float* logits, int n, int E, int k, int32_t* experts, float* weights) override {
+    cpu::topk_softmax(logits, n, E, k, experts, weights);
+  }
+
+  void moe(const LayerTensors& L, const float* w1_bias, const float* w2_bias, const float* t,
+           int n, int H, int I, int k, const int32_t* experts, const float* weights, float alpha,
+           float limit, float* out) override {
+    const int E = int(L.w1_blocks.shape[0]);
+    const int A = n * k;  // (token, slot) assignments
+    // group assignments by expert: order[] lists assignment ids expert by expert
+    grow(count_, size_t(E) + 1);
+    std::fill(count_.begin(), count_.begin() + E + 1, 0);
+    for (int a = 0; a < A; ++a) {
+      const int e = experts[a];
+      GPTOSS_CHECK(e >= 0 && e < E, "moe: expert id " << e << " out of range [0, " << E << ")");
+      ++count_[size_t(e) + 1];
+    }
+    for (int e = 0; e < E; ++e) count_[size_t(e) + 1] += count_[size_t(e)];
+    grow(order_, size_t(A));
+    grow(fill_, size_t(E));
+    std::copy(count_.begin(), count_.begin() + E, fill_.begin());
+    for (int a = 0; a < A; ++a) order_[size_t(fill_[size_t(experts[a])]++)] = a;
+
+    // gather the token rows in expert order and quantize them
+    grow(tg_, size_t(A) * H);
+    for (int i = 0; i < A; ++i)
+      std::memcpy(&tg_[size_t(i) * H], t + size_t(order_[size_t(i)] / k) * H, sizeof(float) * H);
+    grow(qws1_, cpu::Q8Act::bytes(A, H));
+    const cpu::Q8Act qt = cpu::Q8Act::carve(qws1_.data(), A, H);
+    quantize(tg_.data(), A, H, qt);
+
+    // work items: (expert, band of rows) for the first projection
+    const uint8_t* w1b = L.w1_blocks.data;
+    const uint8_t* w1s = L.w1_scales.data;
+    const uint8_t* w2b = L.w2_blocks.data;
+    const uint8_t* w2s = L.w2_scales.data;
+    const size_t w1_eb = size_t(2 * I) * (H / 32) * 16, w1_es = size_t(2 * I) * (H / 32);
+    const size_t w2_eb = size_t(H) * (I / 32) * 16, w2_es = size_t(H) * (I / 32);
+    grow(u_, size_t(A) * 2 * I);
+    run_items(E, 2 * I, [&](int e, int r0, int r1) {
+      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
+      cpu::mf4w_q8_gemm_rows(w1b + size_t(e) * w1_eb, w1s + size_t(e) * w1_es, r0, r1,
+                             q8_rows_from(qt, off), m, w1_bias + size_t(e) * 2 * I,
+                             &u_[size_t(off) * 2 * I], 2 * I);
+    });
+    grow(a_, size_t(A) * I);
+    cpu::swiglu(u_.data(), A, I, alpha, limit, a_.data());
+    grow(qws2_, cpu::Q8Act::bytes(A, I));
+    const cpu::Q8Act qa = cpu::Q8Act::carve(qws2_.data(), A, I);
+    quantize(a_.data(), A, I, qa);
+    grow(y_, size_t(A) * H);
+    run_items(E, H, [&](int e, int r0, int r1) {
+      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
+      cpu::mf4w_q8_gemm_rows(w2b + size_t(e) * w2_eb, w2s + size_t(e) * w2_es, r0, r1,
+                             q8_rows_from(qa, off), m, w2_bias + size_t(e) * H,
+                             &y_[size_t(off) * H], H);
+    });
+    // weighted scatter-add back to token order
+    std::memset(out, 0, sizeof(float) * size_t(n) * H);
+    for (int i = 0; i < A; ++i) {
+      const int a = order_[size_t(i)];
+      const float w = weights[a];
+      float* o = out + size_t(a / k) * H;
+      const float* y = &y_[size_t(i) * H];
+      for (int j = 0; j < H; ++j) o[j] += w * y[j];
+    }
+  }
+
+ private:
+  template <typename F>
+  void run_items(int E, int rows, F&& f) {
+    items_.clear();
+    for (int e = 0; e < E; ++e) {
+      if (count_[size_t(e) + 1] == count_[size_t(e)]) continue;
+      for (int r = 0; r < rows; r += kBand) items_.push_back({e, r, std::min(rows, r + kBand)});
+    }
+    const long long ni = (long long)items_.size();
+#pragma omp parallel for schedule(static)
+    for (long long i = 0; i < ni; ++i) f(items_[size_t(i)].e, items_[size_t(i)].r0, items_[size_t(i)].r1);
+  }
+
+  void quantize(const float* x, int m, int K, const cpu::Q8Act& q) {
+#pragma omp parallel for schedule(static) if (m > 8)
+    for (int i = 0; i < m; ++i) {
+      cpu::Q8Act qi = q8_rows_from(q, i);
+      cpu::q8_quantize(x + size_t(i) * K, 1, K, qi);
+    }
+  }
+
+  struct Item {
+    int e, r0, r1;
+  };
+  std::vector<int> count_, fill_, order_;
+  std::vector<Item> items_;
+  std::vector<float> tg_, u_, a_, y_;
+  std::vector<uint8_t> qws1_, qws2_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::unique_ptr<Backend>(new CpuBackend()); }
+
+}  // namespace gptoss

@@ -1,0 +1,121 @@
+// bf16-weight matrix products on the CPU: out[t, r] = W[r, :] . x[t, :] + bias[r].
+//
+// Weights stay bf16 in the mapped file; each 16 (AVX-512) or 8 (AVX2) of them widen to float32 by
+// a 16-bit shift and feed FMAs against float32 activations, so results match a float32 reference
+// up to summation order. Work maps to threads by rows (callers split [r0, r1)). For several
+// activation rows (prefill) each weight vector is loaded once and used for up to 4 rows held in
+// registers; decode (m = 1) is a pure streaming GEMV bound by memory bandwidth.
+#include <algorithm>
+#include <cstring>
+
+#include "common/numeric.h"
+#include "cpu/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace gptoss {
+namespace cpu {
+
+static void bf16w_gemm_rows_plain(const uint16_t* W, size_t ldw, int r0, int r1, const float* x,
+                                  int m, int K, const float* bias, float* out, int ldo) {
+  for (int r = r0; r < r1; ++r) {
+    const uint16_t* w = W + size_t(r) * ldw;
+    for (int t = 0; t < m; ++t) {
+      const float* xt = x + size_t(t) * K;
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int k = 0;
+      for (; k + 8 <= K; k += 8)
+        for (int j = 0; j < 8; ++j) acc[j] += bf16_to_f32(w[k + j]) * xt[k + j];
+      float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      for (; k < K; ++k) s += bf16_to_f32(w[k]) * xt[k];
+      out[size_t(t) * ldo + r] = s + (bias ? bias[r] : 0.f);
+    }
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define GPTOSS_AVX2 __attribute__((target("avx2,fma")))
+
+template <int TB>
+GPTOSS_AVX512 static void bf16w_rows_avx512_tb(const uint16_t* W, size_t ldw, int r0, int r1,
+                                               const float* x, int t0, int K, const float* bias,
+                                               float* out, int ldo) {
+  for (int r = r0; r < r1; ++r) {
+    const uint16_t* w = W + size_t(r) * ldw;
+    __m512 acc[TB];
+    for (int t = 0; t < TB; ++t) acc[t] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k))), 16));
+      for (int t = 0; t < TB; ++t)
+        acc[t] = _mm512_fmadd_ps(wf, _mm512_loadu_ps(x + size_t(t0 + t) * K + k), acc[t]);
+    }
+    if (k < K) {
+      const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, w + k)), 16));
+      for (int t = 0; t < TB; ++t)
+        acc[t] = _mm512_fmadd_ps(wf, _mm512_maskz_loadu_ps(mk, x + size_t(t0 + t) * K + k), acc[t]);
+    }
+    const float bb = bias ? bias[r] : 0.f;
+    for (int t = 0; t < TB; ++t) out[size_t(t0 + t) * ldo + r] = _mm512_reduce_add_ps(acc[t]) + bb;
+  }
+}
+
+GPTOSS_AVX512 static void bf16w_gemm_rows_avx512(const uint16_t* W, size_t ldw, int r0, int r1,
+                                                 const float* x, int m, int K, const float* bias,
+                                                 float* out, int ldo) {
+  int t = 0;
+  for (; t + 4 <= m; t += 4) bf16w_rows_avx512_tb<4>(W, ldw, r0, r1, x, t, K, bias, out, ldo);
+  for (; t < m; ++t) bf16w_rows_avx512_tb<1>(W, ldw, r0, r1, x, t, K, bias, out, ldo);
+}
+
+GPTOSS_AVX2 static inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int r0, int r1,
+                                             const float* x, int m, int K, const float* bias,
+                                             float* out, int ldo) {
+  for (int r = r0; r < r1; ++r) {
+    const uint16_t* w = W + size_t(r) * ldw;
+    for (int t = 0; t < m; ++t) {
+      const float* xt = x + size_t(t) * K;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int k = 0;
+      for (; k + 16 <= K; k += 16) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+        const __m256 w0 = _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16));
+        const __m256 w1 = _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16));
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt + k), a0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt + k + 8), a1);
+      }
+      float s = hsum256(_mm256_add_ps(a0, a1));
+      for (; k < K; ++k) s += bf16_to_f32(w[k]) * xt[k];
+      out[size_t(t) * ldo + r] = s + (bias ? bias[r] : 0.f);
+    }
+  }
+}
+#endif
+
+void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x, int m, int K,
+                     const float* bias, float* out, int ldo) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const Isa isa = active_isa();
+  if (isa >= Isa::Avx512) return bf16w_gemm_rows_avx512(W, ldw, r0, r1, x, m, K, bias, out, ldo);
+  if (isa >= Isa::Avx2) return bf16w_gemm_rows_avx2(W, ldw, r0, r1, x, m, K, bias, out, ldo);
+#endif
+  bf16w_gemm_rows_plain(W, ldw, r0, r1, x, m, K, bias, out, ldo);
+}
+
+}  // namespace cpu
+}  // namespace gptoss

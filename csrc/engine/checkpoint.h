@@ -1,0 +1,52 @@
+// A checkpoint directory of either layout (SPEC.md section 4), memory-mapped, every tensor checked
+// against the config, seen through role names that do not depend on the layout.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gptoss/gptoss.h"
+
+namespace gptoss {
+
+enum class DType { BF16, F16, F32, U8, Other };
+const char* dtype_name(DType d);
+
+struct Tensor {
+  const uint8_t* data = nullptr;  // into the mapping; read-only
+  DType dtype = DType::Other;
+  std::vector<int64_t> shape;
+  std::string name, file;
+  size_t row_stride_bytes = 0;    // bytes from one row (first index) to the next
+};
+
+struct LayerTensors {
+  Tensor attn_norm, q_w, k_w, v_w, q_b, k_b, v_b, sinks, out_w, out_b;
+  Tensor mlp_norm, router_w, router_b;
+  Tensor w1_blocks, w1_scales, w1_bias, w2_blocks, w2_scales, w2_bias;
+};
+
+class MappedFile;
+
+class Checkpoint {
+ public:
+  Checkpoint(const std::string& path, const std::string& layout);
+  ~Checkpoint();
+
+  Config config;
+  std::string layout;      // "hf" or "original"
+  std::string directory;   // where the tensors are
+  std::string note;
+  Tensor embedding, final_norm, unembedding;
+  std::vector<LayerTensors> layers;
+
+ private:
+  struct Index;
+  std::vector<std::unique_ptr<MappedFile>> files_;
+};
+
+// bf16/f16/f32 tensor -> float32 vector (for the small tensors: norms, biases, sinks).
+std::vector<float> to_f32(const Tensor& t);
+
+}  // namespace gptoss

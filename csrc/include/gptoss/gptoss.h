@@ -1,0 +1,112 @@
+// gptoss: the public C++ API. Load a gpt-oss checkpoint (either layout), run prefill/decode,
+// sample. Token ids in, logits and token ids out; no tokenizer and no Python here, so a C++
+// program links the engine (find_package(gptoss) -> gptoss::gptoss) without an interpreter.
+//
+//   gptoss::Model model("/models/gpt-oss-20b");
+//   std::vector<float> logits(model.config().vocab_size);
+//   model.prefill(prompt.data(), prompt.size(), logits.data());
+//   gptoss::Sampler sampler({/*temperature=*/0.0f});
+//   int32_t next = sampler.sample(logits.data(), logits.size());
+//   model.decode(next, logits.data());
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gptoss/error.h"
+
+namespace gptoss {
+
+// The model's shape and constants (SPEC.md section 1), read from config.json.
+struct Config {
+  int num_layers = 24;
+  int hidden_size = 2880;
+  int num_heads = 64;
+  int num_kv_heads = 8;
+  int head_dim = 64;
+  int num_experts = 32;
+  int experts_per_token = 4;
+  int intermediate_size = 2880;
+  int vocab_size = 201088;
+  int sliding_window = 128;
+  std::vector<bool> layer_sliding;  // per layer; default: even layers slide
+  double rope_theta = 150000.0;
+  double rope_factor = 32.0;
+  double rope_beta_fast = 32.0;
+  double rope_beta_slow = 1.0;
+  int rope_original_context = 4096;
+  bool rope_truncate = false;
+  float swiglu_limit = 7.0f;
+  float swiglu_alpha = 1.702f;
+  float rms_norm_eps = 1e-5f;
+  int max_context = 131072;
+
+  int q_width() const { return num_heads * head_dim; }
+  int kv_width() const { return num_kv_heads * head_dim; }
+  // Parses either the Hugging Face or the original/ config.json; throws Error naming the key.
+  static Config from_json_file(const std::string& path);
+  void validate(const std::string& source) const;
+};
+
+struct Options {
+  std::string layout;       // "" (detect; a directory with both uses the HF root), "hf", "original"
+  int max_context = 0;      // 0: the model's own (131072); else at most that many positions
+  int num_threads = 0;      // 0: all cores (OpenMP default)
+};
+
+class Engine;  // the runtime behind Model (csrc/engine/)
+
+class Model {
+ public:
+  explicit Model(const std::string& checkpoint_dir, const Options& options = Options());
+  ~Model();
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+
+  const Config& config() const;
+  std::string layout() const;       // "hf" or "original"
+  std::string note() const;         // e.g. which layout was picked from a directory holding both
+  int max_context() const;
+  int position() const;             // tokens cached so far
+  void reset();                     // start a new sequence
+
+  // Feed n tokens after what is cached. logits: [vocab] for the last token, or [n, vocab] when
+  // all_logits is true. Throws Error on ids out of range or when the context would overflow.
+  void prefill(const int32_t* tokens, size_t n, float* logits, bool all_logits = false);
+  void decode(int32_t token, float* logits);  // logits: [vocab]
+
+  Engine& engine();
+
+ private:
+  std::unique_ptr<Engine> impl_;
+};
+
+struct SamplerOptions {
+  float temperature = 1.0f;  // 0: greedy
+  float top_p = 1.0f;        // nucleus; 1: off
+  int top_k = 0;             // 0: off
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplerOptions& o = SamplerOptions());
+  int32_t sample(const float* logits, size_t vocab);
+
+ private:
+  SamplerOptions o_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<float, int32_t>> buf_;
+};
+
+// Generate up to max_new_tokens after prompt; stops at any of stop_tokens (not included) or at the
+// context limit. Returns the new tokens; *stop_reason (if given) is "stop_token",
+// "max_new_tokens" or "context_limit".
+std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt, int max_new_tokens,
+                              Sampler& sampler, const std::vector<int32_t>& stop_tokens,
+                              std::string* stop_reason = nullptr);
+
+}  // namespace gptoss

@@ -1,0 +1,39 @@
+"""The C++ engine (gptoss._C) behind the same interface as the NumPy engine."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class NativeEngine:
+    """`prefill(tokens, all_logits)` / `decode(token)` / `reset()` on the C++ engine.
+
+    The engine maps the checkpoint itself (the same files `Weights` validated) and keeps its own
+    KV cache. Errors from C++ arrive as `gptoss._C.NativeError` (a ValueError) naming file and line.
+    """
+
+    def __init__(self, weights, device: str = "cpu", max_context: Optional[int] = None,
+                 threads: int = 0):
+        from .. import _C
+        if device != "cpu":
+            raise RuntimeError(f"the native engine has no {device!r} backend in this build")
+        self.name = device
+        self.weights = weights
+        self.config = weights.config
+        self._e = _C.CpuEngine(weights.directory, layout=weights.layout,
+                               max_context=int(max_context or 0), threads=int(threads))
+        self.max_context = self._e.max_context
+
+    @property
+    def position(self) -> int:
+        return self._e.position
+
+    def reset(self) -> None:
+        self._e.reset()
+
+    def prefill(self, tokens: Sequence[int], all_logits: bool = True) -> np.ndarray:
+        return self._e.prefill(np.asarray(tokens, dtype=np.int64), all_logits)
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._e.decode(int(token))
