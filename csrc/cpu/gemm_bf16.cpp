@@ -66,12 +66,49 @@ GPTOSS_AVX512 static void bf16w_rows_avx512_tb(const uint16_t* W, size_t ldw, in
   }
 }
 
+// One activation row against RB weight rows at a time: RB independent FMA chains hide the FMA
+// latency, and each activation vector is loaded once for all RB rows (the decode GEMV).
+template <int RB>
+GPTOSS_AVX512 static void bf16w_1tok_avx512_rb(const uint16_t* W, size_t ldw, int r, const float* x,
+                                               int K, const float* bias, float* out) {
+  __m512 acc[RB];
+  for (int i = 0; i < RB; ++i) acc[i] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    if ((k & 31) == 0)  // one prefetch per 64-byte line, RB rows ahead (see mxfp4.cpp)
+      for (int i = 0; i < RB; ++i)
+        _mm_prefetch(reinterpret_cast<const char*>(W + size_t(r + RB + i) * ldw + k), _MM_HINT_T0);
+    for (int i = 0; i < RB; ++i) {
+      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + size_t(r + i) * ldw + k))), 16));
+      acc[i] = _mm512_fmadd_ps(wf, xv, acc[i]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(mk, x + k);
+    for (int i = 0; i < RB; ++i) {
+      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, W + size_t(r + i) * ldw + k)), 16));
+      acc[i] = _mm512_fmadd_ps(wf, xv, acc[i]);
+    }
+  }
+  for (int i = 0; i < RB; ++i) out[r + i] = _mm512_reduce_add_ps(acc[i]) + (bias ? bias[r + i] : 0.f);
+}
+
 GPTOSS_AVX512 static void bf16w_gemm_rows_avx512(const uint16_t* W, size_t ldw, int r0, int r1,
                                                  const float* x, int m, int K, const float* bias,
                                                  float* out, int ldo) {
   int t = 0;
   for (; t + 4 <= m; t += 4) bf16w_rows_avx512_tb<4>(W, ldw, r0, r1, x, t, K, bias, out, ldo);
-  for (; t < m; ++t) bf16w_rows_avx512_tb<1>(W, ldw, r0, r1, x, t, K, bias, out, ldo);
+  for (; t < m; ++t) {
+    int r = r0;
+    for (; r + 4 <= r1; r += 4)
+      bf16w_1tok_avx512_rb<4>(W, ldw, r, x + size_t(t) * K, K, bias, out + size_t(t) * ldo);
+    for (; r < r1; ++r)
+      bf16w_1tok_avx512_rb<1>(W, ldw, r, x + size_t(t) * K, K, bias, out + size_t(t) * ldo);
+  }
 }
 
 GPTOSS_AVX2 static inline float hsum256(__m256 v) {

@@ -31,7 +31,8 @@ struct Q8Act {
   int8_t* o2 = nullptr;   // [m, nbp * 16] level 2, odd
   int32_t* c1 = nullptr;  // [m, nbp * 4] -12 * (sum of the 8 level-1 codes of each 32-bit lane)
   int32_t* c2 = nullptr;  // [m, nbp * 4] the same for level 2
-  float* step = nullptr;  // [m, nbp * 4] step / 2 of each block, repeated for its 4 lanes
+  float* step = nullptr;   // [m, nbp * 4] step / 2 of each block, repeated for its 4 lanes
+  float* step1 = nullptr;  // [m, nbp * 4] the same for one level: max|x| / 127 / 2
   static size_t bytes(int m, int K);             // workspace needed for m rows of K values
   static Q8Act carve(void* workspace, int m, int K);
 };
@@ -41,9 +42,12 @@ void q8_quantize(const float* x, int m, int K, const Q8Act& q);
 
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]) for the MXFP4 matrix W given by
 // blocks [R, nb, 16] and scales [R, nb], for rows r in [r0, r1) and the m quantized rows of q.
-// out has row stride ldo. Single-threaded: callers split rows over threads.
+// out has row stride ldo. levels = 2 uses both activation levels (error ~2^-16 of the block
+// maximum, float32-class); levels = 1 only the first (error up to 1/254 of the block maximum,
+// about half the arithmetic). Single-threaded: callers split rows over threads.
 void mf4w_q8_gemm_rows(const uint8_t* blocks, const uint8_t* scales, int r0, int r1,
-                       const Q8Act& q, int m, const float* bias, float* out, int ldo);
+                       const Q8Act& q, int m, const float* bias, float* out, int ldo,
+                       int levels = 2);
 
 // ------------------------------------------------------------------------------------ bf16
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]), W bf16 [R, K] with row stride ldw elements,

@@ -43,6 +43,7 @@ const BytePairs& byte_pairs() {
   return t;
 }
 // code -> 2 * value + 12: 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0
+constexpr int kPrefetchRows = 4;
 alignas(64) const uint8_t kU8Lut[16] = {12, 13, 14, 15, 16, 18, 20, 24,
                                         12, 11, 10, 9, 8, 6, 4, 0};
 }  // namespace
@@ -66,7 +67,7 @@ void f32_mf4_dequant(const uint8_t* blocks, const uint8_t* scales, size_t rows, 
 // ------------------------------------------------------------------------------------ Q8Act
 size_t Q8Act::bytes(int m, int K) {
   const size_t nbp = size_t((K / 32 + 3) / 4 * 4);
-  return size_t(m) * nbp * (16 * 4 + 4 * 4 * 3) + 64;
+  return size_t(m) * nbp * (16 * 4 + 4 * 4 * 4) + 64;
 }
 
 Q8Act Q8Act::carve(void* ws, int m, int K) {
@@ -84,6 +85,7 @@ Q8Act Q8Act::carve(void* ws, int m, int K) {
   q.c1 = reinterpret_cast<int32_t*>(take(size_t(m) * nbp * 16));
   q.c2 = reinterpret_cast<int32_t*>(take(size_t(m) * nbp * 16));
   q.step = reinterpret_cast<float*>(take(size_t(m) * nbp * 16));
+  q.step1 = reinterpret_cast<float*>(take(size_t(m) * nbp * 16));
   q.e1 = reinterpret_cast<int8_t*>(take(size_t(m) * nbp * 16));
   q.o1 = reinterpret_cast<int8_t*>(take(size_t(m) * nbp * 16));
   q.e2 = reinterpret_cast<int8_t*>(take(size_t(m) * nbp * 16));
@@ -104,13 +106,15 @@ void q8_quantize(const float* x, int m, int K, const Q8Act& q) {
     int32_t* c1 = q.c1 + size_t(t) * nbp * 4;
     int32_t* c2 = q.c2 + size_t(t) * nbp * 4;
     float* st = q.step + size_t(t) * nbp * 4;
+    float* st1 = q.step1 + size_t(t) * nbp * 4;
     for (int b = 0; b < nbp; ++b) {
       if (b >= q.nb) {  // padding: contributes nothing
         std::memset(e1 + b * 16, 0, 16);
         std::memset(o1 + b * 16, 0, 16);
         std::memset(e2 + b * 16, 0, 16);
         std::memset(o2 + b * 16, 0, 16);
-        for (int g = 0; g < 4; ++g) c1[b * 4 + g] = c2[b * 4 + g] = 0, st[b * 4 + g] = 0.f;
+        for (int g = 0; g < 4; ++g)
+          c1[b * 4 + g] = c2[b * 4 + g] = 0, st[b * 4 + g] = st1[b * 4 + g] = 0.f;
         continue;
       }
       const float* xb = xr + b * 32;
@@ -144,6 +148,7 @@ void q8_quantize(const float* x, int m, int K, const Q8Act& q) {
         c1[b * 4 + g] = -12 * s1;
         c2[b * 4 + g] = -12 * s2;
         st[b * 4 + g] = d / 254.0f * 0.5f;
+        st1[b * 4 + g] = d * 0.5f;
       }
     }
   }
@@ -152,7 +157,7 @@ void q8_quantize(const float* x, int m, int K, const Q8Act& q) {
 // ------------------------------------------------------------------------------------ plain
 static void mf4w_q8_gemm_rows_plain(const uint8_t* blocks, const uint8_t* scales, int r0, int r1,
                                     const Q8Act& q, int m, const float* bias, float* out,
-                                    int ldo) {
+                                    int ldo, int levels) {
   const int nb = q.nb, nbp = q.nbp;
   for (int r = r0; r < r1; ++r) {
     const uint8_t* wr = blocks + size_t(r) * nb * 16;
@@ -165,6 +170,7 @@ static void mf4w_q8_gemm_rows_plain(const uint8_t* blocks, const uint8_t* scales
       const int32_t* c1 = q.c1 + size_t(t) * nbp * 4;
       const int32_t* c2 = q.c2 + size_t(t) * nbp * 4;
       const float* st = q.step + size_t(t) * nbp * 4;
+      const float* st1 = q.step1 + size_t(t) * nbp * 4;
       float acc = 0.f;
       for (int b = 0; b < nb; ++b) {
         const float ws = e8m0_to_f32(sr[b]);
@@ -177,7 +183,8 @@ static void mf4w_q8_gemm_rows_plain(const uint8_t* blocks, const uint8_t* scales
             a1 += lo * e1[b * 16 + j] + hi * o1[b * 16 + j];
             a2 += lo * e2[b * 16 + j] + hi * o2[b * 16 + j];
           }
-          fb += (float(a1) * 254.0f + float(a2)) * st[b * 4 + g];
+          fb += levels == 2 ? (float(a1) * 254.0f + float(a2)) * st[b * 4 + g]
+                            : float(a1) * st1[b * 4 + g];
         }
         acc += fb * ws;
       }
@@ -193,71 +200,111 @@ static void mf4w_q8_gemm_rows_plain(const uint8_t* blocks, const uint8_t* scales
 GPTOSS_AVX512 static inline __m512 expand_scales4(const uint8_t* s, int count) {
   // 4 E8M0 bytes -> 16 float lanes, each block's 2^(s-127) repeated for its 4 lanes
   uint32_t w = 0;
-  std::memcpy(&w, s, size_t(count));
+  if (count == 4) std::memcpy(&w, s, 4);  // constant size: a plain load
+  else for (int i = 0; i < count; ++i) w |= uint32_t(s[i]) << (8 * i);
   const __m128i bytes = _mm_shuffle_epi8(
       _mm_cvtsi32_si128(int(w)), _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 23));
 }
 
-template <int TB>
-GPTOSS_AVX512 static void mf4w_rows_avx512_tb(const uint8_t* blocks, const uint8_t* scales,
-                                               int r0, int r1, const Q8Act& q, int t0,
-                                               const float* bias, float* out, int ldo) {
+// RB weight rows against TB activation rows at a time (RB * TB accumulators): decode uses
+// RB = 2, TB = 1 (two independent chains, activations loaded once for both rows); prefill uses
+// RB = 1, TB = 4 (each decoded weight vector serves 4 tokens). LV: activation levels (1 or 2).
+template <int RB, int TB, int LV>
+GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* scales, int r,
+                                          const Q8Act& q, int t0, const float* bias, float* out,
+                                          int ldo) {
   const int nb = q.nb, nbp = q.nbp;
   const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8Lut)));
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   const size_t xs = size_t(nbp) * 16, cs = size_t(nbp) * 4;
-  for (int r = r0; r < r1; ++r) {
-    const uint8_t* wr = blocks + size_t(r) * nb * 16;
-    const uint8_t* sr = scales + size_t(r) * nb;
-    __m512 acc[TB];
-    for (int t = 0; t < TB; ++t) acc[t] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b += 4) {
-      const int nblk = std::min(4, nb - b);
-      const __m512i w = nblk == 4 ? _mm512_loadu_si512(wr + b * 16)
-                                  : _mm512_maskz_loadu_epi8((__mmask64)((1ull << (16 * nblk)) - 1),
-                                                            wr + b * 16);
-      const __m512i wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
-      const __m512i wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
-      const __m512 ws = expand_scales4(sr + b, nblk);
-      for (int t = 0; t < TB; ++t) {
-        const size_t tt = size_t(t0 + t);
-        __m512i a1 = _mm512_load_si512(q.c1 + tt * cs + b * 4);
-        __m512i a2 = _mm512_load_si512(q.c2 + tt * cs + b * 4);
-        a1 = _mm512_dpbusd_epi32(a1, wl, _mm512_load_si512(q.e1 + tt * xs + b * 16));
-        a1 = _mm512_dpbusd_epi32(a1, wh, _mm512_load_si512(q.o1 + tt * xs + b * 16));
-        a2 = _mm512_dpbusd_epi32(a2, wl, _mm512_load_si512(q.e2 + tt * xs + b * 16));
-        a2 = _mm512_dpbusd_epi32(a2, wh, _mm512_load_si512(q.o2 + tt * xs + b * 16));
-        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(254.0f),
-                                         _mm512_cvtepi32_ps(a2));
-        const __m512 sc = _mm512_mul_ps(ws, _mm512_load_ps(q.step + tt * cs + b * 4));
-        acc[t] = _mm512_fmadd_ps(f, sc, acc[t]);
+  __m512 acc[RB][TB];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < TB; ++t) acc[i][t] = _mm512_setzero_ps();
+  for (int i = 0; i < RB; ++i) {  // this row's scales, kPrefetchRows ahead (nb bytes, <= 2 lines here)
+    const uint8_t* sp = scales + size_t(r + i + kPrefetchRows) * nb;
+    for (int j = 0; j < nb; j += 64) _mm_prefetch(reinterpret_cast<const char*>(sp + j), _MM_HINT_T0);
+  }
+  for (int b = 0; b < nb; b += 4) {
+    const int nblk = std::min(4, nb - b);
+    __m512i wl[RB], wh[RB];
+    __m512 ws[RB];
+    for (int i = 0; i < RB; ++i) {
+      const uint8_t* wr = blocks + size_t(r + i) * nb * 16 + size_t(b) * 16;
+      // the hardware prefetcher alone does not keep enough lines in flight for this
+      // compute-heavy loop: ask for the same blocks kPrefetchRows rows ahead
+      _mm_prefetch(reinterpret_cast<const char*>(wr + size_t(kPrefetchRows) * nb * 16), _MM_HINT_T0);
+      const __m512i w = nblk == 4 ? _mm512_loadu_si512(wr)
+                                  : _mm512_maskz_loadu_epi8((__mmask64)((1ull << (16 * nblk)) - 1), wr);
+      wl[i] = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
+      wh[i] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+      ws[i] = expand_scales4(scales + size_t(r + i) * nb + b, nblk);
+    }
+    for (int t = 0; t < TB; ++t) {
+      const size_t tt = size_t(t0 + t);
+      const __m512i e1 = _mm512_load_si512(q.e1 + tt * xs + b * 16);
+      const __m512i o1 = _mm512_load_si512(q.o1 + tt * xs + b * 16);
+      const __m512i c1 = _mm512_load_si512(q.c1 + tt * cs + b * 4);
+      if (LV == 2) {
+        const __m512i e2 = _mm512_load_si512(q.e2 + tt * xs + b * 16);
+        const __m512i o2 = _mm512_load_si512(q.o2 + tt * xs + b * 16);
+        const __m512i c2 = _mm512_load_si512(q.c2 + tt * cs + b * 4);
+        const __m512 st = _mm512_load_ps(q.step + tt * cs + b * 4);
+        for (int i = 0; i < RB; ++i) {
+          __m512i a1 = _mm512_dpbusd_epi32(c1, wl[i], e1);
+          a1 = _mm512_dpbusd_epi32(a1, wh[i], o1);
+          __m512i a2 = _mm512_dpbusd_epi32(c2, wl[i], e2);
+          a2 = _mm512_dpbusd_epi32(a2, wh[i], o2);
+          const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(254.0f),
+                                           _mm512_cvtepi32_ps(a2));
+          acc[i][t] = _mm512_fmadd_ps(f, _mm512_mul_ps(ws[i], st), acc[i][t]);
+        }
+      } else {
+        const __m512 st = _mm512_load_ps(q.step1 + tt * cs + b * 4);
+        for (int i = 0; i < RB; ++i) {
+          __m512i a1 = _mm512_dpbusd_epi32(c1, wl[i], e1);
+          a1 = _mm512_dpbusd_epi32(a1, wh[i], o1);
+          acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(ws[i], st), acc[i][t]);
+        }
       }
     }
-    const float bb = bias ? bias[r] : 0.f;
-    for (int t = 0; t < TB; ++t) out[size_t(t0 + t) * ldo + r] = _mm512_reduce_add_ps(acc[t]) + bb;
+  }
+  for (int i = 0; i < RB; ++i) {
+    const float bb = bias ? bias[r + i] : 0.f;
+    for (int t = 0; t < TB; ++t) out[size_t(t0 + t) * ldo + r + i] = _mm512_reduce_add_ps(acc[i][t]) + bb;
   }
 }
 
+template <int LV>
 GPTOSS_AVX512 static void mf4w_q8_gemm_rows_avx512(const uint8_t* blocks, const uint8_t* scales,
                                                    int r0, int r1, const Q8Act& q, int m,
                                                    const float* bias, float* out, int ldo) {
-  int t = 0;
-  for (; t + 4 <= m; t += 4) mf4w_rows_avx512_tb<4>(blocks, scales, r0, r1, q, t, bias, out, ldo);
-  for (; t + 2 <= m; t += 2) mf4w_rows_avx512_tb<2>(blocks, scales, r0, r1, q, t, bias, out, ldo);
-  for (; t < m; ++t) mf4w_rows_avx512_tb<1>(blocks, scales, r0, r1, q, t, bias, out, ldo);
+  if (m == 1) {  // decode: two rows at a time
+    int r = r0;
+    for (; r + 2 <= r1; r += 2) mf4w_avx512_blk<2, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
+    if (r < r1) mf4w_avx512_blk<1, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
+    return;
+  }
+  for (int r = r0; r < r1; ++r) {  // prefill: each decoded weight vector serves 4 tokens
+    int t = 0;
+    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<1, 4, LV>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t + 2 <= m; t += 2) mf4w_avx512_blk<1, 2, LV>(blocks, scales, r, q, t, bias, out, ldo);
+    if (t < m) mf4w_avx512_blk<1, 1, LV>(blocks, scales, r, q, t, bias, out, ldo);
+  }
 }
 #endif
 
 void mf4w_q8_gemm_rows(const uint8_t* blocks, const uint8_t* scales, int r0, int r1,
-                       const Q8Act& q, int m, const float* bias, float* out, int ldo) {
+                       const Q8Act& q, int m, const float* bias, float* out, int ldo, int levels) {
+  GPTOSS_CHECK(levels == 1 || levels == 2, "mf4w_q8_gemm_rows: levels must be 1 or 2");
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if (active_isa() >= Isa::Avx512) {
-    mf4w_q8_gemm_rows_avx512(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    if (levels == 2) mf4w_q8_gemm_rows_avx512<2>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    else mf4w_q8_gemm_rows_avx512<1>(blocks, scales, r0, r1, q, m, bias, out, ldo);
     return;
   }
 #endif
-  mf4w_q8_gemm_rows_plain(blocks, scales, r0, r1, q, m, bias, out, ldo);
+  mf4w_q8_gemm_rows_plain(blocks, scales, r0, r1, q, m, bias, out, ldo, levels);
 }
 
 }  // namespace cpu

@@ -119,7 +119,9 @@ py::array_t<float> op_bf16_linear(const py::array& x_in, const py::array& w_in,
 }
 
 py::array_t<float> op_mxfp4_linear(const py::array& x_in, const py::array& blocks_in,
-                                   const py::array& scales_in, const py::object& bias_in) {
+                                   const py::array& scales_in, const py::object& bias_in,
+                                   int levels) {
+  need(levels == 1 || levels == 2, "levels must be 1 or 2");
   auto blocks = need_array<uint8_t>(blocks_in, "blocks", {-1, -1, 16});
   const py::ssize_t R = blocks.shape(0), nb = blocks.shape(1);
   auto scales = need_array<uint8_t>(scales_in, "scales", {R, nb});
@@ -142,7 +144,7 @@ py::array_t<float> op_mxfp4_linear(const py::array& x_in, const py::array& block
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < bands; ++i)
       cpu::mf4w_q8_gemm_rows(bp, sp, i * band, std::min(int(R), (i + 1) * band), q, m, b, o,
-                             int(R));
+                             int(R), levels);
   }
   return out;
 }
@@ -328,9 +330,10 @@ PYBIND11_MODULE(_C, m) {
   ops.def("bf16_linear", &op_bf16_linear, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
           "x [m, K] float32, w [R, K] bf16 bits (uint16), bias [R] or None -> [m, R] = x @ w.T + bias");
   ops.def("mxfp4_linear", &op_mxfp4_linear, py::arg("x"), py::arg("blocks"), py::arg("scales"),
-          py::arg("bias") = py::none(),
+          py::arg("bias") = py::none(), py::arg("levels") = 2,
           "x [m, K] float32, blocks [R, K/32, 16] u8, scales [R, K/32] u8 -> [m, R]; activations are "
-          "quantized to two int8 levels per 32-block (error below max|x|/64516)");
+          "quantized per 32-block to `levels` int8 levels (2: error below max|x|/64516; 1: below "
+          "max|x|/254)");
   ops.def("moe", &op_moe, py::arg("t"), py::arg("experts"), py::arg("weights"),
           py::arg("w1_blocks"), py::arg("w1_scales"), py::arg("w1_bias"), py::arg("w2_blocks"),
           py::arg("w2_scales"), py::arg("w2_bias"), py::arg("alpha") = 1.702f,
