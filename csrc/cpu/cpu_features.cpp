@@ -1,6 +1,9 @@
 #include "cpu/cpu_features.h"
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "gptoss/error.h"
 #if defined(GPTOSS_OPENMP)
@@ -32,10 +35,37 @@ Isa detect_isa() {
 
 static std::atomic<int> g_forced{-1};
 
+// GPTOSS_SIMD=plain|avx2|avx512|avx512bf16 in the environment pins the kernels for a process
+// (tests, or a user comparing variants). Kernels may first ask from inside a parallel region,
+// where nothing may throw, so a bad value falls back to the best level here and is reported by
+// check_simd_env(), which the engine calls when it is created.
+static std::string g_env_error;
+
+static Isa initial_isa() {
+  const Isa best = detect_isa();
+  const char* env = std::getenv("GPTOSS_SIMD");
+  if (!env || !*env) return best;
+  for (Isa i : {Isa::Plain, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16}) {
+    if (std::strcmp(env, isa_name(i)) == 0) {
+      if (int(i) <= int(best)) return i;
+      g_env_error = std::string("GPTOSS_SIMD=") + env + ": this processor supports at most " +
+                    isa_name(best);
+      return best;
+    }
+  }
+  g_env_error = std::string("GPTOSS_SIMD=") + env + ": must be plain, avx2, avx512 or avx512bf16";
+  return best;
+}
+
 Isa active_isa() {
-  static const Isa best = detect_isa();
+  static const Isa initial = initial_isa();
   const int f = g_forced.load();
-  return f < 0 ? best : Isa(f);
+  return f < 0 ? initial : Isa(f);
+}
+
+void check_simd_env() {
+  active_isa();
+  GPTOSS_CHECK(g_env_error.empty(), g_env_error);
 }
 
 void force_isa(Isa isa) {

@@ -14,6 +14,7 @@ namespace gptoss {
 
 Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Backend> backend)
     : ck_(path, opts.layout), be_(std::move(backend)) {
+  cpu::check_simd_env();
   const Config& c = ck_.config;
   GPTOSS_CHECK(c.num_heads / c.num_kv_heads <= 64,
                "unsupported config: " << c.num_heads / c.num_kv_heads

@@ -1,0 +1,113 @@
+"""The C++ engine (backend="cpu") against the NumPy engine on tiny random checkpoints of both
+layouts: a prefill past the sliding window, 20+ decode steps, greedy generation, errors.
+
+Tolerance: every MXFP4 product carries the two-level activation quantization error (relative
+bound Q2 per product, see test_cpu_kernels.py) and every float32 reduction its rounding; through
+L layers of two expert products each, the logits' relative error is bounded by
+2 * L * (Q2 + f32 bound), the errors adding at worst linearly with depth.
+"""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from gptoss import Model, Weights
+from gptoss.backends.numpy import NumpyEngine
+
+from conftest import rel_err
+from test_cpu_kernels import EPS32, Q2_BOUND, f32_bound
+
+C = pytest.importorskip("gptoss._C", reason="extension not built")
+from gptoss.backends.native import NativeEngine  # noqa: E402
+
+
+def bound(cfg):
+    return 2 * cfg.num_layers * (Q2_BOUND + f32_bound(max(cfg.hidden_size, cfg.q_width,
+                                                            2 * cfg.intermediate_size)))
+
+
+@pytest.mark.parametrize("ck", ["tiny_hf", "tiny_original", "tiny_sharded"])
+def test_prefill_and_decode_match_numpy(ck, request):
+    path = request.getfixturevalue(ck)
+    w = Weights(path)
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(0, 199998, 230).tolist()
+    ref_e, nat = NumpyEngine(w), NativeEngine(w)
+    want = ref_e.prefill(tokens[:210])
+    got = nat.prefill(tokens[:210])
+    assert got.shape == want.shape == (210, 201088)
+    assert rel_err(got, want) < bound(w.config), rel_err(got, want)
+    for t in tokens[210:]:
+        a, b = ref_e.decode(t), nat.decode(t)
+        assert rel_err(b, a) < bound(w.config)
+    assert nat.position == ref_e.position == 230
+
+
+def test_long_prompt_in_chunks_equals_decode_path(tiny_hf):
+    """600 tokens go through in 512-token chunks; the sliding ring must keep the right keys."""
+    w = Weights(tiny_hf)
+    tokens = np.random.default_rng(3).integers(0, 199998, 600).tolist()
+    full = NativeEngine(w).prefill(tokens, all_logits=True)
+    e = NativeEngine(w)
+    e.prefill(tokens[:300], all_logits=False)
+    steps = np.stack([e.decode(t) for t in tokens[300:]])
+    assert rel_err(steps, full[300:]) < 64 * EPS32 + bound(w.config) / 4
+    want = NumpyEngine(w).prefill(tokens)[-1]
+    assert rel_err(full[-1], want) < bound(w.config)
+
+
+def test_greedy_generation_agrees_token_for_token(tiny_hf, tiny_original):
+    for path in (tiny_hf, tiny_original):
+        a = Model.from_pretrained(path, backend="numpy")
+        b = Model.from_pretrained(path, backend="cpu")
+        assert b.backend == "cpu"
+        prompt = [200006, 1428, 200008, 13225, 2375, 200007, 200006]
+        ga = a.generate(prompt, max_new_tokens=24, temperature=0, stop_tokens=[]).run()
+        gb = b.generate(prompt, max_new_tokens=24, temperature=0, stop_tokens=[]).run()
+        assert ga.tokens == gb.tokens
+
+
+def test_auto_picks_cpu_and_says_why(tiny_hf):
+    m = Model.from_pretrained(tiny_hf)
+    assert m.backend == "cpu" and "not cuda" in m.backend_note
+
+
+def test_engine_errors(tiny_hf):
+    e = NativeEngine(Weights(tiny_hf), max_context=10)
+    with pytest.raises(ValueError, match="out of range"):
+        e.prefill([1, 201088])
+    with pytest.raises(ValueError, match="empty"):
+        e.prefill([])
+    e.prefill([1] * 8)
+    with pytest.raises(ValueError, match="context limit"):
+        e.prefill([1] * 3)
+    assert e.position == 8
+    e.decode(1)
+    e.decode(2)
+    with pytest.raises(ValueError, match="context limit") as err:
+        e.decode(3)
+    assert "engine.cpp:" in str(err.value)     # file and line of the failing check
+
+
+def test_cpp_loader_reports_bad_checkpoints(tiny_hf, tmp_path):
+    ck = str(tmp_path / "ck")
+    shutil.copytree(tiny_hf, ck)
+    p = os.path.join(ck, "model.safetensors")
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) - 100)
+    with pytest.raises(ValueError, match=r"truncated.*lm_head.weight|lm_head.weight.*truncated"):
+        C.CpuEngine(ck)
+    with pytest.raises(ValueError, match="not a directory"):
+        C.CpuEngine(str(tmp_path / "missing"))
+
+
+def test_threads_setting_gives_same_logits(tiny_hf):
+    w = Weights(tiny_hf)
+    toks = list(range(300, 340))
+    a = NativeEngine(w, threads=1).prefill(toks)
+    C.set_num_threads(os.cpu_count() or 1)
+    b = NativeEngine(w).prefill(toks)
+    # thread count changes no reduction order (rows are split, never a dot product)
+    assert np.array_equal(a, b)

@@ -1,0 +1,214 @@
+"""Every CPU kernel of gptoss._C against the NumPy engine, at the real shapes and at edge sizes,
+under every SIMD level this processor has (plain C++ always among them), and the levels against
+each other.
+
+Tolerances (derived):
+- float32 reductions of length K: relative error <= 16 * eps32 * sqrt(K) (random-walk rounding,
+  safety factor 16).
+- MXFP4 with two-level activation quantization: each activation is rounded to half a step of
+  max|x_block| / (127 * 254), so relative output error ~ (max/rms) / (127 * 254 * 2 * sqrt(3));
+  with max/rms <= 4 for these blocks and a safety factor 4 that is 4 * 4 / 111744 = 1.4e-4.
+  One level: the step is max / 127, giving 4 * 4 / (127 * 2 * sqrt(3)) = 1.8e-2.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from gptoss.backends import numpy as ref
+from gptoss.safetensors_io import f32_to_bf16, bf16_to_f32
+
+from conftest import rel_err
+
+C = pytest.importorskip("gptoss._C", reason="extension not built")
+EPS32 = float(np.finfo(np.float32).eps)
+LEVELS = C.simd_levels()
+Q2_BOUND = 4 * 4 / (127 * 254 * 2 * math.sqrt(3))
+Q1_BOUND = 4 * 4 / (127 * 2 * math.sqrt(3))
+
+
+def f32_bound(K):
+    return 16 * EPS32 * math.sqrt(K)
+
+
+@pytest.fixture(params=LEVELS)
+def simd(request):
+    C.force_simd(request.param)
+    yield request.param
+    C.force_simd(LEVELS[-1])
+
+
+def test_levels_include_plain_and_the_best():
+    assert LEVELS[0] == "plain" and C.build_info()["simd_best"] == LEVELS[-1]
+    with pytest.raises(ValueError, match="unknown SIMD level"):
+        C.force_simd("sse9")
+
+
+# --------------------------------------------------------------------------------- bf16 linear
+@pytest.mark.parametrize("m,R,K", [(1, 4096, 2880), (4, 512, 2880), (5, 33, 2880), (1, 1, 32),
+                                   (3, 7, 40), (2, 201, 4096), (9, 19, 24)])
+def test_bf16_linear(simd, m, R, K):
+    rng = np.random.default_rng(m * R + K)
+    w = f32_to_bf16(rng.standard_normal((R, K)).astype(np.float32) / math.sqrt(K))
+    x = rng.standard_normal((m, K)).astype(np.float32)
+    b = rng.standard_normal(R).astype(np.float32)
+    got = C.ops.bf16_linear(x, w, b)
+    want = x.astype(np.float64) @ bf16_to_f32(w).astype(np.float64).T + b
+    assert got.shape == (m, R)
+    assert rel_err(got, want) < f32_bound(K), (simd, rel_err(got, want))
+
+
+def test_bf16_linear_strided_rows():
+    # rows of a fused tensor (the original layout's QKV) are a strided view
+    rng = np.random.default_rng(0)
+    full = f32_to_bf16(rng.standard_normal((10, 64)).astype(np.float32))
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    got = C.ops.bf16_linear(x, full[3:7])
+    assert rel_err(got, x @ bf16_to_f32(full[3:7]).T) < f32_bound(64)
+
+
+# --------------------------------------------------------------------------------- MXFP4
+def mxfp4_case(rng, R, nb):
+    blocks = rng.integers(0, 256, (R, nb, 16), dtype=np.uint8)
+    scales = (120 + rng.integers(0, 3, (R, nb))).astype(np.uint8)
+    return blocks, scales
+
+
+@pytest.mark.parametrize("m,R,nb", [(1, 5760, 90), (1, 2880, 90), (4, 64, 90), (7, 33, 3),
+                                    (1, 1, 1), (2, 5, 5), (13, 17, 6)])
+@pytest.mark.parametrize("levels", [2, 1])
+def test_mxfp4_linear(simd, m, R, nb, levels):
+    rng = np.random.default_rng(R * nb + m)
+    blocks, scales = mxfp4_case(rng, R, nb)
+    x = rng.standard_normal((m, nb * 32)).astype(np.float32)
+    b = rng.standard_normal(R).astype(np.float32)
+    got = C.ops.mxfp4_linear(x, blocks, scales, b, levels=levels)
+    want = x.astype(np.float64) @ ref.mxfp4_dequantize(blocks, scales).astype(np.float64).T + b
+    bound = (Q2_BOUND if levels == 2 else Q1_BOUND) + f32_bound(nb * 32)
+    assert rel_err(got, want) < bound, (simd, levels, rel_err(got, want), bound)
+
+
+def test_mxfp4_zero_and_extreme_blocks():
+    rng = np.random.default_rng(5)
+    blocks, scales = mxfp4_case(rng, 8, 4)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    x[0, :32] = 0.0                       # an all-zero activation block
+    x[1, 32:64] *= 1e4                    # a block far larger than its neighbours
+    got = C.ops.mxfp4_linear(x, blocks, scales)
+    want = x.astype(np.float64) @ ref.mxfp4_dequantize(blocks, scales).astype(np.float64).T
+    for t in range(3):
+        assert rel_err(got[t], want[t]) < Q2_BOUND + f32_bound(128)
+
+
+def test_simd_levels_agree_with_plain():
+    if len(LEVELS) == 1:
+        pytest.skip("only the plain kernels exist on this processor")
+    rng = np.random.default_rng(9)
+    blocks, scales = mxfp4_case(rng, 96, 90)
+    x = rng.standard_normal((5, 2880)).astype(np.float32)
+    w = f32_to_bf16(rng.standard_normal((96, 2880)).astype(np.float32))
+    outs = {}
+    for lv in LEVELS:
+        C.force_simd(lv)
+        outs[lv] = (C.ops.mxfp4_linear(x, blocks, scales), C.ops.bf16_linear(x, w))
+    C.force_simd(LEVELS[-1])
+    for lv in LEVELS[1:]:
+        # same integer products; only the float32 summation order differs
+        assert rel_err(outs[lv][0], outs["plain"][0]) < f32_bound(2880), lv
+        assert rel_err(outs[lv][1], outs["plain"][1]) < f32_bound(2880), lv
+
+
+# --------------------------------------------------------------------------------- MoE
+@pytest.mark.parametrize("n,E,H,I", [(1, 32, 2880, 2880), (6, 32, 128, 96), (3, 128, 64, 32)])
+def test_moe_matches_numpy_experts(simd, n, E, H, I):
+    rng = np.random.default_rng(n + E)
+    k = 4
+    # only the experts the tokens route to need real weights; the rest stay zero (sparse memory)
+    experts = np.stack([rng.choice(E, k, replace=False) for _ in range(n)]).astype(np.int32)
+    used = np.unique(experts)
+    w1b = np.zeros((E, 2 * I, H // 32, 16), np.uint8)
+    w1s = np.full((E, 2 * I, H // 32), 120, np.uint8)
+    w2b = np.zeros((E, H, I // 32, 16), np.uint8)
+    w2s = np.full((E, H, I // 32), 121, np.uint8)
+    for e in used:
+        w1b[e] = rng.integers(0, 256, w1b.shape[1:], dtype=np.uint8)
+        w2b[e] = rng.integers(0, 256, w2b.shape[1:], dtype=np.uint8)
+    b1 = rng.standard_normal((E, 2 * I)).astype(np.float32) * 0.2
+    b2 = rng.standard_normal((E, H)).astype(np.float32) * 0.05
+    t = rng.standard_normal((n, H)).astype(np.float32)
+    wts = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    got = C.ops.moe(t, experts, wts, w1b, w1s, b1, w2b, w2s, b2)
+    want = np.zeros((n, H))
+    for i in range(n):
+        for j in range(k):
+            e = experts[i, j]
+            u = ref.mxfp4_dequantize(w1b[e], w1s[e]).astype(np.float64) @ t[i] + b1[e]
+            a = ref.swiglu(u.astype(np.float32), 1.702, 7.0).astype(np.float64)
+            want[i] += wts[i, j] * (ref.mxfp4_dequantize(w2b[e], w2s[e]).astype(np.float64) @ a + b2[e])
+    # two quantized products in sequence: twice the single bound
+    assert rel_err(got, want) < 2 * (Q2_BOUND + f32_bound(max(H, I)))
+
+
+def test_moe_rejects_bad_expert_ids():
+    z = np.zeros
+    with pytest.raises(ValueError, match="outside"):
+        C.ops.moe(z((1, 64), np.float32), np.array([[0, 1, 2, 40]]), z((1, 4), np.float32),
+                  z((32, 64, 2, 16), np.uint8), z((32, 64, 2), np.uint8), z((32, 64), np.float32),
+                  z((32, 64, 1, 16), np.uint8), z((32, 64, 1), np.uint8), z((32, 64), np.float32))
+
+
+# --------------------------------------------------------------------------------- attention
+@pytest.mark.parametrize("S,window", [(100, 128), (128, 128), (200, 128), (200, 0), (1, 0),
+                                      (37, 8)])
+def test_attention(simd, S, window):
+    rng = np.random.default_rng(S + window)
+    Hq, Hkv, d = 64, 8, 64
+    q = rng.standard_normal((S, Hq, d)).astype(np.float32)
+    k = rng.standard_normal((S, Hkv, d)).astype(np.float32)
+    v = rng.standard_normal((S, Hkv, d)).astype(np.float32)
+    sinks = rng.standard_normal(Hq).astype(np.float32)
+    qpos = np.arange(S)
+    got = C.ops.attention(q, k, v, qpos, sinks, window)
+    want = ref.attention(q, k, v, qpos, qpos, sinks, window if window > 0 else None)
+    assert rel_err(got, want) < f32_bound(d * S)
+    # decode form: only the last query
+    got1 = C.ops.attention(q[-1:], k, v, qpos[-1:], sinks, window)
+    assert rel_err(got1, want[-1:]) < f32_bound(d * S)
+
+
+def test_attention_rejects_bad_positions():
+    z = np.zeros((2, 8, 64), np.float32)
+    with pytest.raises(ValueError, match="qpos"):
+        C.ops.attention(z, z[:, :1], z[:, :1], np.array([0, 5]), np.zeros(8, np.float32))
+
+
+# --------------------------------------------------------------------------------- small ops
+def test_rmsnorm_rope_topk_swiglu():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 2880)).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, 2880).astype(np.float32)
+    assert rel_err(C.ops.rmsnorm(x, w, 1e-5), ref.rmsnorm(x, w, 1e-5)) < f32_bound(2880)
+
+    from gptoss.testing import preset_config
+    cfg = preset_config("20b")
+    pos = np.array([0, 1, 127, 4096, 131071])
+    cos, sin = ref.rope_cos_sin(cfg, pos)
+    xr = rng.standard_normal((5, 72, 64)).astype(np.float32)
+    assert rel_err(C.ops.rope(xr, cos, sin), ref.apply_rope(xr, cos, sin)) < 4 * EPS32
+
+    for E in (32, 128):
+        g = rng.standard_normal((7, E)).astype(np.float32)
+        g[0, :6] = 1.5                                     # ties: lower index first
+        ex, wt = C.ops.topk_softmax(g, 4)
+        rex, rwt = ref.route(g, 4)
+        assert np.array_equal(ex, rex)
+        np.testing.assert_allclose(wt, rwt, rtol=8 * EPS32)
+
+    u = rng.standard_normal((3, 192)).astype(np.float32) * 6
+    np.testing.assert_allclose(C.ops.swiglu(u), ref.swiglu(u, 1.702, 7.0), rtol=16 * EPS32,
+                               atol=1e-6)
+
+
+def test_read_bandwidth_is_measured():
+    bw = C.read_bandwidth(0.2, 3)
+    assert 0.5 < bw < 5000
