@@ -18,7 +18,13 @@ from common import FLOOR_BYTES_PER_TOKEN, memory, write_json  # noqa: E402
 
 
 def read_bandwidth(gb=2.0, repeats=5):
-    """This machine's read bandwidth (GB/s): every core sums its own slice of a large array."""
+    """This machine's read bandwidth (GB/s): every core streams its own slice of a large array
+    (the native probe when the extension is built, else NumPy's threaded dot products)."""
+    try:
+        from gptoss import _C
+        return _C.read_bandwidth(gb, repeats)
+    except ImportError:
+        pass
     from concurrent.futures import ThreadPoolExecutor
     n = os.cpu_count() or 1
     a = np.ones(int(gb * 1e9 / 4), dtype=np.float32)
@@ -41,16 +47,22 @@ def main():
     p.add_argument("--decode", type=int, default=8, help="decode steps to time")
     p.add_argument("--repeats", type=int, default=1, help="prefill repeats (median)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--activation-levels", type=int, default=None,
+                   help="C++ engine: 2 (float32-class, default) or 1 (int8 activations)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
     import gptoss
     from gptoss import Model
     t0 = time.perf_counter()
-    model = Model.from_pretrained(a.model, backend=a.backend, progress=True)
-    if a.threads and model.backend != "numpy":
-        from gptoss import _C
-        _C.set_num_threads(a.threads)
+    model = Model.from_pretrained(a.model, backend=a.backend, progress=True, threads=a.threads,
+                                  activation_levels=a.activation_levels)
+    # the first pass over a freshly written checkpoint may come from disk: touch every page once
+    # so the timings measure the engine, not the disk
+    for f in model.weights.files:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 26):
+                pass
     load_s = time.perf_counter() - t0
     preset = a.model.split(":")[1] if a.model.startswith("random:") else None
     rng = np.random.default_rng(0)
@@ -79,7 +91,7 @@ def main():
     bw = read_bandwidth()
     res = {
         "model": a.model, "backend": model.backend, "backend_note": model.backend_note,
-        "load_s": load_s, "prompt_tokens": a.prompt,
+        "activation_levels": a.activation_levels, "load_s": load_s, "prompt_tokens": a.prompt,
         "prefill_s_median": pre, "prefill_tok_s": a.prompt / pre,
         "decode_steps": a.decode, "decode_s_median": dec, "decode_tok_s": 1.0 / dec,
         "decode_times": decode_times, "memory": mem, "machine_read_gb_s": bw,
@@ -90,7 +102,8 @@ def main():
         res["floor_tok_s_this_machine"] = bw * 1e9 / floor
         res["fraction_of_floor"] = (1.0 / dec) / res["floor_tok_s_this_machine"]
     out = a.out or os.path.join(os.path.dirname(__file__), "results",
-                                f"engine_{model.backend}_{(preset or 'ckpt')}.json")
+                                f"engine_{model.backend}_{(preset or 'ckpt')}"
+                                f"{'_lv%d' % a.activation_levels if a.activation_levels else ''}.json")
     write_json(out, res)
     print(f"{a.model} on {model.backend}: load {load_s:.1f} s, prefill {a.prompt} tokens "
           f"{a.prompt / pre:.2f} tok/s, decode {1 / dec:.3f} tok/s (median of {a.decode})")

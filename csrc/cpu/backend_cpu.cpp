@@ -101,7 +101,7 @@ class CpuBackend final : public Backend {
 
   void moe(const LayerTensors& L, const float* w1_bias, const float* w2_bias, const float* t,
            int n, int H, int I, int k, const int32_t* experts, const float* weights, float alpha,
-           float limit, float* out) override {
+           float limit, int levels, float* out) override {
     const int E = int(L.w1_blocks.shape[0]);
     const int A = n * k;  // (token, slot) assignments
     // group assignments by expert: order[] lists assignment ids expert by expert
@@ -138,7 +138,7 @@ class CpuBackend final : public Backend {
       const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
       cpu::mf4w_q8_gemm_rows(w1b + size_t(e) * w1_eb, w1s + size_t(e) * w1_es, r0, r1,
                              q8_rows_from(qt, off), m, w1_bias + size_t(e) * 2 * I,
-                             &u_[size_t(off) * 2 * I], 2 * I);
+                             &u_[size_t(off) * 2 * I], 2 * I, levels);
     });
     grow(a_, size_t(A) * I);
     cpu::swiglu(u_.data(), A, I, alpha, limit, a_.data());
@@ -150,7 +150,7 @@ class CpuBackend final : public Backend {
       const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
       cpu::mf4w_q8_gemm_rows(w2b + size_t(e) * w2_eb, w2s + size_t(e) * w2_es, r0, r1,
                              q8_rows_from(qa, off), m, w2_bias + size_t(e) * H,
-                             &y_[size_t(off) * H], H);
+                             &y_[size_t(off) * H], H, levels);
     });
     // weighted scatter-add back to token order
     std::memset(out, 0, sizeof(float) * size_t(n) * H);

@@ -39,30 +39,42 @@ static void bf16w_gemm_rows_plain(const uint16_t* W, size_t ldw, int r0, int r1,
 #define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define GPTOSS_AVX2 __attribute__((target("avx2,fma")))
 
-template <int TB>
-GPTOSS_AVX512 static void bf16w_rows_avx512_tb(const uint16_t* W, size_t ldw, int r0, int r1,
-                                               const float* x, int t0, int K, const float* bias,
-                                               float* out, int ldo) {
-  for (int r = r0; r < r1; ++r) {
-    const uint16_t* w = W + size_t(r) * ldw;
-    __m512 acc[TB];
-    for (int t = 0; t < TB; ++t) acc[t] = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k))), 16));
-      for (int t = 0; t < TB; ++t)
-        acc[t] = _mm512_fmadd_ps(wf, _mm512_loadu_ps(x + size_t(t0 + t) * K + k), acc[t]);
+// Prefill micro-kernel: RB weight rows x TB activation rows held in RB * TB accumulators. Each
+// step widens RB weight vectors once and loads TB activation vectors once for RB * TB FMAs, so
+// the FMA units, not the loads or the bf16 widening, set the pace.
+template <int RB, int TB>
+GPTOSS_AVX512 static void bf16w_tile_avx512(const uint16_t* W, size_t ldw, int r, const float* x,
+                                            int t0, int K, const float* bias, float* out,
+                                            int ldo) {
+  __m512 acc[RB][TB];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < TB; ++t) acc[i][t] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wf[RB];
+    for (int i = 0; i < RB; ++i)
+      wf[i] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + size_t(r + i) * ldw + k))), 16));
+    for (int t = 0; t < TB; ++t) {
+      const __m512 xv = _mm512_loadu_ps(x + size_t(t0 + t) * K + k);
+      for (int i = 0; i < RB; ++i) acc[i][t] = _mm512_fmadd_ps(wf[i], xv, acc[i][t]);
     }
-    if (k < K) {
-      const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
-      const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, w + k)), 16));
-      for (int t = 0; t < TB; ++t)
-        acc[t] = _mm512_fmadd_ps(wf, _mm512_maskz_loadu_ps(mk, x + size_t(t0 + t) * K + k), acc[t]);
+  }
+  if (k < K) {
+    const __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+    __m512 wf[RB];
+    for (int i = 0; i < RB; ++i)
+      wf[i] = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, W + size_t(r + i) * ldw + k)), 16));
+    for (int t = 0; t < TB; ++t) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mk, x + size_t(t0 + t) * K + k);
+      for (int i = 0; i < RB; ++i) acc[i][t] = _mm512_fmadd_ps(wf[i], xv, acc[i][t]);
     }
-    const float bb = bias ? bias[r] : 0.f;
-    for (int t = 0; t < TB; ++t) out[size_t(t0 + t) * ldo + r] = _mm512_reduce_add_ps(acc[t]) + bb;
+  }
+  for (int i = 0; i < RB; ++i) {
+    const float bb = bias ? bias[r + i] : 0.f;
+    for (int t = 0; t < TB; ++t)
+      out[size_t(t0 + t) * ldo + r + i] = _mm512_reduce_add_ps(acc[i][t]) + bb;
   }
 }
 
@@ -101,7 +113,13 @@ GPTOSS_AVX512 static void bf16w_gemm_rows_avx512(const uint16_t* W, size_t ldw, 
                                                  const float* x, int m, int K, const float* bias,
                                                  float* out, int ldo) {
   int t = 0;
-  for (; t + 4 <= m; t += 4) bf16w_rows_avx512_tb<4>(W, ldw, r0, r1, x, t, K, bias, out, ldo);
+  // tokens in tiles of 4, rows in tiles of 4 (k-loop innermost over a 4 x 4 register tile);
+  // tokens are the outer loop so a band of weight rows stays in L2 while all tokens pass over it
+  for (; t + 4 <= m; t += 4) {
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) bf16w_tile_avx512<4, 4>(W, ldw, r, x, t, K, bias, out, ldo);
+    for (; r < r1; ++r) bf16w_tile_avx512<1, 4>(W, ldw, r, x, t, K, bias, out, ldo);
+  }
   for (; t < m; ++t) {
     int r = r0;
     for (; r + 4 <= r1; r += 4)

@@ -108,6 +108,7 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
         for (int g = 0; g < G; ++g) {
           const float* qh = qg + size_t(g) * d;
           float s = 0.f;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < d; ++i) s += qh[i] * kr[i];
           sc[size_t(g) * S + j] = s * scale;
         }
@@ -129,6 +130,7 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
         for (int g = 0; g < G; ++g) {
           const float pj = sc[size_t(g) * S + j] * inv[g];
           float* o = out + (size_t(t) * Hq + size_t(kh) * G + g) * d;
+#pragma omp simd
           for (int i = 0; i < d; ++i) o[i] += pj * vr[i];
         }
       }

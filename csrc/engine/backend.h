@@ -45,10 +45,11 @@ class Backend {
   // router logits [n, E] -> experts [n, k] and their softmax weights [n, k] (host arrays)
   virtual void route(const float* logits, int n, int E, int k, int32_t* experts,
                      float* weights) = 0;
-  // out [n, H] = sum_j weights[t, j] * expert(experts[t, j], t[t]) for layer L's experts
+  // out [n, H] = sum_j weights[t, j] * expert(experts[t, j], t[t]) for layer L's experts;
+  // levels: how finely activations are quantized for the MXFP4 products (2: float32-class, 1: int8)
   virtual void moe(const LayerTensors& L, const float* w1_bias, const float* w2_bias,
                    const float* t, int n, int H, int I, int k, const int32_t* experts,
-                   const float* weights, float alpha, float limit, float* out) = 0;
+                   const float* weights, float alpha, float limit, int levels, float* out) = 0;
 };
 
 }  // namespace gptoss

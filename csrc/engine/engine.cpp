@@ -38,6 +38,9 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
   GPTOSS_CHECK(opts.max_context >= 0, "max_context must be >= 0, got " << opts.max_context);
   max_context_ = opts.max_context > 0 ? std::min(opts.max_context, c.max_context) : c.max_context;
   if (opts.num_threads > 0) cpu::set_num_threads(opts.num_threads);
+  GPTOSS_CHECK(opts.activation_levels == 1 || opts.activation_levels == 2,
+               "activation_levels = " << opts.activation_levels << ": must be 1 or 2");
+  levels_ = opts.activation_levels;
   be_->bind(ck_);
   small_.resize(ck_.layers.size());
   for (size_t l = 0; l < ck_.layers.size(); ++l) {
@@ -197,7 +200,7 @@ void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logit
     be_->linear(t_, n, L.router_w, S.router_b, glog_, c.num_experts);
     be_->route(glog_, n, c.num_experts, K, experts_.data(), weights_.data());
     be_->moe(L, S.w1_bias, S.w2_bias, t_, n, H, c.intermediate_size, K, experts_.data(),
-             weights_.data(), c.swiglu_alpha, c.swiglu_limit, y_);
+             weights_.data(), c.swiglu_alpha, c.swiglu_limit, levels_, y_);
     be_->add(x_, y_, size_t(n) * H);
   }
   pos_ += n;

@@ -37,6 +37,7 @@ class Engine {
   Checkpoint ck_;
   std::unique_ptr<Backend> be_;
   int max_context_ = 0;
+  int levels_ = 2;
   int pos_ = 0;
 
   struct LayerSmall {

@@ -153,7 +153,8 @@ py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
                           const py::array& weights_in, const py::array& w1b_in,
                           const py::array& w1s_in, const py::array& w1bias_in,
                           const py::array& w2b_in, const py::array& w2s_in,
-                          const py::array& w2bias_in, float alpha, float limit) {
+                          const py::array& w2bias_in, float alpha, float limit, int levels) {
+  need(levels == 1 || levels == 2, "levels must be 1 or 2");
   auto w1b = need_array<uint8_t>(w1b_in, "w1_blocks", {-1, -1, -1, 16});
   const py::ssize_t E = w1b.shape(0), I2 = w1b.shape(1), H = w1b.shape(2) * 32, I = I2 / 2;
   need(I2 % 2 == 0 && I % 32 == 0, "w1_blocks rows must be 2I with I a multiple of 32");
@@ -183,7 +184,7 @@ py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
     py::gil_scoped_release nogil;
     auto be = make_cpu_backend();
     be->moe(L, w1bias.data(), w2bias.data(), t.data(), int(n), int(H), int(I), int(k),
-            experts.data(), weights.data(), alpha, limit, o);
+            experts.data(), weights.data(), alpha, limit, levels, o);
   }
   return out;
 }
@@ -279,16 +280,17 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Model>(m, "CpuEngine", "the C++ engine on the CPU backend")
       .def(py::init([](const std::string& path, const std::string& layout, int max_context,
-                       int threads) {
+                       int threads, int activation_levels) {
              Options o;
              o.layout = layout;
              o.max_context = max_context;
              o.num_threads = threads;
+             o.activation_levels = activation_levels;
              py::gil_scoped_release nogil;
              return new Model(path, o);
            }),
            py::arg("path"), py::arg("layout") = "", py::arg("max_context") = 0,
-           py::arg("threads") = 0)
+           py::arg("threads") = 0, py::arg("activation_levels") = 2)
       .def_property_readonly("position", &Model::position)
       .def_property_readonly("max_context", &Model::max_context)
       .def_property_readonly("layout", &Model::layout)
@@ -337,7 +339,7 @@ PYBIND11_MODULE(_C, m) {
   ops.def("moe", &op_moe, py::arg("t"), py::arg("experts"), py::arg("weights"),
           py::arg("w1_blocks"), py::arg("w1_scales"), py::arg("w1_bias"), py::arg("w2_blocks"),
           py::arg("w2_scales"), py::arg("w2_bias"), py::arg("alpha") = 1.702f,
-          py::arg("limit") = 7.0f,
+          py::arg("limit") = 7.0f, py::arg("levels") = 2,
           "t [n, H], experts [n, k] int, weights [n, k], W1 [E, 2I, H/32, 16] + [E, 2I, H/32] + "
           "bias [E, 2I], W2 [E, H, I/32, 16] + [E, H, I/32] + bias [E, H] -> [n, H]: the grouped "
           "MXFP4 experts with the clamped SwiGLU and the weighted sum");

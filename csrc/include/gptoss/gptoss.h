@@ -55,6 +55,10 @@ struct Options {
   std::string layout;       // "" (detect; a directory with both uses the HF root), "hf", "original"
   int max_context = 0;      // 0: the model's own (131072); else at most that many positions
   int num_threads = 0;      // 0: all cores (OpenMP default)
+  // How the CPU backend quantizes activations for the MXFP4 expert products: 2 (default) keeps
+  // float32-class accuracy (error ~2^-16 of each 32-block's maximum); 1 is plain int8 per block
+  // (error up to 1/254 of the maximum, as other CPU engines do), faster where compute-bound.
+  int activation_levels = 2;
 };
 
 class Engine;  // the runtime behind Model (csrc/engine/)

@@ -59,15 +59,19 @@ def backends() -> List[BackendInfo]:
     return out
 
 
-def make_engine(weights, backend: str = "auto", max_context: Optional[int] = None):
-    """(engine, note) for `backend`; `auto` takes the fastest available and says why."""
+def make_engine(weights, backend: str = "auto", max_context: Optional[int] = None,
+                **native_options):
+    """(engine, note) for `backend`; `auto` takes the fastest available and says why.
+
+    native_options (threads, activation_levels) go to the C++ engine and are ignored by numpy.
+    """
     infos = {b.name: b for b in backends()}
     if backend != "auto":
         if backend not in infos:
             raise ValueError(f"backend={backend!r}: must be 'auto' or one of {', '.join(ORDER)}")
         if not infos[backend].available:
             raise RuntimeError(f"backend {backend!r} is not available: {infos[backend].reason}")
-        return _build(backend, weights, max_context), f"{backend} (asked for)"
+        return _build(backend, weights, max_context, native_options), f"{backend} (asked for)"
     skipped = []
     for name in ORDER:
         b = infos[name]
@@ -75,7 +79,7 @@ def make_engine(weights, backend: str = "auto", max_context: Optional[int] = Non
             skipped.append(f"{name}: {b.reason}")
             continue
         try:
-            eng = _build(name, weights, max_context)
+            eng = _build(name, weights, max_context, native_options)
         except (ValueError, RuntimeError) as e:
             skipped.append(f"{name}: {e}")
             continue
@@ -84,9 +88,10 @@ def make_engine(weights, backend: str = "auto", max_context: Optional[int] = Non
     raise RuntimeError("no backend could run this model: " + "; ".join(skipped))
 
 
-def _build(name: str, weights, max_context):
+def _build(name: str, weights, max_context, native_options):
     if name == "numpy":
         from .numpy import NumpyEngine
         return NumpyEngine(weights, max_context=max_context)
     from .native import NativeEngine
-    return NativeEngine(weights, device=name, max_context=max_context)
+    opts = {k: v for k, v in native_options.items() if v is not None}
+    return NativeEngine(weights, device=name, max_context=max_context, **opts)

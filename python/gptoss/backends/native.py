@@ -14,7 +14,7 @@ class NativeEngine:
     """
 
     def __init__(self, weights, device: str = "cpu", max_context: Optional[int] = None,
-                 threads: int = 0):
+                 threads: int = 0, activation_levels: int = 2):
         from .. import _C
         if device != "cpu":
             raise RuntimeError(f"the native engine has no {device!r} backend in this build")
@@ -22,7 +22,8 @@ class NativeEngine:
         self.weights = weights
         self.config = weights.config
         self._e = _C.CpuEngine(weights.directory, layout=weights.layout,
-                               max_context=int(max_context or 0), threads=int(threads))
+                               max_context=int(max_context or 0), threads=int(threads),
+                               activation_levels=int(activation_levels))
         self.max_context = self._e.max_context
 
     @property
