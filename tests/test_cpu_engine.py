@@ -111,3 +111,20 @@ def test_threads_setting_gives_same_logits(tiny_hf):
     b = NativeEngine(w).prefill(toks)
     # thread count changes no reduction order (rows are split, never a dot product)
     assert np.array_equal(a, b)
+
+
+def test_one_level_activations_within_their_bound(tiny_hf):
+    """activation_levels=1 (int8 activations for the experts): logits within the bound derived
+    from the one-level quantization error."""
+    from test_cpu_kernels import Q1_BOUND
+    w = Weights(tiny_hf)
+    toks = np.random.default_rng(1).integers(0, 199998, 150).tolist()
+    want = NumpyEngine(w).prefill(toks)
+    got = NativeEngine(w, activation_levels=1).prefill(toks)
+    cfg = w.config
+    b1 = 2 * cfg.num_layers * (Q1_BOUND + f32_bound(max(cfg.hidden_size, 2 * cfg.intermediate_size)))
+    assert rel_err(got, want) < b1, rel_err(got, want)
+    # and it is genuinely coarser than the default two levels (the option does something)
+    assert rel_err(got, want) > rel_err(NativeEngine(w).prefill(toks), want)
+    with pytest.raises(ValueError, match="activation_levels"):
+        NativeEngine(w, activation_levels=3)

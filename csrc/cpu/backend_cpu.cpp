@@ -31,6 +31,7 @@ cpu::Q8Act q8_rows_from(const cpu::Q8Act& q, int off) {
   r.c1 += cs;
   r.c2 += cs;
   r.step += cs;
+  r.step1 += cs;
   return r;
 }
 
