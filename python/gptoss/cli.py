@@ -88,6 +88,89 @@ def cmd_make_random(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from .chat_events import Done, ReasoningDelta, TextDelta, ToolCall
+    from .model import Model
+    model = Model.from_pretrained(args.model, backend=args.backend, progress=True)
+    effort = args.reasoning_effort
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"[gptoss chat: {model.backend_note}; reasoning {effort}. /effort low|medium|high, "
+              "/reset, /quit]", file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            if cmd == "/quit":
+                break
+            if cmd == "/reset":
+                history = history[:1] if args.system else []
+                print("[history cleared]", file=sys.stderr)
+            elif cmd == "/effort" and arg.strip() in ("low", "medium", "high"):
+                effort = arg.strip()
+                print(f"[reasoning effort: {effort}]", file=sys.stderr)
+            else:
+                print(f"[unknown command {line!r}]", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        reasoning, content, calls = [], [], []
+        shown_reasoning = False
+        for ev in model.chat(history, reasoning_effort=effort, max_tokens=args.max_tokens,
+                             temperature=args.temperature, seed=args.seed):
+            if isinstance(ev, ReasoningDelta):
+                reasoning.append(ev.text)
+                if not args.hide_reasoning:
+                    if not shown_reasoning:
+                        sys.stdout.write("[reasoning] ")
+                        shown_reasoning = True
+                    sys.stdout.write(ev.text)
+            elif isinstance(ev, TextDelta):
+                if shown_reasoning and not content:
+                    sys.stdout.write("\n[answer] ")
+                content.append(ev.text)
+                sys.stdout.write(ev.text)
+            elif isinstance(ev, ToolCall):
+                calls.append(ev)
+                sys.stdout.write(f"\n[tool call] {ev.name}({ev.arguments})")
+            elif isinstance(ev, Done):
+                sys.stdout.write("\n")
+                if args.verbose:
+                    print(f"[{ev.stop_reason}; {ev.usage['completion_tokens']} tokens"
+                          + (f"; malformed: {ev.malformed}" if ev.malformed else "") + "]",
+                          file=sys.stderr)
+            sys.stdout.flush()
+        msg = {"role": "assistant", "content": "".join(content), "reasoning": "".join(reasoning)}
+        if calls:
+            msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}}
+                                 for c in calls]
+        history.append(msg)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .model import Model
+    from .server import serve
+    model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
+                                  max_context=args.max_context)
+    print(f"[gptoss serve: {model.backend_note}; http://{args.host}:{args.port}/v1]",
+          file=sys.stderr)
+    serve(model, host=args.host, port=args.port, model_name=args.model_name or
+          os.path.basename(os.path.normpath(args.model)), api_key=args.api_key or
+          os.environ.get("GPTOSS_API_KEY"), enable_test_hooks=args.enable_test_hooks,
+          log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptoss", description="Run gpt-oss-20b/120b offline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,6 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at this token id (repeatable; default <|endoftext|> and <|return|>)")
     g.add_argument("--verbose", "-v", action="store_true", help="print backend and speed")
     g.set_defaults(fn=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive Harmony chat (reasoning shown apart)")
+    c.add_argument("--model", "-m", required=True)
+    c.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu", "numpy"])
+    c.add_argument("--reasoning-effort", "-r", default="medium", choices=["low", "medium", "high"])
+    c.add_argument("--hide-reasoning", action="store_true")
+    c.add_argument("--system", default=None, help="instructions (become the developer message)")
+    c.add_argument("--max-tokens", type=int, default=1024)
+    c.add_argument("--temperature", "-t", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--verbose", "-v", action="store_true")
+    c.set_defaults(fn=cmd_chat)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    s.add_argument("--model", "-m", required=True)
+    s.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu", "numpy"])
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--model-name", default=None, help="the id /v1/models reports")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' "
+                   "(or set GPTOSS_API_KEY)")
+    s.add_argument("--log-level", default="info")
+    s.add_argument("--max-context", type=int, default=None,
+                   help="serve at most this many positions per request (default: the model's)")
+    s.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    s.set_defaults(fn=cmd_serve)
 
     r = sub.add_parser("make-random-checkpoint", help="write a random checkpoint (real layout)")
     r.add_argument("path")

@@ -108,12 +108,15 @@ class Model:
     def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 256,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  seed: Optional[int] = None,
-                 stop_tokens: Optional[Iterable[int]] = None) -> Generation:
+                 stop_tokens: Optional[Iterable[int]] = None,
+                 forced_tokens: Optional[Sequence[int]] = None) -> Generation:
         """Stream tokens after `prompt` (text, special tokens allowed, or token ids).
 
         Greedy at temperature 0; reproducible for a given seed. Stops at any of `stop_tokens`
         (default <|endoftext|> and <|return|>; the stop token is not yielded), after
-        `max_new_tokens`, or at the context limit.
+        `max_new_tokens`, or at the context limit. `forced_tokens`, if given, replace the first
+        sampled tokens (the model still runs on them): constrained prefixes such as a required
+        tool call, and the test hook that drives a random model down a chosen path.
         """
         toks = self._as_tokens(prompt)
         if not toks:
@@ -125,11 +128,13 @@ class Model:
                              f"{self.max_context} tokens")
         sampler = Sampler(temperature, top_p, top_k, seed)
         stops = set(DEFAULT_STOP_TOKENS if stop_tokens is None else (int(t) for t in stop_tokens))
+        forced = self._as_tokens(list(forced_tokens)) if forced_tokens else []
         gen = Generation(iter(()), toks)
-        gen._it = self._stream(toks, max_new_tokens, sampler, stops, gen)
+        gen._it = self._stream(toks, max_new_tokens, sampler, stops, gen, forced)
         return gen
 
-    def _stream(self, toks, max_new_tokens, sampler, stops, gen) -> Iterator[GeneratedToken]:
+    def _stream(self, toks, max_new_tokens, sampler, stops, gen,
+                forced=()) -> Iterator[GeneratedToken]:
         eng = self.engine
         dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
         eng.reset()
@@ -138,7 +143,7 @@ class Model:
             return
         logits = eng.prefill(toks, all_logits=False)
         for i in range(max_new_tokens):
-            nxt = sampler(logits)
+            nxt = forced[i] if i < len(forced) else sampler(logits)
             if nxt in stops:
                 gen.stop_reason, gen.stop_token = "stop_token", nxt
                 return
@@ -154,3 +159,22 @@ class Model:
         tail = dec.decode(b"", final=True)
         if tail:
             gen.text += tail
+
+
+    # ------------------------------------------------------------------------- chat
+    def chat(self, messages, tools=None, reasoning_effort: str = "medium",
+             max_tokens: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, seed: Optional[int] = None, stream: bool = True,
+             current_date: Optional[str] = None, stop: Optional[Sequence[str]] = None,
+             tool_choice=None, forced_tokens: Optional[Sequence[int]] = None):
+        """Chat in the Harmony format with OpenAI-style `messages` and `tools`.
+
+        stream=True: an iterator of events (`chat_events.ReasoningDelta`, `TextDelta`,
+        `ToolCall`, and a final `Done` with stop reason and usage). stream=False: a `ChatResult`.
+        """
+        from . import chat_events
+        it = chat_events.run_chat(self, messages, tools=tools, reasoning_effort=reasoning_effort,
+                                  max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                  top_k=top_k, seed=seed, current_date=current_date, stop=stop,
+                                  tool_choice=tool_choice, forced_tokens=forced_tokens)
+        return it if stream else chat_events.collect(it)

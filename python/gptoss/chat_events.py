@@ -1,0 +1,154 @@
+"""`Model.chat`: Harmony prompt in, typed events out.
+
+Channels map onto OpenAI's shapes: `analysis` is reasoning, `final` (and a `commentary` preamble
+with no recipient) is the answer's text, and a `commentary` message addressed to
+`functions.NAME` is a tool call whose content is the JSON arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from . import chat as harmony
+from .tokenizer import CALL, RETURN, get_tokenizer
+
+
+@dataclasses.dataclass
+class ReasoningDelta:
+    text: str
+
+
+@dataclasses.dataclass
+class TextDelta:
+    text: str
+
+
+@dataclasses.dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str                   # the model's JSON text, as OpenAI passes it
+
+
+@dataclasses.dataclass
+class Done:
+    stop_reason: str                 # "stop", "tool_calls", "length" or "context_limit"
+    usage: Dict[str, int]
+    malformed: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class ChatResult:
+    reasoning: str
+    content: str
+    tool_calls: List[ToolCall]
+    stop_reason: str
+    usage: Dict[str, int]
+    malformed: List[str]
+
+
+def forced_prefix(tool_choice, tools) -> List[int]:
+    """Tokens that begin the answer for tool_choice 'required' or a named function."""
+    if tool_choice in (None, "auto", "none"):
+        return []
+    enc = get_tokenizer()
+    if tool_choice == "required":
+        text = "<|channel|>commentary to=functions."
+    elif isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict) \
+            and isinstance(tool_choice["function"].get("name"), str):
+        name = tool_choice["function"]["name"]
+        if not any((t.get("function") or {}).get("name") == name for t in tools or []):
+            raise harmony.ChatFormatError(f"tool_choice names function {name!r}, which is not "
+                                          "among the tools")
+        text = f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
+    else:
+        raise harmony.ChatFormatError("tool_choice: must be 'none', 'auto', 'required' or "
+                                      "{'type': 'function', 'function': {'name': ...}}")
+    return enc.encode(text, allowed_special="all")
+
+
+def run_chat(model, messages, tools=None, reasoning_effort="medium", max_tokens=1024,
+             temperature=1.0, top_p=1.0, top_k=0, seed=None, current_date=None,
+             stop: Optional[Sequence[str]] = None, tool_choice=None,
+             forced_tokens: Optional[Sequence[int]] = None) -> Iterator[Any]:
+    use_tools = None if tool_choice == "none" else tools
+    prompt = harmony.render(messages, tools=use_tools, reasoning_effort=reasoning_effort,
+                            current_date=current_date)
+    forced = list(forced_tokens or []) or forced_prefix(tool_choice, use_tools)
+    stops = [s for s in (stop or []) if s]
+    gen = model.generate(prompt, max_new_tokens=max_tokens, temperature=temperature,
+                         top_p=top_p, top_k=top_k, seed=seed, stop_tokens=[RETURN, CALL],
+                         forced_tokens=forced)
+    parser = harmony.HarmonyParser()
+    text_so_far = ""
+    hit_stop = False
+
+    def route(events):
+        nonlocal text_so_far, hit_stop
+        out = []
+        for e in events:
+            m = e.message
+            if e.kind == "delta":
+                if m.channel == "analysis":
+                    out.append(ReasoningDelta(e.text))
+                elif m.recipient and m.recipient != "assistant":
+                    pass                      # tool-call arguments: emitted whole at the end
+                elif not hit_stop:
+                    piece = e.text
+                    if stops:
+                        joined = text_so_far + piece
+                        cut = min((joined.find(s) for s in stops if s in joined), default=-1)
+                        if cut >= 0:
+                            piece = joined[len(text_so_far):cut]
+                            hit_stop = True
+                    text_so_far += piece
+                    if piece:
+                        out.append(TextDelta(piece))
+            elif e.kind == "stray" and not hit_stop:
+                text_so_far += e.text
+                out.append(TextDelta(e.text))
+            elif e.kind == "end" and m.recipient and m.recipient.startswith("functions."):
+                out.append(ToolCall("call_" + uuid.uuid4().hex[:24],
+                                    m.recipient[len("functions."):], m.content))
+        return out
+
+    for tok in gen:
+        for ev in route(parser.feed(tok.id)):
+            yield ev
+        if hit_stop:
+            break
+    if gen.stop_reason == "stop_token" and gen.stop_token is not None:
+        for ev in route(parser.feed(gen.stop_token)):
+            yield ev
+    for ev in route(parser.close()):
+        yield ev
+    n_out = len(gen.tokens) + (1 if gen.stop_reason == "stop_token" else 0)
+    usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
+             "total_tokens": len(prompt) + n_out}
+    if parser.done == "call" or any(m.recipient and m.recipient.startswith("functions.")
+                                    and m.end == "call" for m in parser.messages):
+        reason = "tool_calls"
+    elif hit_stop or gen.stop_reason == "stop_token":
+        reason = "stop"
+    elif gen.stop_reason == "context_limit":
+        reason = "context_limit"
+    else:
+        reason = "length"
+    yield Done(reason, usage, [m.malformed for m in parser.messages if m.malformed])
+
+
+def collect(events) -> ChatResult:
+    reasoning, content, calls = [], [], []
+    done = None
+    for e in events:
+        if isinstance(e, ReasoningDelta):
+            reasoning.append(e.text)
+        elif isinstance(e, TextDelta):
+            content.append(e.text)
+        elif isinstance(e, ToolCall):
+            calls.append(e)
+        elif isinstance(e, Done):
+            done = e
+    return ChatResult("".join(reasoning), "".join(content), calls, done.stop_reason, done.usage,
+                      done.malformed)

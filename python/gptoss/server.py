@@ -1,0 +1,339 @@
+"""An OpenAI-compatible HTTP server on FastAPI/uvicorn: `gptoss serve --model CKPT`.
+
+Endpoints: POST /v1/chat/completions (streaming SSE or not), POST /v1/completions, GET /v1/models,
+GET /health. One model, one KV cache: requests are served one at a time in arrival order (an
+asyncio lock), each generation runs on a worker thread a token at a time, and a client that goes
+away stops its generation at the next token. Bad requests get a 400 with an OpenAI-style error
+body; nothing a client sends can stop the server.
+"""
+
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from typing import Any, Dict, List, Optional
+
+from . import chat as harmony
+from .chat_events import Done, ReasoningDelta, TextDelta, ToolCall, run_chat
+
+
+class RequestError(ValueError):
+    def __init__(self, message: str, param: Optional[str] = None, status: int = 400,
+                 code: Optional[str] = None):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+
+def _error_body(message, param=None, code=None, kind="invalid_request_error"):
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# ------------------------------------------------------------------------------ validation
+def _num(body, key, default, lo, hi, kind=float):
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and
+                                                                 int(v) != v):
+        raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a number'}", key)
+    if not lo <= v <= hi:
+        raise RequestError(f"'{key}' must be between {lo} and {hi}, got {v}", key)
+    return kind(v)
+
+
+def sampling_args(body: Dict[str, Any], model) -> Dict[str, Any]:
+    mt = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = _num({"max_tokens": mt}, "max_tokens", 1024, 1, model.max_context, int)
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or len(stop) > 4
+                             or not all(isinstance(s, str) for s in stop)):
+        raise RequestError("'stop' must be a string or a list of up to 4 strings", "stop")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise RequestError("'seed' must be an integer", "seed")
+    n = body.get("n", 1)
+    if n != 1:
+        raise RequestError("only n = 1 is supported", "n")
+    return dict(max_tokens=max_tokens,
+                temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
+                top_p=_num(body, "top_p", 1.0, 1e-9, 1.0),
+                seed=seed, stop=stop)
+
+
+class Server:
+    def __init__(self, model, model_name: str, api_key: Optional[str] = None,
+                 enable_test_hooks: bool = False):
+        self.model = model
+        self.model_name = model_name
+        self.api_key = api_key
+        self.enable_test_hooks = enable_test_hooks
+        self.lock = asyncio.Lock()
+        self.forced: List[int] = []
+        self.created = int(time.time())
+
+    # ---------------------------------------------------------------------- generation
+    async def _events(self, request, make_iter):
+        """Run a generator of events on a worker thread, one item at a time, under the lock.
+
+        Stops (and closes the generator, freeing the engine) when the client disconnects."""
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            it = make_iter()
+            sentinel = object()
+            try:
+                while True:
+                    item = await loop.run_in_executor(None, next, it, sentinel)
+                    if item is sentinel:
+                        return
+                    yield item
+                    if await request.is_disconnected():
+                        return
+            finally:
+                await loop.run_in_executor(None, it.close)
+
+    def take_forced(self) -> List[int]:
+        f, self.forced = self.forced, []
+        return f
+
+
+def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None,
+               enable_test_hooks: bool = False):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    srv = Server(model, model_name, api_key, enable_test_hooks)
+    app = FastAPI(title="gptoss", version="0.1.0")
+    app.state.server = srv
+
+    def err(e: RequestError):
+        return JSONResponse(_error_body(str(e), e.param, e.code), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return JSONResponse(_error_body(str(exc.detail), code=str(exc.status_code)),
+                            status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return JSONResponse(_error_body(str(exc)), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def any_error(request, exc):
+        return JSONResponse(_error_body(f"internal error: {exc}", kind="server_error"),
+                            status_code=500)
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if srv.api_key and request.url.path.startswith("/v1/"):
+            got = request.headers.get("authorization", "")
+            if not secrets.compare_digest(got, f"Bearer {srv.api_key}"):
+                return JSONResponse(_error_body("invalid or missing API key", code="invalid_api_key",
+                                                kind="authentication_error"), status_code=401)
+        return await call_next(request)
+
+    async def json_body(request: Request) -> Dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError(f"request body is not valid JSON: {e}")
+        if not isinstance(body, dict):
+            raise RequestError("request body must be a JSON object")
+        return body
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": srv.model_name, "backend": model.backend}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": srv.model_name, "object": "model",
+                                            "created": srv.created, "owned_by": "gptoss"}]}
+
+    if enable_test_hooks:
+        @app.post("/v1/_test/force")
+        async def force(request: Request):
+            """Test hook: the next generation starts with these tokens (ids, or Harmony text)."""
+            try:
+                body = await json_body(request)
+                if "text" in body:
+                    toks = model.tokenizer.encode(body["text"], allowed_special="all")
+                else:
+                    toks = [int(t) for t in body["tokens"]]
+            except (RequestError, KeyError, TypeError, ValueError) as e:
+                return err(e if isinstance(e, RequestError) else RequestError(str(e)))
+            srv.forced = toks
+            return {"forced": len(toks)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = await json_body(request)
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise RequestError("'messages' must be a non-empty list", "messages")
+            tools = body.get("tools")
+            if tools is not None and not isinstance(tools, list):
+                raise RequestError("'tools' must be a list", "tools")
+            effort = body.get("reasoning_effort", "medium") or "medium"
+            args = sampling_args(body, model)
+            tool_choice = body.get("tool_choice")
+            prompt = harmony.render(messages, tools=None if tool_choice == "none" else tools,
+                                    reasoning_effort=effort)
+            if len(prompt) >= model.max_context:
+                raise RequestError(f"the prompt is {len(prompt)} tokens; this model's context is "
+                                   f"{model.max_context}", "messages", code="context_length_exceeded")
+            if len(prompt) + args["max_tokens"] > model.max_context:
+                args["max_tokens"] = model.max_context - len(prompt)
+            from .chat_events import forced_prefix
+            forced_prefix(tool_choice, tools)        # validates tool_choice
+        except harmony.ChatFormatError as e:
+            return err(RequestError(str(e), "messages"))
+        except RequestError as e:
+            return err(e)
+        forced = srv.take_forced()
+        stream = bool(body.get("stream"))
+        cid = "chatcmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+
+        def make_iter():
+            return run_chat(model, messages, tools=tools, reasoning_effort=effort,
+                            tool_choice=tool_choice, forced_tokens=forced or None, **args)
+
+        if stream:
+            async def sse():
+                def chunk(delta, finish=None, usage=None):
+                    d = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                         "model": srv.model_name,
+                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    if usage is not None:
+                        d["usage"] = usage
+                    return f"data: {json.dumps(d)}\n\n"
+                yield chunk({"role": "assistant", "content": ""})
+                n_calls = 0
+                async for ev in srv._events(request, make_iter):
+                    if isinstance(ev, ReasoningDelta):
+                        yield chunk({"reasoning_content": ev.text})
+                    elif isinstance(ev, TextDelta):
+                        yield chunk({"content": ev.text})
+                    elif isinstance(ev, ToolCall):
+                        yield chunk({"tool_calls": [{"index": n_calls, "id": ev.id,
+                                                     "type": "function",
+                                                     "function": {"name": ev.name,
+                                                                  "arguments": ev.arguments}}]})
+                        n_calls += 1
+                    elif isinstance(ev, Done):
+                        yield chunk({}, _finish(ev), ev.usage)
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(sse(), media_type="text/event-stream")
+
+        reasoning, content, calls, done = [], [], [], None
+        async for ev in srv._events(request, make_iter):
+            if isinstance(ev, ReasoningDelta):
+                reasoning.append(ev.text)
+            elif isinstance(ev, TextDelta):
+                content.append(ev.text)
+            elif isinstance(ev, ToolCall):
+                calls.append({"id": ev.id, "type": "function",
+                              "function": {"name": ev.name, "arguments": ev.arguments}})
+            elif isinstance(ev, Done):
+                done = ev
+        if done is None:     # the client went away
+            return JSONResponse(_error_body("client disconnected"), status_code=499)
+        msg = {"role": "assistant", "content": "".join(content) or None,
+               "reasoning_content": "".join(reasoning) or None}
+        if calls:
+            msg["tool_calls"] = calls
+        return {"id": cid, "object": "chat.completion", "created": created,
+                "model": srv.model_name,
+                "choices": [{"index": 0, "message": msg, "finish_reason": _finish(done)}],
+                "usage": done.usage}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        try:
+            body = await json_body(request)
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                raise RequestError("'prompt' must be a non-empty string", "prompt")
+            args = sampling_args(body, model)
+            toks = model.tokenizer.encode(prompt, allowed_special="all")
+            if len(toks) >= model.max_context:
+                raise RequestError(f"the prompt is {len(toks)} tokens; this model's context is "
+                                   f"{model.max_context}", "prompt", code="context_length_exceeded")
+            args["max_tokens"] = min(args["max_tokens"], model.max_context - len(toks))
+        except RequestError as e:
+            return err(e)
+        forced = srv.take_forced()
+        cid = "cmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+        stops = args.pop("stop") or []
+
+        def make_iter():
+            gen = model.generate(toks, max_new_tokens=args["max_tokens"],
+                                 temperature=args["temperature"], top_p=args["top_p"],
+                                 seed=args["seed"], forced_tokens=forced or None)
+            text = ""
+            for t in gen:
+                new = text + t.text
+                cut = min((new.find(s) for s in stops if s in new), default=-1)
+                if cut >= 0:
+                    yield ("text", new[len(text):cut])
+                    yield ("done", "stop", len(gen.tokens))
+                    return
+                text = new
+                yield ("text", t.text)
+            yield ("done", "stop" if gen.stop_reason == "stop_token" else "length",
+                   len(gen.tokens))
+
+        def usage(n):
+            return {"prompt_tokens": len(toks), "completion_tokens": n,
+                    "total_tokens": len(toks) + n}
+
+        if body.get("stream"):
+            async def sse():
+                async for ev in srv._events(request, make_iter):
+                    if ev[0] == "text":
+                        d = {"id": cid, "object": "text_completion", "created": created,
+                             "model": srv.model_name,
+                             "choices": [{"index": 0, "text": ev[1], "finish_reason": None}]}
+                    else:
+                        d = {"id": cid, "object": "text_completion", "created": created,
+                             "model": srv.model_name,
+                             "choices": [{"index": 0, "text": "", "finish_reason": ev[1]}],
+                             "usage": usage(ev[2])}
+                    yield f"data: {json.dumps(d)}\n\n"
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        text, finish, n = [], None, 0
+        async for ev in srv._events(request, make_iter):
+            if ev[0] == "text":
+                text.append(ev[1])
+            else:
+                finish, n = ev[1], ev[2]
+        if finish is None:
+            return JSONResponse(_error_body("client disconnected"), status_code=499)
+        return {"id": cid, "object": "text_completion", "created": created,
+                "model": srv.model_name,
+                "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish}],
+                "usage": usage(n)}
+
+    return app
+
+
+def _finish(done: Done) -> str:
+    return {"tool_calls": "tool_calls", "stop": "stop"}.get(done.stop_reason, "length")
+
+
+def serve(model, host: str = "127.0.0.1", port: int = 8000, model_name: str = "gpt-oss",
+          api_key: Optional[str] = None, enable_test_hooks: bool = False,
+          log_level: str = "info") -> None:
+    import uvicorn
+    app = create_app(model, model_name, api_key, enable_test_hooks)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
