@@ -45,3 +45,12 @@ def test_errors_are_clean(tmp_path):
     assert r.returncode == 2 and "not a directory" in r.stderr and "Traceback" not in r.stderr
     r = run("generate", "--model", "random:huge", "hi")
     assert r.returncode == 2 and "unknown preset" in r.stderr
+
+
+def test_chat_cli_keeps_history_and_shows_reasoning_apart(tiny_hf):
+    r = run("chat", "--model", tiny_hf, "--max-tokens", "6", "-t", "0", "-v",
+            input="Hello\n/effort high\nAgain\n/quit\n")
+    assert r.returncode == 0, r.stderr
+    assert "[reasoning effort: high]" in r.stderr
+    # two turns answered, each ending with a Done line carrying its stop reason
+    assert r.stderr.count("[length; 6 tokens") == 2
