@@ -279,8 +279,9 @@ template <int LV>
 GPTOSS_AVX512 static void mf4w_q8_gemm_rows_avx512(const uint8_t* blocks, const uint8_t* scales,
                                                    int r0, int r1, const Q8Act& q, int m,
                                                    const float* bias, float* out, int ldo) {
-  if (m == 1) {  // decode: two rows at a time
+  if (m == 1) {  // decode: four rows at a time
     int r = r0;
+    for (; r + 4 <= r1; r += 4) mf4w_avx512_blk<4, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
     for (; r + 2 <= r1; r += 2) mf4w_avx512_blk<2, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
     if (r < r1) mf4w_avx512_blk<1, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
     return;

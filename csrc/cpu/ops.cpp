@@ -84,6 +84,149 @@ void swiglu(const float* u, int m, int I, float alpha, float limit, float* a) {
 
 size_t attention_scratch_floats(int max_keys, int Hq) { return size_t(max_keys) * Hq; }
 
+namespace {
+
+// One (query, kv head) pair in plain C++: scores of all visible keys for the G query heads that
+// share the kv head, softmax with the sink, weighted sum of V. sc: [G, S] scratch.
+void attend_plain(const float* qg, const KVView& kv, int kh, int lo, int S, int G, int d,
+                  float scale, const float* sinks, float* og, float* sc) {
+  for (int j = 0; j < S; ++j) {
+    const float* kr = kv.k(lo + j) + size_t(kh) * d;
+    for (int g = 0; g < G; ++g) {
+      const float* qh = qg + size_t(g) * d;
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int i = 0; i < d; ++i) s += qh[i] * kr[i];
+      sc[size_t(g) * S + j] = s * scale;
+    }
+  }
+  float inv[64];
+  for (int g = 0; g < G; ++g) {
+    float* sg = sc + size_t(g) * S;
+    const float sink = sinks[g];
+    float mx = sink;
+    for (int j = 0; j < S; ++j) mx = std::max(mx, sg[j]);
+    float sum = std::exp(sink - mx);
+    for (int j = 0; j < S; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
+    inv[g] = 1.0f / sum;
+    std::memset(og + size_t(g) * d, 0, sizeof(float) * size_t(d));
+  }
+  for (int j = 0; j < S; ++j) {
+    const float* vr = kv.v(lo + j) + size_t(kh) * d;
+    for (int g = 0; g < G; ++g) {
+      const float pj = sc[size_t(g) * S + j] * inv[g];
+      float* o = og + size_t(g) * d;
+#pragma omp simd
+      for (int i = 0; i < d; ++i) o[i] += pj * vr[i];
+    }
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GPTOSS_AVX512_ATT __attribute__((target("avx512f,avx512dq,avx512vl")))
+
+// e^x for x <= 0 (the softmax's shifted logits): range reduction to r in [-ln2/2, ln2/2], a
+// degree-6 polynomial, and scalef by 2^n. Relative error about 2e-7.
+GPTOSS_AVX512_ATT static inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The horizontal sums of 8 vectors, as 8 floats.
+GPTOSS_AVX512_ATT static inline __m256 hsum8(const __m512 v[8]) {
+  __m512 a01 = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+  __m512 a23 = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+  __m512 a45 = _mm512_add_ps(_mm512_unpacklo_ps(v[4], v[5]), _mm512_unpackhi_ps(v[4], v[5]));
+  __m512 a67 = _mm512_add_ps(_mm512_unpacklo_ps(v[6], v[7]), _mm512_unpackhi_ps(v[6], v[7]));
+  // per 128-bit lane: (sum of 4 of v0, v1, v2, v3) and the same for v4..v7
+  __m512 b = _mm512_add_ps(_mm512_shuffle_ps(a01, a23, 0x44), _mm512_shuffle_ps(a01, a23, 0xEE));
+  __m512 c = _mm512_add_ps(_mm512_shuffle_ps(a45, a67, 0x44), _mm512_shuffle_ps(a45, a67, 0xEE));
+  // add the four 128-bit lanes: lanes (b0+b2, b1+b3, c0+c2, c1+c3), then pairs
+  __m512 e = _mm512_add_ps(_mm512_shuffle_f32x4(b, c, 0x44), _mm512_shuffle_f32x4(b, c, 0xEE));
+  e = _mm512_add_ps(e, _mm512_shuffle_f32x4(e, e, 0xB1));
+  return _mm512_castps512_ps256(_mm512_shuffle_f32x4(e, e, 0x08));
+}
+
+// The same for head dim 64 and 8 query heads per kv head: the 8 dot products of a key are reduced
+// together (hsum8), scores are stored key-major [S, 8] so the softmax runs across the 8 heads in
+// one vector, exp is vectorised, and V rows are accumulated into registers four heads at a time.
+GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, int kh, int lo,
+                                            int S, float scale, const float* sinks, float* og,
+                                            float* sc) {
+  for (int j = 0; j < S; ++j) {
+    const float* kr = kv.k(lo + j) + size_t(kh) * 64;
+    const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16),
+                 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+    __m512 acc[8];
+    for (int g = 0; g < 8; ++g) {
+      const float* qh = qg + g * 64;
+      __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), k0);
+      a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16), k1, a);
+      a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 32), k2, a);
+      acc[g] = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 48), k3, a);
+    }
+    _mm256_storeu_ps(sc + size_t(j) * 8, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale)));
+  }
+  // softmax across keys, 8 heads per vector (two keys per 512-bit register)
+  const __m256 sink = _mm256_loadu_ps(sinks);
+  __m256 mx = sink;
+  for (int j = 0; j < S; ++j) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sc + size_t(j) * 8));
+  const __m512 mx2 = _mm512_insertf32x8(_mm512_castps256_ps512(mx), mx, 1);
+  __m512 sum2 = _mm512_setzero_ps();
+  int j = 0;
+  for (; j + 2 <= S; j += 2) {
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sc + size_t(j) * 8), mx2));
+    _mm512_storeu_ps(sc + size_t(j) * 8, e);
+    sum2 = _mm512_add_ps(sum2, e);
+  }
+  __m256 sum = _mm256_add_ps(_mm512_castps512_ps256(sum2), _mm512_extractf32x8_ps(sum2, 1));
+  if (j < S) {
+    const __m512 e = exp512(_mm512_castps256_ps512(_mm256_sub_ps(_mm256_loadu_ps(sc + size_t(j) * 8), mx)));
+    const __m256 e8 = _mm512_castps512_ps256(e);
+    _mm256_storeu_ps(sc + size_t(j) * 8, e8);
+    sum = _mm256_add_ps(sum, e8);
+  }
+  const __m256 es = _mm512_castps512_ps256(exp512(_mm512_castps256_ps512(_mm256_sub_ps(sink, mx))));
+  alignas(32) float inv[8];
+  _mm256_store_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(sum, es)));
+  for (int h0 = 0; h0 < 8; h0 += 4) {
+    __m512 o[4][4];
+    for (int g = 0; g < 4; ++g)
+      for (int c = 0; c < 4; ++c) o[g][c] = _mm512_setzero_ps();
+    for (int jj = 0; jj < S; ++jj) {
+      const float* vr = kv.v(lo + jj) + size_t(kh) * 64;
+      const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16),
+                   v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+      for (int g = 0; g < 4; ++g) {
+        const __m512 p = _mm512_set1_ps(sc[size_t(jj) * 8 + h0 + g]);
+        o[g][0] = _mm512_fmadd_ps(p, v0, o[g][0]);
+        o[g][1] = _mm512_fmadd_ps(p, v1, o[g][1]);
+        o[g][2] = _mm512_fmadd_ps(p, v2, o[g][2]);
+        o[g][3] = _mm512_fmadd_ps(p, v3, o[g][3]);
+      }
+    }
+    for (int g = 0; g < 4; ++g) {
+      const __m512 iv = _mm512_set1_ps(inv[h0 + g]);
+      for (int c = 0; c < 4; ++c)
+        _mm512_storeu_ps(og + size_t(h0 + g) * 64 + c * 16, _mm512_mul_ps(o[g][c], iv));
+    }
+  }
+}
+#endif
+
+}  // namespace
+
 void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView& kv, int Hq,
                int Hkv, int d, int window, const float* sinks, float* out, float* /*scratch*/) {
   const int G = Hq / Hkv;
@@ -91,6 +234,11 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
                "attention: " << Hq << " query heads over " << Hkv << " kv heads (at most 64 per kv head)");
   const float scale = 1.0f / std::sqrt(float(d));
   const long long items = (long long)n * Hkv;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const bool fast = d == 64 && G == 8 && active_isa() >= Isa::Avx512;
+#else
+  const bool fast = false;
+#endif
 #pragma omp parallel if (items > 1)
   {
     thread_local std::vector<float> scores;
@@ -100,40 +248,16 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
       const int p = qpos[t];
       const int lo = window > 0 ? std::max(0, p - window + 1) : 0;
       const int S = p - lo + 1;
-      if (scores.size() < size_t(S) * G) scores.resize(size_t(S) * G);
-      float* sc = scores.data();
+      if (scores.size() < size_t(S) * G + 16) scores.resize(size_t(S) * G + 16);
       const float* qg = q + size_t(t) * ldq + size_t(kh) * G * d;
-      for (int j = 0; j < S; ++j) {
-        const float* kr = kv.k(lo + j) + size_t(kh) * d;
-        for (int g = 0; g < G; ++g) {
-          const float* qh = qg + size_t(g) * d;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int i = 0; i < d; ++i) s += qh[i] * kr[i];
-          sc[size_t(g) * S + j] = s * scale;
-        }
+      float* og = out + (size_t(t) * Hq + size_t(kh) * G) * d;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+      if (fast) {
+        attend_d64_g8(qg, kv, kh, lo, S, scale, sinks + kh * G, og, scores.data());
+        continue;
       }
-      float inv[64];
-      for (int g = 0; g < G; ++g) {
-        float* sg = sc + size_t(g) * S;
-        const float sink = sinks[kh * G + g];
-        float mx = sink;
-        for (int j = 0; j < S; ++j) mx = std::max(mx, sg[j]);
-        float sum = std::exp(sink - mx);
-        for (int j = 0; j < S; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
-        inv[g] = 1.0f / sum;
-        float* o = out + (size_t(t) * Hq + size_t(kh) * G + g) * d;
-        std::memset(o, 0, sizeof(float) * size_t(d));
-      }
-      for (int j = 0; j < S; ++j) {
-        const float* vr = kv.v(lo + j) + size_t(kh) * d;
-        for (int g = 0; g < G; ++g) {
-          const float pj = sc[size_t(g) * S + j] * inv[g];
-          float* o = out + (size_t(t) * Hq + size_t(kh) * G + g) * d;
-#pragma omp simd
-          for (int i = 0; i < d; ++i) o[i] += pj * vr[i];
-        }
-      }
+#endif
+      attend_plain(qg, kv, kh, lo, S, G, d, scale, sinks + kh * G, og, scores.data());
     }
   }
 }
