@@ -16,5 +16,12 @@ std::string device_name(int device);
 void bf16_mf4_dequant(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t nb,
                       uint16_t* out, void* stream);
 
+// Host convenience for tests and single-kernel use: copies host arrays to the device, runs
+// bf16_mf4_dequant, copies the result back (out_host: [rows, nb * 32] bf16 bits).
+void bf16_mf4_dequant_host(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t nb,
+                           uint16_t* out_host);
+// Device-resident timing: median milliseconds of `iters` launches on [rows, nb] blocks.
+double bench_bf16_mf4_dequant(size_t rows, size_t nb, int iters);
+
 }  // namespace cuda
 }  // namespace gptoss
