@@ -72,18 +72,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_make_random(args) -> int:
-    from .testing import write_random_checkpoint
-    last = [-1]
-
-    def progress(done, total):
-        pct = int(100 * done / total)
-        if pct != last[0]:
-            last[0] = pct
-            sys.stderr.write(f"\r{pct:3d}% of {_human(total)}")
-            sys.stderr.flush()
+    from .testing import percent_progress, write_random_checkpoint
     write_random_checkpoint(args.path, preset=args.preset, layout=args.layout, seed=args.seed,
-                            max_shard_bytes=args.max_shard_bytes, progress=progress)
-    sys.stderr.write("\n")
+                            max_shard_bytes=args.max_shard_bytes,
+                            progress=percent_progress(f"writing {args.path}"))
     print(args.path)
     return 0
 

@@ -192,6 +192,21 @@ def write_random_checkpoint(path: str, preset: str = "tiny", layout: str = "hf",
     return path
 
 
+def percent_progress(label: str) -> Callable[[int, int], None]:
+    """A progress callback that rewrites one stderr line whenever the whole percentage changes."""
+    last = [-1]
+
+    def cb(done: int, total: int) -> None:
+        pct = int(100 * done / total) if total else 100
+        if pct != last[0]:
+            last[0] = pct
+            sys.stderr.write(f"\r{label}: {pct:3d}% of {total / 1e9:.2f} GB")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    return cb
+
+
 def cache_dir() -> str:
     base = os.environ.get("GPTOSS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
@@ -215,18 +230,7 @@ def random_checkpoint(preset: str, layout: str = "hf", seed: int = 0,
         return path
     if os.path.exists(path):
         shutil.rmtree(path)
-    cb = None
-    if progress:
-        last = [-1]
-
-        def cb(done, total):
-            pct = int(100 * done / total)
-            if pct != last[0]:
-                last[0] = pct
-                sys.stderr.write(f"\rwriting random:{preset} checkpoint to {path}: {pct:3d}%")
-                if done >= total:
-                    sys.stderr.write("\n")
-                sys.stderr.flush()
+    cb = percent_progress(f"writing random:{preset} checkpoint to {path}") if progress else None
     write_random_checkpoint(path, preset=preset, layout=layout, seed=seed, config=cfg, progress=cb)
     with open(marker, "w") as f:
         f.write("ok\n")
