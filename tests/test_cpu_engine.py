@@ -128,3 +128,16 @@ def test_one_level_activations_within_their_bound(tiny_hf):
     assert rel_err(got, want) > rel_err(NativeEngine(w).prefill(toks), want)
     with pytest.raises(ValueError, match="activation_levels"):
         NativeEngine(w, activation_levels=3)
+
+
+def test_prompt_crossing_a_cache_page(tiny_original):
+    """1100 positions: three prefill chunks (512) and the second 1024-position KV page."""
+    w = Weights(tiny_original)
+    toks = np.random.default_rng(11).integers(0, 199998, 1100).tolist()
+    want = NumpyEngine(w).prefill(toks, all_logits=False)
+    e = NativeEngine(w)
+    got = e.prefill(toks[:1020], all_logits=False)
+    for t in toks[1020:]:
+        got = e.decode(t)
+    assert rel_err(got, want) < bound(w.config)
+    assert rel_err(NativeEngine(w).prefill(toks, all_logits=False), want) < bound(w.config)

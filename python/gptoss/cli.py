@@ -150,6 +150,12 @@ def cmd_chat(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"gptoss serve needs FastAPI and uvicorn ({e}); install them with "
+                           "pip install 'gptoss[serve]'") from None
     from .model import Model
     from .server import serve
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
