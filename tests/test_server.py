@@ -240,3 +240,17 @@ def test_api_key(tiny_hf):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_chat_stop_strings_and_seed(server, client):
+    force(server, "<|channel|>final<|message|>Hello STOP world<|return|>")
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                       stop=["STOP"])
+    assert r.choices[0].message.content == "Hello " and r.choices[0].finish_reason == "stop"
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=6,
+              temperature=1.0, seed=42)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert a.usage.completion_tokens == b.usage.completion_tokens == 6
+    assert (a.choices[0].message.content, a.choices[0].message.model_extra.get("reasoning_content")) \
+        == (b.choices[0].message.content, b.choices[0].message.model_extra.get("reasoning_content"))
