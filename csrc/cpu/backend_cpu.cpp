@@ -89,7 +89,7 @@ class CpuBackend final : public Backend {
 
   void attention(const float* q, int n, int ldq, const int32_t* qpos, const cpu::KVView& kv,
                  int Hq, int Hkv, int d, int window, const float* sinks, float* out) override {
-    cpu::attention(q, n, ldq, qpos, kv, Hq, Hkv, d, window, sinks, out, nullptr);
+    cpu::attention(q, n, ldq, qpos, kv, Hq, Hkv, d, window, sinks, out);
   }
 
   void add(float* x, const float* y, size_t count) override {

@@ -87,8 +87,7 @@ struct KVView {
   }
 };
 void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView& kv, int Hq,
-               int Hkv, int d, int window, const float* sinks, float* out, float* scratch);
-size_t attention_scratch_floats(int max_keys, int Hq);
+               int Hkv, int d, int window, const float* sinks, float* out);
 
 // Measured read bandwidth of this machine in GB/s (all threads stream a buffer of `bytes`).
 double read_bandwidth_gbs(size_t bytes, int repeats);

@@ -82,8 +82,6 @@ void swiglu(const float* u, int m, int I, float alpha, float limit, float* a) {
   }
 }
 
-size_t attention_scratch_floats(int max_keys, int Hq) { return size_t(max_keys) * Hq; }
-
 namespace {
 
 // One (query, kv head) pair in plain C++: scores of all visible keys for the G query heads that
@@ -228,7 +226,7 @@ GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, i
 }  // namespace
 
 void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView& kv, int Hq,
-               int Hkv, int d, int window, const float* sinks, float* out, float* /*scratch*/) {
+               int Hkv, int d, int window, const float* sinks, float* out) {
   const int G = Hq / Hkv;
   GPTOSS_CHECK(G >= 1 && G <= 64 && Hq % Hkv == 0,
                "attention: " << Hq << " query heads over " << Hkv << " kv heads (at most 64 per kv head)");

@@ -42,7 +42,6 @@ class Checkpoint {
   std::vector<LayerTensors> layers;
 
  private:
-  struct Index;
   std::vector<std::unique_ptr<MappedFile>> files_;
 };
 

@@ -122,7 +122,7 @@ void Engine::ensure_cache(int upto) {
   }
 }
 
-cpu::KVView Engine::kv_view(int layer, bool) {
+cpu::KVView Engine::kv_view(int layer) {
   const LayerCache& lc = cache_[size_t(layer)];
   cpu::KVView v;
   v.k_pages = lc.k.data();

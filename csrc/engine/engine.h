@@ -32,7 +32,7 @@ class Engine {
   void ensure_workspace(int n);
   void ensure_cache(int upto);
   float* upload_f32(const Tensor& t);
-  cpu::KVView kv_view(int layer, bool keys_only_unused = false);
+  cpu::KVView kv_view(int layer);
 
   Checkpoint ck_;
   std::unique_ptr<Backend> be_;

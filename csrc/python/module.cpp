@@ -219,8 +219,7 @@ py::array_t<float> op_attention(const py::array& q_in, const py::array& k_in,
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    cpu::attention(qp, int(n), int(Hq * d), pp, kv, int(Hq), int(Hkv), int(d), window, sp, o,
-                   nullptr);
+    cpu::attention(qp, int(n), int(Hq * d), pp, kv, int(Hq), int(Hkv), int(d), window, sp, o);
   }
   return out;
 }

@@ -149,8 +149,8 @@ class _Source:
         return self.files[self.where[name]].get(name)
 
 
-def find_checkpoint(path: str, layout: Optional[str] = None) -> Tuple[str, str, str, str]:
-    """Resolve a checkpoint path to (tensor dir, config file, layout, note)."""
+def find_checkpoint(path: str, layout: Optional[str] = None) -> Tuple[str, str, str]:
+    """Resolve a checkpoint path to (tensor dir, config file, note)."""
     if layout is not None and layout not in LAYOUTS:
         raise CheckpointError(f"layout={layout!r}: must be one of {LAYOUTS} or None")
     if not os.path.isdir(path):
@@ -180,14 +180,14 @@ def find_checkpoint(path: str, layout: Optional[str] = None) -> Tuple[str, str, 
         cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointError(f"{tdir}: no config.json beside the tensors")
-    return tdir, cfg_path, layout or "", note
+    return tdir, cfg_path, note
 
 
 class Weights:
     """Every tensor of a checkpoint by role, checked against the config, as mapped views."""
 
     def __init__(self, path: str, layout: Optional[str] = None):
-        tdir, cfg_path, _, note = find_checkpoint(path, layout)
+        tdir, cfg_path, note = find_checkpoint(path, layout)
         self.path = path
         self.note = note
         self.config_path = cfg_path
@@ -282,10 +282,5 @@ class Weights:
         return sum(sf.size for sf in self._src.files.values())
 
 
-def load_config(path: str, layout: Optional[str] = None) -> Config:
-    _, cfg_path, _, _ = find_checkpoint(path, layout)
-    return Config.from_file(cfg_path)
-
-
 __all__ = ["Weights", "CheckpointError", "SafetensorsError", "ConfigError", "expected_shapes",
-           "tensor_name", "LAYER_ROLES", "GLOBAL_ROLES", "MXFP4_ROLES", "load_config"]
+           "tensor_name", "LAYER_ROLES", "GLOBAL_ROLES", "MXFP4_ROLES"]

@@ -143,10 +143,6 @@ class SafetensorsFile:
         arr = np.frombuffer(self._mm, dtype=dt, count=count, offset=self.data_start + info.begin)
         return arr.reshape(info.shape)
 
-    def close(self):
-        # Views handed out keep the mapping alive; dropping our reference is enough.
-        self._mm = None
-
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """uint16 bf16 bit patterns -> float32 (exact)."""
