@@ -87,7 +87,7 @@ class CpuBackend final : public Backend {
       std::memcpy(dst + size_t(i) * dst_ld, src + size_t(i) * src_ld, sizeof(float) * width);
   }
 
-  void attention(const float* q, int n, int ldq, const int32_t* qpos, const cpu::KVView& kv,
+  void attention(const float* q, int n, int ldq, const int32_t* qpos, const cpu::KVView* kv,
                  int Hq, int Hkv, int d, int window, const float* sinks, float* out) override {
     cpu::attention(q, n, ldq, qpos, kv, Hq, Hkv, d, window, sinks, out);
   }

@@ -66,9 +66,9 @@ void topk_softmax(const float* logits, int n, int E, int k, int32_t* experts, fl
 // u [m, 2I] (gate on even, linear on odd columns) -> a [m, I], the clamped SwiGLU.
 void swiglu(const float* u, int m, int I, float alpha, float limit, float* a);
 
-// Attention of n queries against a cache, with sinks, GQA and an optional window.
-// q [n, Hq, d] (row stride ldq floats), keys/values are found through `kv_at(pos)`:
-// K and V rows [Hkv, d] for absolute position pos. Query t sits at absolute position qpos[t] and
+// Attention of n queries against caches, with sinks, GQA and an optional window.
+// q [n, Hq, d] (row stride ldq floats); query t reads the cache kv[t] (one view per query, so a
+// batch may mix sequences), whose k(pos)/v(pos) give the K and V rows [Hkv, d] of position pos. Query t sits at absolute position qpos[t] and
 // sees positions max(0, qpos - window + 1) .. qpos (window <= 0: all). sinks [Hq]. out [n, Hq, d].
 struct KVView {
   // paged cache: page p holds positions [p * page, (p+1) * page), ring layers use slot pos % ring
@@ -86,7 +86,7 @@ struct KVView {
                 : v_pages[pos / page] + size_t(pos % page) * row;
   }
 };
-void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView& kv, int Hq,
+void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView* kv, int Hq,
                int Hkv, int d, int window, const float* sinks, float* out);
 
 // Measured read bandwidth of this machine in GB/s (all threads stream a buffer of `bytes`).

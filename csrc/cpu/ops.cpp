@@ -225,7 +225,7 @@ GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, i
 
 }  // namespace
 
-void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView& kv, int Hq,
+void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView* kvs, int Hq,
                int Hkv, int d, int window, const float* sinks, float* out) {
   const int G = Hq / Hkv;
   GPTOSS_CHECK(G >= 1 && G <= 64 && Hq % Hkv == 0,
@@ -243,6 +243,7 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
 #pragma omp for schedule(dynamic, 1)
     for (long long it = 0; it < items; ++it) {
       const int t = int(it / Hkv), kh = int(it % Hkv);
+      const KVView& kv = kvs[t];
       const int p = qpos[t];
       const int lo = window > 0 ? std::max(0, p - window + 1) : 0;
       const int S = p - lo + 1;

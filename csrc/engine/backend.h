@@ -37,8 +37,9 @@ class Backend {
   // copy rows: dst[i * dst_ld : + width] = src[i * src_ld : + width] for i < rows
   virtual void copy_rows(float* dst, int dst_ld, const float* src, int src_ld, int rows,
                          int width) = 0;
+  // kv: one cache view per query row (rows of a batch may belong to different sequences)
   virtual void attention(const float* q, int n, int ldq, const int32_t* qpos,
-                         const cpu::KVView& kv, int Hq, int Hkv, int d, int window,
+                         const cpu::KVView* kv, int Hq, int Hkv, int d, int window,
                          const float* sinks, float* out) = 0;
   // x += y
   virtual void add(float* x, const float* y, size_t count) = 0;

@@ -53,28 +53,66 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
   final_norm_ = upload_f32(ck_.final_norm);
   yarn_frequencies(c.head_dim, c.rope_theta, c.rope_factor, c.rope_beta_fast, c.rope_beta_slow,
                    c.rope_original_context, c.rope_truncate, &inv_freq_, &rope_m_);
-  cache_.resize(ck_.layers.size());
-  for (size_t l = 0; l < cache_.size(); ++l) {
-    if (c.layer_sliding[l]) {
-      LayerCache& lc = cache_[l];
-      lc.ring = c.sliding_window + kChunk;
-      const size_t bytes = size_t(lc.ring) * c.kv_width() * sizeof(float);
-      lc.k.push_back(static_cast<float*>(be_->alloc(bytes)));
-      lc.v.push_back(static_cast<float*>(be_->alloc(bytes)));
-      owned_.push_back(lc.k.back());
-      owned_.push_back(lc.v.back());
-    }
-  }
+  new_sequence();
   ensure_workspace(1);
 }
 
+int Engine::new_sequence() {
+  const Config& c = ck_.config;
+  auto s = std::make_unique<Sequence>();
+  s->cache.resize(ck_.layers.size());
+  for (size_t l = 0; l < s->cache.size(); ++l) {
+    if (!c.layer_sliding[l]) continue;
+    LayerCache& lc = s->cache[l];
+    lc.ring = c.sliding_window + kChunk;
+    const size_t bytes = size_t(lc.ring) * c.kv_width() * sizeof(float);
+    lc.k.push_back(static_cast<float*>(be_->alloc(bytes)));
+    lc.v.push_back(static_cast<float*>(be_->alloc(bytes)));
+  }
+  for (size_t i = 0; i < seqs_.size(); ++i)
+    if (!seqs_[i]) {
+      seqs_[i] = std::move(s);
+      return int(i);
+    }
+  seqs_.push_back(std::move(s));
+  return int(seqs_.size() - 1);
+}
+
+void Engine::free_cache(Sequence& s) {
+  for (auto& lc : s.cache) {
+    for (float* p : lc.k) be_->release(p);
+    for (float* p : lc.v) be_->release(p);
+    lc.k.clear();
+    lc.v.clear();
+  }
+}
+
+void Engine::free_sequence(int seq) {
+  GPTOSS_CHECK(seq != 0, "sequence 0 always exists; reset it instead");
+  Sequence& s = sequence(seq);
+  free_cache(s);
+  seqs_[size_t(seq)].reset();
+}
+
+Engine::Sequence& Engine::sequence(int seq) {
+  GPTOSS_CHECK(seq >= 0 && size_t(seq) < seqs_.size() && seqs_[size_t(seq)],
+               "no sequence " << seq);
+  return *seqs_[size_t(seq)];
+}
+
+const Engine::Sequence& Engine::sequence(int seq) const {
+  GPTOSS_CHECK(seq >= 0 && size_t(seq) < seqs_.size() && seqs_[size_t(seq)],
+               "no sequence " << seq);
+  return *seqs_[size_t(seq)];
+}
+
+void Engine::reset(int seq) { sequence(seq).pos = 0; }
+int Engine::position(int seq) const { return sequence(seq).pos; }
+
 Engine::~Engine() {
   for (void* p : owned_) be_->release(p);
-  for (auto& lc : cache_)
-    if (!lc.ring) {
-      for (float* p : lc.k) be_->release(p);
-      for (float* p : lc.v) be_->release(p);
-    }
+  for (auto& s : seqs_)
+    if (s) free_cache(*s);
   for (float* p : {x_, t_, qkv_, attn_, y_, glog_, cos_, sin_})
     if (p) be_->release(p);
 }
@@ -105,15 +143,16 @@ void Engine::ensure_workspace(int n) {
   experts_.resize(N * size_t(c.experts_per_token));
   weights_.resize(N * size_t(c.experts_per_token));
   qpos_.resize(N);
+  kvs_.resize(N);
   cos_h_.resize(N * size_t(c.head_dim / 2));
   sin_h_.resize(N * size_t(c.head_dim / 2));
   ws_n_ = n;
 }
 
-void Engine::ensure_cache(int upto) {
+void Engine::ensure_cache(Sequence& s, int upto) {
   const Config& c = ck_.config;
   const size_t page_bytes = size_t(kPage) * c.kv_width() * sizeof(float);
-  for (auto& lc : cache_) {
+  for (auto& lc : s.cache) {
     if (lc.ring) continue;
     while (int(lc.k.size()) * kPage < upto) {
       lc.k.push_back(static_cast<float*>(be_->alloc(page_bytes)));
@@ -122,8 +161,8 @@ void Engine::ensure_cache(int upto) {
   }
 }
 
-cpu::KVView Engine::kv_view(int layer) {
-  const LayerCache& lc = cache_[size_t(layer)];
+cpu::KVView Engine::kv_view(const Sequence& s, int layer) const {
+  const LayerCache& lc = s.cache[size_t(layer)];
   cpu::KVView v;
   v.k_pages = lc.k.data();
   v.v_pages = lc.v.data();
@@ -133,35 +172,71 @@ cpu::KVView Engine::kv_view(int layer) {
   return v;
 }
 
-void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logits) {
+void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logits, int seq) {
   const Config& c = ck_.config;
+  Sequence& s = sequence(seq);
   GPTOSS_CHECK(n >= 1, "tokens is empty");
   for (int i = 0; i < n; ++i)
     GPTOSS_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size,
                  "token id " << tokens[i] << " is out of range [0, " << c.vocab_size << ")");
-  GPTOSS_CHECK(int64_t(pos_) + n <= max_context_,
-               "context limit: " << pos_ << " cached + " << n << " new tokens exceeds max_context "
+  GPTOSS_CHECK(int64_t(s.pos) + n <= max_context_,
+               "context limit: " << s.pos << " cached + " << n << " new tokens exceeds max_context "
                                  << max_context_);
   // Sliding layers keep a ring of window + kChunk slots: a chunk's keys are written before its
   // queries attend, and the extra kChunk slots keep every key the chunk's first query still needs.
   // Longer prompts go through in chunks of kChunk tokens.
-  const int chunk = std::min(n, kChunk);
-  if (n > chunk) {
-    for (int s = 0; s < n; s += chunk) {
-      const int m = std::min(chunk, n - s);
-      const bool last = s + m == n;
-      float* out = all_logits ? logits + size_t(s) * c.vocab_size : (last ? logits : nullptr);
-      forward(tokens + s, m, out, all_logits);
+  for (int st = 0; st < n; st += kChunk) {
+    const int m = std::min(kChunk, n - st);
+    const bool last = st + m == n;
+    seq_of_.assign(size_t(m), seq);
+    pos_of_.resize(size_t(m));
+    for (int i = 0; i < m; ++i) pos_of_[size_t(i)] = s.pos + i;
+    std::vector<int> rows;
+    if (all_logits) {
+      for (int i = 0; i < m; ++i) rows.push_back(i);
+    } else if (last && logits) {
+      rows.push_back(m - 1);
     }
-    return;
+    float* out = all_logits ? logits + size_t(st) * c.vocab_size : logits;
+    run(tokens + st, seq_of_.data(), pos_of_.data(), m, rows, out);
+    s.pos += m;
   }
+}
+
+void Engine::decode_batch(const int32_t* seqs, const int32_t* tokens, int n, float* logits) {
+  const Config& c = ck_.config;
+  GPTOSS_CHECK(n >= 1 && n <= kChunk, "decode_batch: between 1 and " << kChunk
+                                                                      << " sequences, got " << n);
+  for (int i = 0; i < n; ++i) {
+    const Sequence& s = sequence(seqs[i]);
+    for (int j = 0; j < i; ++j)
+      GPTOSS_CHECK(seqs[j] != seqs[i], "decode_batch: sequence " << seqs[i] << " appears twice");
+    GPTOSS_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size,
+                 "token id " << tokens[i] << " is out of range [0, " << c.vocab_size << ")");
+    GPTOSS_CHECK(s.pos + 1 <= max_context_, "context limit: sequence " << seqs[i] << " is full ("
+                                                                        << max_context_ << ")");
+  }
+  seq_of_.assign(seqs, seqs + n);
+  pos_of_.resize(size_t(n));
+  std::vector<int> rows(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    pos_of_[size_t(i)] = sequence(seqs[i]).pos;
+    rows[size_t(i)] = i;
+  }
+  run(tokens, seq_of_.data(), pos_of_.data(), n, rows, logits);
+  for (int i = 0; i < n; ++i) sequence(seqs[i]).pos += 1;
+}
+
+void Engine::run(const int32_t* tokens, const int* seq_of, const int* pos_of, int n,
+                 const std::vector<int>& logit_rows, float* logits) {
+  const Config& c = ck_.config;
   ensure_workspace(n);
-  ensure_cache(pos_ + n);
+  for (int i = 0; i < n; ++i) ensure_cache(sequence(seq_of[i]), pos_of[i] + 1);
   const int H = c.hidden_size, d = c.head_dim, half = d / 2;
   const int qw = c.q_width(), kvw = c.kv_width(), qkvw = qw + 2 * kvw;
   const int K = c.experts_per_token;
   for (int i = 0; i < n; ++i) {
-    const int p = pos_ + i;
+    const int p = pos_of[i];
     qpos_[size_t(i)] = p;
     for (int j = 0; j < half; ++j) {
       const double a = double(p) * inv_freq_[size_t(j)];
@@ -181,17 +256,19 @@ void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logit
     be_->linear(t_, n, L.k_w, S.k_b, qkv_ + qw, qkvw);
     be_->linear(t_, n, L.v_w, S.v_b, qkv_ + qw + kvw, qkvw);
     be_->rope(qkv_, n, c.num_heads + c.num_kv_heads, d, qkvw, cos_, sin_);
-    LayerCache& lc = cache_[l];
     for (int i = 0; i < n; ++i) {
-      const int p = pos_ + i;
+      Sequence& sq = sequence(seq_of[i]);
+      const LayerCache& lc = sq.cache[l];
+      const int p = pos_of[i];
       float* kd = lc.ring ? lc.k[0] + size_t(p % lc.ring) * kvw
                           : lc.k[size_t(p / kPage)] + size_t(p % kPage) * kvw;
       float* vd = lc.ring ? lc.v[0] + size_t(p % lc.ring) * kvw
                           : lc.v[size_t(p / kPage)] + size_t(p % kPage) * kvw;
       be_->copy_rows(kd, kvw, qkv_ + size_t(i) * qkvw + qw, qkvw, 1, kvw);
       be_->copy_rows(vd, kvw, qkv_ + size_t(i) * qkvw + qw + kvw, qkvw, 1, kvw);
+      kvs_[size_t(i)] = kv_view(sq, int(l));
     }
-    be_->attention(qkv_, n, qkvw, qpos_.data(), kv_view(int(l)), c.num_heads, c.num_kv_heads, d,
+    be_->attention(qkv_, n, qkvw, qpos_.data(), kvs_.data(), c.num_heads, c.num_kv_heads, d,
                    c.layer_sliding[l] ? c.sliding_window : 0, S.sinks, attn_);
     be_->linear(attn_, n, L.out_w, S.out_b, y_, H);
     be_->add(x_, y_, size_t(n) * H);
@@ -203,11 +280,13 @@ void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logit
              weights_.data(), c.swiglu_alpha, c.swiglu_limit, levels_, y_);
     be_->add(x_, y_, size_t(n) * H);
   }
-  pos_ += n;
-  if (!logits) return;
-  const int first = all_logits ? 0 : n - 1;
-  const int m = n - first;
-  be_->rmsnorm(x_ + size_t(first) * H, m, H, final_norm_, c.rms_norm_eps, t_);
+  if (logit_rows.empty() || !logits) return;
+  // final norm and unembedding for the requested rows only (gathered contiguously)
+  const int m = int(logit_rows.size());
+  for (int r = 0; r < m; ++r)
+    if (logit_rows[size_t(r)] != r)
+      be_->copy_rows(x_ + size_t(r) * H, H, x_ + size_t(logit_rows[size_t(r)]) * H, H, 1, H);
+  be_->rmsnorm(x_, m, H, final_norm_, c.rms_norm_eps, t_);
   be_->linear(t_, m, ck_.unembedding, nullptr, logits, c.vocab_size);
 }
 
@@ -231,6 +310,19 @@ void Model::prefill(const int32_t* tokens, size_t n, float* logits, bool all_log
 }
 
 void Model::decode(int32_t token, float* logits) { impl_->forward(&token, 1, logits, false); }
+int Model::add_sequence() { return impl_->new_sequence(); }
+void Model::remove_sequence(int seq) { impl_->free_sequence(seq); }
+void Model::reset_sequence(int seq) { impl_->reset(seq); }
+int Model::sequence_position(int seq) const { return impl_->position(seq); }
+void Model::prefill_sequence(int seq, const int32_t* tokens, size_t n, float* logits,
+                             bool all_logits) {
+  GPTOSS_CHECK(n <= size_t(1) << 30, "prefill: too many tokens (" << n << ")");
+  impl_->forward(tokens, int(n), logits, all_logits, seq);
+}
+void Model::decode_batch(const int32_t* seqs, const int32_t* tokens, size_t n, float* logits) {
+  GPTOSS_CHECK(n <= size_t(1) << 20, "decode_batch: too many sequences (" << n << ")");
+  impl_->decode_batch(seqs, tokens, int(n), logits);
+}
 
 Sampler::Sampler(const SamplerOptions& o) : o_(o), rng_(o.seed) {
   GPTOSS_CHECK(o.temperature >= 0 && std::isfinite(o.temperature),

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -219,7 +220,21 @@ py::array_t<float> op_attention(const py::array& q_in, const py::array& k_in,
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    cpu::attention(qp, int(n), int(Hq * d), pp, kv, int(Hq), int(Hkv), int(d), window, sp, o);
+    std::vector<cpu::KVView> views(size_t(n), kv);
+    cpu::attention(qp, int(n), int(Hq * d), pp, views.data(), int(Hq), int(Hkv), int(d), window,
+                   sp, o);
+  }
+  return out;
+}
+
+// Token and sequence ids arrive as any integer array or list; values that do not fit int32 are
+// refused here rather than wrapped.
+carray<int32_t> ids32(const carray<int64_t>& a) {
+  carray<int32_t> out(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+  for (py::ssize_t i = 0; i < a.size(); ++i) {
+    const int64_t v = a.data()[i];
+    need(v >= INT32_MIN && v <= INT32_MAX, "id " + std::to_string(v) + " is out of range");
+    out.mutable_data()[i] = int32_t(v);
   }
   return out;
 }
@@ -296,8 +311,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("vocab_size", [](const Model& m) { return m.config().vocab_size; })
       .def("reset", &Model::reset)
       .def("prefill",
-           [](Model& m, const py::array& tokens_in, bool all_logits) {
-             auto tokens = carray<int32_t>::ensure(tokens_in.attr("astype")("int32"));
+           [](Model& m, const carray<int64_t>& tokens64, bool all_logits) {
+             auto tokens = ids32(tokens64);
              need(tokens.ndim() == 1, "tokens must be a 1-D sequence of ids");
              const size_t n = size_t(tokens.size());
              need(n > 0, "tokens is empty");
@@ -313,6 +328,47 @@ PYBIND11_MODULE(_C, m) {
              return out;
            },
            py::arg("tokens"), py::arg("all_logits") = true)
+      .def("add_sequence", &Model::add_sequence, "a new sequence with its own KV cache; its id")
+      .def("remove_sequence", &Model::remove_sequence, py::arg("seq"))
+      .def("reset_sequence", &Model::reset_sequence, py::arg("seq"))
+      .def("sequence_position", &Model::sequence_position, py::arg("seq"))
+      .def("prefill_sequence",
+           [](Model& m, int seq, const carray<int64_t>& tokens64, bool all_logits) {
+             auto tokens = ids32(tokens64);
+             need(tokens.ndim() == 1 && tokens.size() > 0, "tokens must be a non-empty 1-D sequence");
+             const size_t n = size_t(tokens.size());
+             const py::ssize_t V = m.config().vocab_size;
+             py::array_t<float> out = all_logits ? py::array_t<float>({py::ssize_t(n), V})
+                                                 : py::array_t<float>({V});
+             const int32_t* tp = tokens.data();
+             float* o = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               m.prefill_sequence(seq, tp, n, o, all_logits);
+             }
+             return out;
+           },
+           py::arg("seq"), py::arg("tokens"), py::arg("all_logits") = false)
+      .def("decode_batch",
+           [](Model& m, const carray<int64_t>& seqs64, const carray<int64_t>& tokens64) {
+             auto seqs = ids32(seqs64);
+             auto tokens = ids32(tokens64);
+             need(seqs.ndim() == 1 && tokens.ndim() == 1 && seqs.size() == tokens.size() &&
+                      seqs.size() > 0,
+                  "seqs and tokens must be 1-D, non-empty and of the same length");
+             const size_t n = size_t(seqs.size());
+             py::array_t<float> out({py::ssize_t(n), py::ssize_t(m.config().vocab_size)});
+             const int32_t* sp = seqs.data();
+             const int32_t* tp = tokens.data();
+             float* o = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               m.decode_batch(sp, tp, n, o);
+             }
+             return out;
+           },
+           py::arg("seqs"), py::arg("tokens"),
+           "one token for each of len(seqs) distinct sequences -> logits [n, vocab]")
       .def("decode", [](Model& m, int32_t token) {
         py::array_t<float> out({py::ssize_t(m.config().vocab_size)});
         float* o = out.mutable_data();

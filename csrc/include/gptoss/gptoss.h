@@ -82,6 +82,17 @@ class Model {
   void prefill(const int32_t* tokens, size_t n, float* logits, bool all_logits = false);
   void decode(int32_t token, float* logits);  // logits: [vocab]
 
+  // Several sequences at once, each with its own KV cache; sequence 0 is the one the calls above
+  // use. decode_batch feeds one token to each of n distinct sequences in a single step, so the
+  // weights are read once for all of them (logits: [n, vocab]).
+  int add_sequence();
+  void remove_sequence(int seq);
+  void reset_sequence(int seq);
+  int sequence_position(int seq) const;
+  void prefill_sequence(int seq, const int32_t* tokens, size_t n, float* logits,
+                        bool all_logits = false);
+  void decode_batch(const int32_t* seqs, const int32_t* tokens, size_t n, float* logits);
+
   Engine& engine();
 
  private:
