@@ -49,6 +49,8 @@ def main():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--activation-levels", type=int, default=None,
                    help="C++ engine: 2 (float32-class, default) or 1 (int8 activations)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="C++ engine: also time decode steps of this many sequences at once")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -85,6 +87,21 @@ def main():
         logits = model.engine.decode(tok)
         decode_times.append(time.perf_counter() - t)
         tok = int(np.argmax(logits))
+    batch = None
+    if a.batch > 1 and model.backend != "numpy":
+        e = model.engine._e
+        seqs = [0] + [e.add_sequence() for _ in range(a.batch - 1)]
+        for s_ in seqs[1:]:
+            e.prefill_sequence(s_, rng.integers(0, 199998, 16).tolist())
+        toks = [tok] * a.batch
+        times = []
+        for _ in range(max(3, a.decode // 2)):
+            t = time.perf_counter()
+            out = e.decode_batch(seqs, toks)
+            times.append(time.perf_counter() - t)
+            toks = [int(np.argmax(r)) for r in out]
+        bt = statistics.median(times)
+        batch = {"sequences": a.batch, "step_s_median": bt, "tok_s": a.batch / bt}
     pre = statistics.median(prefill_times)
     dec = statistics.median(decode_times)
     mem = memory()
@@ -94,7 +111,8 @@ def main():
         "activation_levels": a.activation_levels, "load_s": load_s, "prompt_tokens": a.prompt,
         "prefill_s_median": pre, "prefill_tok_s": a.prompt / pre,
         "decode_steps": a.decode, "decode_s_median": dec, "decode_tok_s": 1.0 / dec,
-        "decode_times": decode_times, "memory": mem, "machine_read_gb_s": bw,
+        "decode_times": decode_times, "batched_decode": batch, "memory": mem,
+        "machine_read_gb_s": bw,
     }
     if preset in FLOOR_BYTES_PER_TOKEN:
         floor = FLOOR_BYTES_PER_TOKEN[preset]
@@ -107,6 +125,9 @@ def main():
     write_json(out, res)
     print(f"{a.model} on {model.backend}: load {load_s:.1f} s, prefill {a.prompt} tokens "
           f"{a.prompt / pre:.2f} tok/s, decode {1 / dec:.3f} tok/s (median of {a.decode})")
+    if batch:
+        print(f"batched decode of {batch['sequences']} sequences: {batch['tok_s']:.2f} tok/s in all "
+              f"({batch['step_s_median'] * 1e3:.0f} ms a step)")
     print(f"peak RSS {mem['peak_rss_gb']:.2f} GB (anon {mem.get('RssAnon', float('nan')):.2f} GB "
           f"now, file-backed {mem.get('RssFile', float('nan')):.2f} GB now)")
     if "fraction_of_floor" in res:
