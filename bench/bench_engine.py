@@ -89,7 +89,7 @@ def main():
         tok = int(np.argmax(logits))
     batch = None
     if a.batch > 1 and model.backend != "numpy":
-        e = model.engine._e
+        e = model.engine
         seqs = [0] + [e.add_sequence() for _ in range(a.batch - 1)]
         for s_ in seqs[1:]:
             e.prefill_sequence(s_, rng.integers(0, 199998, 16).tolist())

@@ -149,7 +149,7 @@ def test_batched_decode_equals_one_sequence_at_a_time(tiny_hf):
     w = Weights(tiny_hf)
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, 199998, n).tolist() for n in (10, 150, 300)]
-    e = NativeEngine(w)._e
+    e = NativeEngine(w)
     seqs = [0, e.add_sequence(), e.add_sequence()]
     nxt = [int(np.argmax(e.prefill_sequence(s, p))) for s, p in zip(seqs, prompts)]
     batched = []

@@ -38,3 +38,23 @@ class NativeEngine:
 
     def decode(self, token: int) -> np.ndarray:
         return self._e.decode(int(token))
+
+    # -- several sequences (the C++ engine only) ------------------------------------------------
+    def add_sequence(self) -> int:
+        """A new sequence with its own KV cache; returns its id (sequence 0 always exists)."""
+        return self._e.add_sequence()
+
+    def remove_sequence(self, seq: int) -> None:
+        self._e.remove_sequence(int(seq))
+
+    def sequence_position(self, seq: int) -> int:
+        return self._e.sequence_position(int(seq))
+
+    def prefill_sequence(self, seq: int, tokens: Sequence[int],
+                         all_logits: bool = False) -> np.ndarray:
+        return self._e.prefill_sequence(int(seq), np.asarray(tokens, dtype=np.int64), all_logits)
+
+    def decode_batch(self, seqs: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """One token for each of len(seqs) distinct sequences in one step: logits [n, vocab]."""
+        return self._e.decode_batch(np.asarray(seqs, dtype=np.int64),
+                                    np.asarray(tokens, dtype=np.int64))
