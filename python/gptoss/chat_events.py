@@ -71,10 +71,13 @@ def forced_prefix(tool_choice, tools) -> List[int]:
 def run_chat(model, messages, tools=None, reasoning_effort="medium", max_tokens=1024,
              temperature=1.0, top_p=1.0, top_k=0, seed=None, current_date=None,
              stop: Optional[Sequence[str]] = None, tool_choice=None,
-             forced_tokens: Optional[Sequence[int]] = None) -> Iterator[Any]:
+             forced_tokens: Optional[Sequence[int]] = None,
+             prompt: Optional[List[int]] = None) -> Iterator[Any]:
+    """The events of one chat turn. `prompt`, if given, is the already rendered conversation."""
     use_tools = None if tool_choice == "none" else tools
-    prompt = harmony.render(messages, tools=use_tools, reasoning_effort=reasoning_effort,
-                            current_date=current_date)
+    if prompt is None:
+        prompt = harmony.render(messages, tools=use_tools, reasoning_effort=reasoning_effort,
+                                current_date=current_date)
     forced = list(forced_tokens or []) or forced_prefix(tool_choice, use_tools)
     stops = [s for s in (stop or []) if s]
     gen = model.generate(prompt, max_new_tokens=max_tokens, temperature=temperature,

@@ -6,8 +6,6 @@ asyncio lock), each generation runs on a worker thread a token at a time, and a 
 away stops its generation at the next token. Bad requests get a 400 with an OpenAI-style error
 body; nothing a client sends can stop the server.
 """
-
-
 import asyncio
 import json
 import secrets
@@ -204,7 +202,8 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
 
         def make_iter():
             return run_chat(model, messages, tools=tools, reasoning_effort=effort,
-                            tool_choice=tool_choice, forced_tokens=forced or None, **args)
+                            tool_choice=tool_choice, forced_tokens=forced or None, prompt=prompt,
+                            **args)
 
         if stream:
             async def sse():
