@@ -88,3 +88,21 @@ def test_sampler_follows_the_softmax():
 def test_sampler_rejects_nonfinite_logits():
     with pytest.raises(FloatingPointError, match="non-finite"):
         Sampler(temperature=0)(np.array([0.0, np.nan]))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_generate_batch_matches_one_at_a_time(tiny_hf, backend):
+    pytest.importorskip("gptoss._C") if backend == "cpu" else None
+    m = Model.from_pretrained(tiny_hf, backend=backend)
+    prompts = ["Hello", [200006, 1428, 200008, 13225], "A much longer prompt " * 12]
+    batch = m.generate_batch(prompts, max_new_tokens=7, temperature=0, stop_tokens=[])
+    for p, g in zip(prompts, batch):
+        solo = m.generate(p, max_new_tokens=7, temperature=0, stop_tokens=[]).run()
+        assert g.tokens == solo.tokens and g.text == solo.text
+        assert g.stop_reason == "max_new_tokens"
+    # a stop token ends only its own sequence
+    first = batch[0].tokens
+    gens = m.generate_batch(prompts[:2], max_new_tokens=7, temperature=0, stop_tokens=[first[2]])
+    assert gens[0].tokens == first[:2] and gens[0].stop_reason == "stop_token"
+    with pytest.raises(ValueError, match=r"prompts\[1\]"):
+        m.generate_batch(["a", []])

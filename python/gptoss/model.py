@@ -161,6 +161,71 @@ class Model:
             gen.text += tail
 
 
+    def generate_batch(self, prompts: Sequence[Union[str, Sequence[int]]],
+                       max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
+                       top_k: int = 0, seed: Optional[int] = None,
+                       stop_tokens: Optional[Iterable[int]] = None) -> List[Generation]:
+        """Generate for several prompts together; returns one finished `Generation` each.
+
+        On the C++ engine the prompts decode as one batch (each step reads the weights once for
+        all of them); elsewhere they run one after another. Sequence k samples with seed + k.
+        """
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
+        toks = [self._as_tokens(p) for p in prompts]
+        for k, t in enumerate(toks):
+            if not t:
+                raise ValueError(f"prompts[{k}] is empty")
+            if len(t) >= self.max_context:
+                raise ValueError(f"prompts[{k}]: {len(t)} tokens leave no room in the context of "
+                                 f"{self.max_context} tokens")
+        if not hasattr(self.engine, "decode_batch"):
+            return [self.generate(t, max_new_tokens, temperature, top_p, top_k,
+                                  None if seed is None else seed + k, stop_tokens).run()
+                    for k, t in enumerate(toks)]
+        stops = set(DEFAULT_STOP_TOKENS if stop_tokens is None else (int(t) for t in stop_tokens))
+        eng = self.engine
+        gens = [Generation(iter(()), t) for t in toks]
+        samplers = [Sampler(temperature, top_p, top_k, None if seed is None else seed + k)
+                    for k in range(len(toks))]
+        decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in toks]
+        seqs = [0] + [eng.add_sequence() for _ in toks[1:]]
+        try:
+            eng.reset()
+            logits = [eng.prefill_sequence(s, t) for s, t in zip(seqs, toks)]
+            active = list(range(len(toks))) if max_new_tokens > 0 else []
+            for g in gens:
+                g.stop_reason = "max_new_tokens"
+            while active:
+                feed = []
+                for k in active:
+                    g, nxt = gens[k], samplers[k](logits[k])
+                    if nxt in stops:
+                        g.stop_reason, g.stop_token = "stop_token", nxt
+                        continue
+                    g.tokens.append(nxt)
+                    g.text += decoders[k].decode(self.tokenizer.decode_single_token_bytes(nxt))
+                    if len(g.tokens) == max_new_tokens:
+                        continue
+                    if eng.sequence_position(seqs[k]) >= self.max_context:
+                        g.stop_reason = "context_limit"
+                        continue
+                    feed.append((k, nxt))
+                active = [k for k, _ in feed]
+                if active:
+                    out = eng.decode_batch([seqs[k] for k in active], [t for _, t in feed])
+                    for row, k in enumerate(active):
+                        logits[k] = out[row]
+        finally:
+            for s in seqs[1:]:
+                eng.remove_sequence(s)
+        for g, d in zip(gens, decoders):
+            g.text += d.decode(b"", final=True)
+        return gens
+
     # ------------------------------------------------------------------------- chat
     def chat(self, messages, tools=None, reasoning_effort: str = "medium",
              max_tokens: int = 1024, temperature: float = 1.0, top_p: float = 1.0,

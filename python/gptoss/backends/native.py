@@ -31,7 +31,7 @@ class NativeEngine:
         return self._e.position
 
     def reset(self) -> None:
-        self._e.reset()
+        self._e.reset()   # sequence 0
 
     def prefill(self, tokens: Sequence[int], all_logits: bool = True) -> np.ndarray:
         return self._e.prefill(np.asarray(tokens, dtype=np.int64), all_logits)
