@@ -176,6 +176,10 @@ def test_concurrent_requests_do_not_interleave(client):
     for t in threads:
         t.join(120)
     assert got == want
+    # on the C++ engine the requests really ran together (continuous batching)
+    h = httpx.get(str(client.base_url).replace("/v1/", "/health").rstrip("/")).json()
+    if h["batching"]:
+        assert h["max_batch_seen"] >= 2
 
 
 def test_disconnect_mid_stream_stops_generation(server, client):
@@ -254,3 +258,28 @@ def test_chat_stop_strings_and_seed(server, client):
     assert a.usage.completion_tokens == b.usage.completion_tokens == 6
     assert (a.choices[0].message.content, a.choices[0].message.model_extra.get("reasoning_content")) \
         == (b.choices[0].message.content, b.choices[0].message.model_extra.get("reasoning_content"))
+
+
+def test_numpy_backend_queues_requests(tiny_hf):
+    """An engine without sequences serves concurrent requests one at a time, still correctly."""
+    proc, base = start_server(tiny_hf, "--backend", "numpy")
+    try:
+        assert httpx.get(base + "/health").json()["batching"] is False
+        c = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=120)
+        prompts = ["One", "Two", "Three"]
+        want = [c.completions.create(model="tiny", prompt=p, max_tokens=5, temperature=0)
+                .choices[0].text for p in prompts]
+        got = [None] * 3
+
+        def run(i):
+            got[i] = c.completions.create(model="tiny", prompt=prompts[i], max_tokens=5,
+                                          temperature=0).choices[0].text
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        assert got == want
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -72,17 +72,26 @@ def run_chat(model, messages, tools=None, reasoning_effort="medium", max_tokens=
              temperature=1.0, top_p=1.0, top_k=0, seed=None, current_date=None,
              stop: Optional[Sequence[str]] = None, tool_choice=None,
              forced_tokens: Optional[Sequence[int]] = None,
-             prompt: Optional[List[int]] = None) -> Iterator[Any]:
-    """The events of one chat turn. `prompt`, if given, is the already rendered conversation."""
+             prompt: Optional[List[int]] = None, generate=None) -> Iterator[Any]:
+    """The events of one chat turn. `prompt`, if given, is the already rendered conversation;
+    `generate` (default `model.generate`) may be a batching scheduler's."""
     use_tools = None if tool_choice == "none" else tools
     if prompt is None:
         prompt = harmony.render(messages, tools=use_tools, reasoning_effort=reasoning_effort,
                                 current_date=current_date)
     forced = list(forced_tokens or []) or forced_prefix(tool_choice, use_tools)
     stops = [s for s in (stop or []) if s]
-    gen = model.generate(prompt, max_new_tokens=max_tokens, temperature=temperature,
-                         top_p=top_p, top_k=top_k, seed=seed, stop_tokens=[RETURN, CALL],
-                         forced_tokens=forced)
+    gen = (generate or model.generate)(prompt, max_new_tokens=max_tokens,
+                                       temperature=temperature, top_p=top_p, top_k=top_k,
+                                       seed=seed, stop_tokens=[RETURN, CALL],
+                                       forced_tokens=forced)
+    try:
+        yield from _events_of(gen, prompt, stops)
+    finally:
+        gen.close()
+
+
+def _events_of(gen, prompt, stops) -> Iterator[Any]:
     parser = harmony.HarmonyParser()
     text_so_far = ""
     hit_stop = False

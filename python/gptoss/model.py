@@ -52,6 +52,12 @@ class Generation:
             pass
         return self
 
+    def close(self) -> None:
+        """Stop early (what was generated so far stays in `tokens` and `text`)."""
+        close = getattr(self._it, "close", None)
+        if close:
+            close()
+
 
 class Model:
     def __init__(self, weights: Weights, engine, backend_note: str):

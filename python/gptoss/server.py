@@ -1,10 +1,11 @@
 """An OpenAI-compatible HTTP server on FastAPI/uvicorn: `gptoss serve --model CKPT`.
 
 Endpoints: POST /v1/chat/completions (streaming SSE or not), POST /v1/completions, GET /v1/models,
-GET /health. One model, one KV cache: requests are served one at a time in arrival order (an
-asyncio lock), each generation runs on a worker thread a token at a time, and a client that goes
-away stops its generation at the next token. Bad requests get a 400 with an OpenAI-style error
-body; nothing a client sends can stop the server.
+GET /health. On the C++ engine concurrent requests are batched continuously (batching.py): each
+gets a sequence and KV cache of its own and all decode together, a step at a time. Other engines
+have one KV cache, so requests are served one at a time in arrival order. Either way a generation
+runs off the event loop, and a client that goes away stops its generation at the next token. Bad
+requests get a 400 with an OpenAI-style error body; nothing a client sends can stop the server.
 """
 import asyncio
 import json
@@ -72,14 +73,18 @@ class Server:
         self.lock = asyncio.Lock()
         self.forced: List[int] = []
         self.created = int(time.time())
+        self.scheduler = None
+        if hasattr(model.engine, "decode_batch"):
+            from .batching import BatchScheduler
+            self.scheduler = BatchScheduler(model)
+        self.generate = self.scheduler.generate if self.scheduler else model.generate
 
     # ---------------------------------------------------------------------- generation
     async def _events(self, request, make_iter):
-        """Run a generator of events on a worker thread, one item at a time, under the lock.
-
-        Stops (and closes the generator, freeing the engine) when the client disconnects."""
+        """Run a generator of events on a worker thread, one item at a time (under the lock when
+        the engine cannot batch). Stops, closing the generator, when the client disconnects."""
         loop = asyncio.get_running_loop()
-        async with self.lock:
+        async with (_Nothing() if self.scheduler else self.lock):
             it = make_iter()
             sentinel = object()
             try:
@@ -93,9 +98,24 @@ class Server:
             finally:
                 await loop.run_in_executor(None, it.close)
 
+    def health(self) -> Dict[str, Any]:
+        h = {"status": "ok", "model": self.model_name, "backend": self.model.backend,
+             "batching": self.scheduler is not None}
+        if self.scheduler:
+            h["max_batch_seen"] = self.scheduler.max_batch_seen
+        return h
+
     def take_forced(self) -> List[int]:
         f, self.forced = self.forced, []
         return f
+
+
+class _Nothing:
+    async def __aenter__(self):
+        return None
+
+    async def __aexit__(self, *exc):
+        return False
 
 
 def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None,
@@ -147,7 +167,7 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": srv.model_name, "backend": model.backend}
+        return srv.health()
 
     @app.get("/v1/models")
     async def models():
@@ -203,7 +223,7 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
         def make_iter():
             return run_chat(model, messages, tools=tools, reasoning_effort=effort,
                             tool_choice=tool_choice, forced_tokens=forced or None, prompt=prompt,
-                            **args)
+                            generate=srv.generate, **args)
 
         if stream:
             async def sse():
@@ -275,21 +295,24 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
         stops = args.pop("stop") or []
 
         def make_iter():
-            gen = model.generate(toks, max_new_tokens=args["max_tokens"],
-                                 temperature=args["temperature"], top_p=args["top_p"],
-                                 seed=args["seed"], forced_tokens=forced or None)
+            gen = srv.generate(toks, max_new_tokens=args["max_tokens"],
+                               temperature=args["temperature"], top_p=args["top_p"],
+                               seed=args["seed"], forced_tokens=forced or None)
             text = ""
-            for t in gen:
-                new = text + t.text
-                cut = min((new.find(s) for s in stops if s in new), default=-1)
-                if cut >= 0:
-                    yield ("text", new[len(text):cut])
-                    yield ("done", "stop", len(gen.tokens))
-                    return
-                text = new
-                yield ("text", t.text)
-            yield ("done", "stop" if gen.stop_reason == "stop_token" else "length",
-                   len(gen.tokens))
+            try:
+                for t in gen:
+                    new = text + t.text
+                    cut = min((new.find(s) for s in stops if s in new), default=-1)
+                    if cut >= 0:
+                        yield ("text", new[len(text):cut])
+                        yield ("done", "stop", len(gen.tokens))
+                        return
+                    text = new
+                    yield ("text", t.text)
+                yield ("done", "stop" if gen.stop_reason == "stop_token" else "length",
+                       len(gen.tokens))
+            finally:
+                gen.close()
 
         def usage(n):
             return {"prompt_tokens": len(toks), "completion_tokens": n,
