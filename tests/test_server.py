@@ -161,20 +161,26 @@ def test_completions_endpoint(server, client):
     assert c.choices[0].text == " the end. " and c.choices[0].finish_reason == "stop"
 
 
-def test_concurrent_requests_do_not_interleave(client):
-    prompts = [f"Story number {i}:" for i in range(4)]
-    want = [client.completions.create(model="tiny", prompt=p, max_tokens=8,
-                                      temperature=0).choices[0].text for p in prompts]
-    got = [None] * 4
+def sequential_and_concurrent(client, prompts, max_tokens):
+    """Greedy completions of `prompts` one after another, then all at once."""
+    def one(p):
+        return client.completions.create(model="tiny", prompt=p, max_tokens=max_tokens,
+                                         temperature=0).choices[0].text
+    want = [one(p) for p in prompts]
+    got = [None] * len(prompts)
 
     def run(i):
-        got[i] = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=8,
-                                           temperature=0).choices[0].text
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        got[i] = one(prompts[i])
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
+    return want, got
+
+
+def test_concurrent_requests_do_not_interleave(client):
+    want, got = sequential_and_concurrent(client, [f"Story number {i}:" for i in range(4)], 8)
     assert got == want
     # on the C++ engine the requests really ran together (continuous batching)
     h = httpx.get(str(client.base_url).replace("/v1/", "/health").rstrip("/")).json()
@@ -266,19 +272,7 @@ def test_numpy_backend_queues_requests(tiny_hf):
     try:
         assert httpx.get(base + "/health").json()["batching"] is False
         c = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=120)
-        prompts = ["One", "Two", "Three"]
-        want = [c.completions.create(model="tiny", prompt=p, max_tokens=5, temperature=0)
-                .choices[0].text for p in prompts]
-        got = [None] * 3
-
-        def run(i):
-            got[i] = c.completions.create(model="tiny", prompt=prompts[i], max_tokens=5,
-                                          temperature=0).choices[0].text
-        ts = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(120)
+        want, got = sequential_and_concurrent(c, ["One", "Two", "Three"], 5)
         assert got == want
     finally:
         proc.terminate()

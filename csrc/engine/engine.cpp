@@ -305,8 +305,7 @@ void Model::reset() { impl_->reset(); }
 Engine& Model::engine() { return *impl_; }
 
 void Model::prefill(const int32_t* tokens, size_t n, float* logits, bool all_logits) {
-  GPTOSS_CHECK(n <= size_t(1) << 30, "prefill: too many tokens (" << n << ")");
-  impl_->forward(tokens, int(n), logits, all_logits);
+  prefill_sequence(0, tokens, n, logits, all_logits);
 }
 
 void Model::decode(int32_t token, float* logits) { impl_->forward(&token, 1, logits, false); }

@@ -239,6 +239,24 @@ carray<int32_t> ids32(const carray<int64_t>& a) {
   return out;
 }
 
+// Feed tokens to sequence `seq`; logits [vocab] for the last token or [n, vocab] for all.
+py::array_t<float> prefill_into(Model& m, int seq, const carray<int64_t>& tokens64,
+                                bool all_logits) {
+  auto tokens = ids32(tokens64);
+  need(tokens.ndim() == 1 && tokens.size() > 0, "tokens must be a non-empty 1-D sequence of ids");
+  const size_t n = size_t(tokens.size());
+  const py::ssize_t V = m.config().vocab_size;
+  py::array_t<float> out = all_logits ? py::array_t<float>({py::ssize_t(n), V})
+                                      : py::array_t<float>({V});
+  const int32_t* tp = tokens.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    m.prefill_sequence(seq, tp, n, o, all_logits);
+  }
+  return out;
+}
+
 cpu::Isa isa_from(const std::string& s) {
   for (cpu::Isa i : {cpu::Isa::Plain, cpu::Isa::Avx2, cpu::Isa::Avx512, cpu::Isa::Avx512Bf16})
     if (s == cpu::isa_name(i)) return i;
@@ -311,43 +329,15 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("vocab_size", [](const Model& m) { return m.config().vocab_size; })
       .def("reset", &Model::reset)
       .def("prefill",
-           [](Model& m, const carray<int64_t>& tokens64, bool all_logits) {
-             auto tokens = ids32(tokens64);
-             need(tokens.ndim() == 1, "tokens must be a 1-D sequence of ids");
-             const size_t n = size_t(tokens.size());
-             need(n > 0, "tokens is empty");
-             const py::ssize_t V = m.config().vocab_size;
-             py::array_t<float> out = all_logits ? py::array_t<float>({py::ssize_t(n), V})
-                                                 : py::array_t<float>({V});
-             const int32_t* tp = tokens.data();
-             float* o = out.mutable_data();
-             {
-               py::gil_scoped_release nogil;
-               m.prefill(tp, n, o, all_logits);
-             }
-             return out;
+           [](Model& m, const carray<int64_t>& tokens, bool all_logits) {
+             return prefill_into(m, 0, tokens, all_logits);
            },
            py::arg("tokens"), py::arg("all_logits") = true)
       .def("add_sequence", &Model::add_sequence, "a new sequence with its own KV cache; its id")
       .def("remove_sequence", &Model::remove_sequence, py::arg("seq"))
       .def("reset_sequence", &Model::reset_sequence, py::arg("seq"))
       .def("sequence_position", &Model::sequence_position, py::arg("seq"))
-      .def("prefill_sequence",
-           [](Model& m, int seq, const carray<int64_t>& tokens64, bool all_logits) {
-             auto tokens = ids32(tokens64);
-             need(tokens.ndim() == 1 && tokens.size() > 0, "tokens must be a non-empty 1-D sequence");
-             const size_t n = size_t(tokens.size());
-             const py::ssize_t V = m.config().vocab_size;
-             py::array_t<float> out = all_logits ? py::array_t<float>({py::ssize_t(n), V})
-                                                 : py::array_t<float>({V});
-             const int32_t* tp = tokens.data();
-             float* o = out.mutable_data();
-             {
-               py::gil_scoped_release nogil;
-               m.prefill_sequence(seq, tp, n, o, all_logits);
-             }
-             return out;
-           },
+      .def("prefill_sequence", &prefill_into,
            py::arg("seq"), py::arg("tokens"), py::arg("all_logits") = false)
       .def("decode_batch",
            [](Model& m, const carray<int64_t>& seqs64, const carray<int64_t>& tokens64) {

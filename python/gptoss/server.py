@@ -63,6 +63,14 @@ def sampling_args(body: Dict[str, Any], model) -> Dict[str, Any]:
                 seed=seed, stop=stop)
 
 
+def fit_context(n_prompt: int, args: Dict[str, Any], max_context: int, param: str) -> None:
+    """Refuse a prompt that fills the context; trim max_tokens to what is left of it."""
+    if n_prompt >= max_context:
+        raise RequestError(f"the prompt is {n_prompt} tokens; this model's context is "
+                           f"{max_context}", param, code="context_length_exceeded")
+    args["max_tokens"] = min(args["max_tokens"], max_context - n_prompt)
+
+
 class Server:
     def __init__(self, model, model_name: str, api_key: Optional[str] = None,
                  enable_test_hooks: bool = False):
@@ -204,11 +212,7 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
             tool_choice = body.get("tool_choice")
             prompt = harmony.render(messages, tools=None if tool_choice == "none" else tools,
                                     reasoning_effort=effort)
-            if len(prompt) >= model.max_context:
-                raise RequestError(f"the prompt is {len(prompt)} tokens; this model's context is "
-                                   f"{model.max_context}", "messages", code="context_length_exceeded")
-            if len(prompt) + args["max_tokens"] > model.max_context:
-                args["max_tokens"] = model.max_context - len(prompt)
+            fit_context(len(prompt), args, model.max_context, "messages")
             from .chat_events import forced_prefix
             forced_prefix(tool_choice, tools)        # validates tool_choice
         except harmony.ChatFormatError as e:
@@ -283,10 +287,7 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
                 raise RequestError("'prompt' must be a non-empty string", "prompt")
             args = sampling_args(body, model)
             toks = model.tokenizer.encode(prompt, allowed_special="all")
-            if len(toks) >= model.max_context:
-                raise RequestError(f"the prompt is {len(toks)} tokens; this model's context is "
-                                   f"{model.max_context}", "prompt", code="context_length_exceeded")
-            args["max_tokens"] = min(args["max_tokens"], model.max_context - len(toks))
+            fit_context(len(toks), args, model.max_context, "prompt")
         except RequestError as e:
             return err(e)
         forced = srv.take_forced()
