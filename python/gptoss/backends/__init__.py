@@ -26,7 +26,13 @@ def _native() -> Tuple[Optional[object], str]:
     try:
         from .. import _C  # type: ignore[attr-defined]
     except ImportError as e:
-        return None, f"the compiled extension gptoss._C could not be imported ({e})"
+        import glob
+        import os
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not glob.glob(os.path.join(here, "_C.*")):
+            return None, ("this installation has no compiled extension (installed with "
+                          "GPTOSS_NATIVE=OFF, or from a source tree that was not built)")
+        return None, f"the compiled extension gptoss._C could not be loaded ({e})"
     return _C, ""
 
 
