@@ -214,3 +214,27 @@ def test_rmsnorm_rope_topk_swiglu():
 def test_read_bandwidth_is_measured():
     bw = C.read_bandwidth(0.2, 3)
     assert 0.5 < bw < 5000
+
+
+def test_gptoss_ops_front_door_takes_numpy_and_dlpack():
+    from gptoss import ops
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    w = f32_to_bf16(rng.standard_normal((5, 64)).astype(np.float32))
+    want = x @ bf16_to_f32(w).T
+
+    class DLPackOnly:
+        """An array that only speaks DLPack, like a CPU tensor of another library."""
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, *args, **kwargs):
+            return self.a.__dlpack__(*args, **kwargs)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+    for xin in (x, DLPackOnly(x)):
+        assert rel_err(ops.bf16_linear(xin, w), want) < f32_bound(64)
+    assert "attention" in dir(ops) and ops.simd_levels()[0] == "plain"
+    with pytest.raises(AttributeError):
+        ops.no_such_kernel
