@@ -14,48 +14,33 @@ import queue
 import threading
 from typing import Iterable, List, Optional, Sequence
 
-from .model import DEFAULT_STOP_TOKENS, GeneratedToken
+from .model import DEFAULT_STOP_TOKENS, GeneratedToken, Generation
 from .sampling import Sampler
 
 
-class BatchStream:
-    """Quacks like `Generation`: iterate `GeneratedToken`s; afterwards `tokens`, `text`,
-    `stop_reason`, `stop_token`. `close()` withdraws the request."""
+class BatchStream(Generation):
+    """A `Generation` fed by the scheduler thread; `close()` withdraws the request."""
 
     def __init__(self, prompt_tokens: List[int]):
-        self.prompt_tokens = prompt_tokens
-        self.tokens: List[int] = []
-        self.text = ""
-        self.stop_reason: Optional[str] = None
-        self.stop_token: Optional[int] = None
+        super().__init__(iter(()), prompt_tokens)
         self._q: "queue.Queue" = queue.Queue()
-        self._done = False
         self.cancelled = threading.Event()
+        self._it = self._receive()
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> GeneratedToken:
-        if self._done:
-            raise StopIteration
-        kind, a, b = self._q.get()
-        if kind == "token":
-            self.tokens.append(a)
-            self.text += b
-            return GeneratedToken(a, b)
-        self._done = True
-        if kind == "error":
-            raise a
-        self.stop_reason, self.stop_token = a, b
-        raise StopIteration
-
-    def run(self) -> "BatchStream":
-        for _ in self:
-            pass
-        return self
+    def _receive(self):
+        while True:
+            kind, a, b = self._q.get()
+            if kind == "token":
+                yield GeneratedToken(a, b)
+            elif kind == "error":
+                raise a
+            else:
+                self.stop_reason, self.stop_token = a, b
+                return
 
     def close(self) -> None:
         self.cancelled.set()
+        super().close()
 
 
 class _Active:
@@ -80,14 +65,7 @@ class BatchScheduler:
                  forced_tokens: Optional[Sequence[int]] = None) -> BatchStream:
         """Like `Model.generate`, but joins the running batch. Bad arguments raise here."""
         m = self.model
-        toks = m._as_tokens(prompt)
-        if not toks:
-            raise ValueError("prompt is empty")
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
-        if len(toks) >= m.max_context:
-            raise ValueError(f"prompt of {len(toks)} tokens leaves no room in the context of "
-                             f"{m.max_context} tokens")
+        toks = m._request(prompt, max_new_tokens)
         a = _Active()
         a.stream = BatchStream(toks)
         a.sampler = Sampler(temperature, top_p, top_k, seed)

@@ -100,6 +100,18 @@ class Model:
                 raise ValueError(f"token id {t} is out of range [0, {V})")
         return toks
 
+    def _request(self, prompt, max_new_tokens, what: str = "prompt") -> List[int]:
+        """Validate one generation request; its prompt as token ids."""
+        toks = self._as_tokens(prompt)
+        if not toks:
+            raise ValueError(f"{what} is empty")
+        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
+        if len(toks) >= self.max_context:
+            raise ValueError(f"{what} of {len(toks)} tokens leaves no room in the context of "
+                             f"{self.max_context} tokens")
+        return toks
+
     def forward(self, tokens: Union[str, Sequence[int]]) -> np.ndarray:
         """Logits [len(tokens), vocab] float32 of a fresh sequence (the cache is reset)."""
         toks = self._as_tokens(tokens)
@@ -124,14 +136,7 @@ class Model:
         sampled tokens (the model still runs on them): constrained prefixes such as a required
         tool call, and the test hook that drives a random model down a chosen path.
         """
-        toks = self._as_tokens(prompt)
-        if not toks:
-            raise ValueError("prompt is empty")
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
-        if len(toks) >= self.max_context:
-            raise ValueError(f"prompt of {len(toks)} tokens leaves no room in the context of "
-                             f"{self.max_context} tokens")
+        toks = self._request(prompt, max_new_tokens)
         sampler = Sampler(temperature, top_p, top_k, seed)
         stops = set(DEFAULT_STOP_TOKENS if stop_tokens is None else (int(t) for t in stop_tokens))
         forced = self._as_tokens(list(forced_tokens)) if forced_tokens else []
@@ -179,15 +184,7 @@ class Model:
         prompts = list(prompts)
         if not prompts:
             return []
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
-        toks = [self._as_tokens(p) for p in prompts]
-        for k, t in enumerate(toks):
-            if not t:
-                raise ValueError(f"prompts[{k}] is empty")
-            if len(t) >= self.max_context:
-                raise ValueError(f"prompts[{k}]: {len(t)} tokens leave no room in the context of "
-                                 f"{self.max_context} tokens")
+        toks = [self._request(p, max_new_tokens, f"prompts[{k}]") for k, p in enumerate(prompts)]
         if not hasattr(self.engine, "decode_batch"):
             return [self.generate(t, max_new_tokens, temperature, top_p, top_k,
                                   None if seed is None else seed + k, stop_tokens).run()
