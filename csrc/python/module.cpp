@@ -24,6 +24,7 @@ using namespace gptoss;
 
 #if defined(GPTOSS_WITH_CUDA)
 void bind_cuda_core(py::module_& ops);
+void bind_cuda_bench(py::module_& ops);
 #endif
 
 namespace {
@@ -280,9 +281,11 @@ PYBIND11_MODULE(_C, m) {
 #if defined(GPTOSS_WITH_CUDA)
     d["cuda_compiled"] = true;
     d["cuda_emulated"] = cuda::emulated();
+    d["cuda_backend"] = cuda_backend_compiled();
 #else
     d["cuda_compiled"] = false;
     d["cuda_emulated"] = false;
+    d["cuda_backend"] = false;
 #endif
     d["simd"] = cpu::isa_name(cpu::active_isa());
     d["simd_best"] = cpu::isa_name(cpu::detect_isa());
@@ -419,6 +422,7 @@ PYBIND11_MODULE(_C, m) {
   py::module_ ops = m.def_submodule("ops", "single kernels, NumPy arrays in and out");
 #if defined(GPTOSS_WITH_CUDA)
   bind_cuda_core(ops);
+  bind_cuda_bench(ops);
 #endif
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");
