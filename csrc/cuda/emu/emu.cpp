@@ -207,6 +207,8 @@ std::string where(const Thread& t) {
 
 [[noreturn]] void fault(const std::string& msg) { throw Fault(thread_name(self()) + ": " + msg); }
 
+void run_thread_body(Thread& t);
+
 // ------------------------------------------------------------------------------ fibers
 #if defined(GPTOSS_EMU_HAVE_FIBERS)
 struct FiberHost {
@@ -238,8 +240,6 @@ void to_scheduler(Thread& t, bool final) {
   __sanitizer_finish_switch_fiber(t.fake_stack, &tl_host.sched_bottom, &tl_host.sched_size);
 #endif
 }
-
-void run_thread_body(Thread& t);
 
 void fiber_main() {
   Thread& t = *tl_thread;
