@@ -22,6 +22,10 @@
 namespace py = pybind11;
 using namespace gptoss;
 
+#if defined(GPTOSS_WITH_CUDA)
+void bind_cuda_attention(py::module_& ops);  // cuda_ops_attention.cpp
+#endif
+
 namespace {
 
 template <typename T>
@@ -373,6 +377,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::module_ ops = m.def_submodule("ops", "single kernels, NumPy arrays in and out");
 #if defined(GPTOSS_WITH_CUDA)
+  bind_cuda_attention(ops);
   ops.def("cuda_mxfp4_dequantize", [](const py::array& blocks_in, const py::array& scales_in) {
     auto blocks = need_array<uint8_t>(blocks_in, "blocks", {-1, -1, 16});
     auto scales = need_array<uint8_t>(scales_in, "scales", {blocks.shape(0), blocks.shape(1)});
