@@ -161,7 +161,7 @@ def test_decode_paged_split_kv():
 
 
 def test_decode_windowed_paged_and_split():
-    # a window on a paged layer, with splits engaged by a large max_len
+    # a window on a paged layer; max_len far above the window (the window bounds the splits)
     rng = np.random.default_rng(3)
     lengths = [260, 90]
     cache = Cache(rng, lengths, "paged")

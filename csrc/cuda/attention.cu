@@ -447,9 +447,11 @@ void launch_attention(const float* q, int ldq, int n, const int32_t* pos, const 
   const int Hq = Hkv * G;
   const size_t smem = sizeof(AttentionSmem);
   if (n <= kDecodeMaxRows) {
-    const int splits = decode_splits(n, max_len);
-    const int per_split = int(ceil_div(ceil_div(size_t(max_len > 0 ? max_len : 1), splits),
-                                       kTileKeys)) * kTileKeys;
+    // a windowed layer's rows see at most `window` keys whatever max_len says (the workspace,
+    // sized from max_len alone, is then more than enough)
+    const int keys = window > 0 && window < max_len ? window : (max_len > 0 ? max_len : 1);
+    const int splits = decode_splits(n, keys);
+    const int per_split = int(ceil_div(ceil_div(size_t(keys), splits), kTileKeys)) * kTileKeys;
     float* part_acc = nullptr;
     float* part_ml = nullptr;
     if (splits > 1) {
