@@ -15,25 +15,32 @@
 //   ldmatrix.trans.
 // Precision: Q and P are split into bf16 hi + lo parts (x = hi + lo to about 2^-17 relative) and
 // both parts go through the tensor cores against the exact bf16 K and V. That doubles the mma
-// work but keeps the result at float32-class accuracy (relative error ~1e-5 instead of the ~4e-3
-// of plain bf16 Q and P): decode is bound by reading the cache and does not notice, prefill pays
-// it on a part of the layer that is a minority of its FLOPs below long contexts.
+// work but keeps the result at float32-class accuracy (relative error ~3e-6 in the tests, where
+// plain bf16 Q and P give ~2e-3): decode is bound by reading the cache and does not notice,
+// prefill pays it on a part of the layer that is a minority of its FLOPs below long contexts.
 //
-// Two launches of the same kernel template:
-//   decode (n <= kDecodeMaxRows): one warp per (row, kv head, split). Each row is its own
-//     sequence; its keys are cut into `splits` contiguous ranges (count chosen on the host from
-//     max_len, so the grid is fixed and graph-capturable; the ranges themselves come from pos on
-//     the device, the last split taking whatever is left). With splits > 1 each block writes an
+// Two launches of the same kernel template, chosen on the host from n:
+//   decode (n <= kDecodeMaxRows): one warp per (row, kv head, split). Each row is treated as its
+//     own sequence (a short prefill chunk is correct too: each row reads its keys itself, mostly
+//     from L2). The keys are cut into `splits` contiguous ranges, the count chosen on the host
+//     from max_len (bounded by the window), so the grid is fixed and graph-capturable; the ranges
+//     themselves come from pos on the device, the last split taking whatever is left (a max_len
+//     below the truth costs speed, not correctness). With splits > 1 each block writes an
 //     unnormalised partial (acc, running max, sum) to the workspace and a combine kernel merges
 //     them in split order (deterministic, no atomics). Half of the mma M rows idle (8 heads of
 //     one position): the tensor cores have the throughput to spare.
 //   prefill (n > kDecodeMaxRows): 4 warps per block, a tile of 8 consecutive rows x the G heads
 //     of one kv head (64 M rows), looping over the keys the tile's rows see, causal and window
-//     masks per row. Rows are expected to be one sequence (the engine's prefill chunks); a tile
-//     whose rows belong to several sequences is processed in one pass per sequence (rows of the
-//     other sequences masked), so any mix of rows is correct, only slower.
+//     masks per row, key tiles no row of a warp sees skipped by that warp. Rows are expected to
+//     be one sequence (the engine's prefill chunks); a tile whose rows belong to several
+//     sequences is processed in one pass per sequence (rows of the other sequences masked), so
+//     any mix of rows is correct, only slower.
 // Ring layers keep position p at ring row p % ring: every key a row sees must still be there when
-// attention runs, i.e. ring >= window + (the sequence's rows in this call) - 1.
+// attention runs, i.e. ring >= window + (the sequence's rows in this call) - 1 (the engine keeps
+// window + its chunk length).
+//
+// RoPE + KV write: one thread per (row, head, rotation pair), 8 heads of 32 pairs per block; the
+// key and value heads of the row also store their bf16 rounding into the cache row.
 #include <cmath>
 #include <cstdint>
 
