@@ -173,7 +173,10 @@ def test_decode_tiny_model_heads():
     # the tiny test model: 16 query heads over 2 kv heads (group 8)
     rng = np.random.default_rng(4)
     cache = Cache(rng, [70, 5], "paged", hkv=2)
-    check(queries(rng, 2, hq=16), cache, [69, 4], [0, 1], sinks_of(rng, "random", 16), 0)
+    sinks = sinks_of(rng, "random", 16)
+    check(queries(rng, 2, hq=16), cache, [69, 4], [0, 1], sinks, 0)
+    # and a 70-row prefill chunk of it (the prefill path)
+    check(queries(rng, 70, hq=16), cache, list(range(70)), [0] * 70, sinks, WINDOW)
 
 
 # --------------------------------------------------------------------------------- prefill
