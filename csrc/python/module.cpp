@@ -25,6 +25,7 @@ using namespace gptoss;
 #if defined(GPTOSS_WITH_CUDA)
 void bind_cuda_core(py::module_& ops);
 void bind_cuda_bench(py::module_& ops);
+void bind_cuda_attention(py::module_& ops);  // cuda_ops_attention.cpp
 #endif
 
 namespace {
@@ -423,6 +424,7 @@ PYBIND11_MODULE(_C, m) {
 #if defined(GPTOSS_WITH_CUDA)
   bind_cuda_core(ops);
   bind_cuda_bench(ops);
+  bind_cuda_attention(ops);
 #endif
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");
