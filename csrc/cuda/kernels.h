@@ -10,6 +10,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace gptoss {
@@ -125,6 +126,9 @@ void memset_device(void* dst, int value, size_t bytes, Stream s);
 void synchronize(Stream s);
 Stream stream_create();
 void stream_destroy(Stream s);
+// Median device milliseconds of `iters` runs of fn(stream) (one warm-up run first), timed with
+// events on the stream: for benchmarks of device-resident work.
+double time_ms(const std::function<void(Stream)>& fn, int iters, Stream s);
 
 }  // namespace cuda
 }  // namespace gptoss
