@@ -287,8 +287,8 @@ __global__ void __launch_bounds__(256)
 enum class Epilogue { SwiGLU, Scatter };
 
 struct GemmStage {
-  uint8_t w[kBM * kWStride];    // codes of kBM rows x kBK values (2 blocks of 16 B), padded
-  uint16_t act[kBT * kAStride];  // bf16 of kBT tokens x kBK values, padded
+  uint32_t w[kBM * kWStride / 4];  // codes of kBM rows x kBK values (2 blocks of 16 B), padded
+  uint4 act[kBT * kAStride / 8];   // bf16 of kBT tokens x kBK values, padded
   uint8_t sc[kBM * 2];          // the two scale bytes of each row
 };
 struct GemmSmem {
@@ -348,14 +348,14 @@ __global__ void __launch_bounds__(kGemmThreads)
     for (int i = 0; i < 2; ++i) {  // codes: rows tid / 2 + 64 i, block tid % 2
       const int lr = tid / 2 + 64 * i, blk = kt * 2 + tid % 2;
       const bool ok = r0 + lr < R && blk < nbk;
-      cp_async_16(&st.w[w_slot<EPI>(lr) * kWStride + (tid % 2) * 16],
+      cp_async_16(&st.w[w_slot<EPI>(lr) * (kWStride / 4) + (tid % 2) * 4],
                   ok ? wb + (size_t(r0 + lr) * nbk + blk) * 16 : wblocks, ok ? 16 : 0);
     }
     const int kc = kt * kBK + (tid % 8) * 8;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const bool ok = aok[i] && kc < K;
-      cp_async_16(&st.act[(tid / 8 + 16 * i) * kAStride + (tid % 8) * 8],
+      cp_async_16(&st.act[(tid / 8 + 16 * i) * (kAStride / 8) + tid % 8],
                   ok ? asrc[i] + kt * kBK : act, ok ? 16 : 0);
     }
     {  // scales: row tid (plain loads; zero where out of range)
@@ -399,9 +399,8 @@ __global__ void __launch_bounds__(kGemmThreads)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int rb = warp * 32 + i * 16 + g;
-        const uint8_t* w0 = &st.w[rb * kWStride + kb * 16 + 4 * t];
-        const uint32_t wlo = *reinterpret_cast<const uint32_t*>(w0);
-        const uint32_t whi = *reinterpret_cast<const uint32_t*>(w0 + 8 * kWStride);
+        const uint32_t wlo = st.w[rb * (kWStride / 4) + kb * 4 + t];
+        const uint32_t whi = st.w[(rb + 8) * (kWStride / 4) + kb * 4 + t];
         const float slo = e8m0_to_f32(st.sc[rb * 2 + kb]);
         const float shi = e8m0_to_f32(st.sc[(rb + 8) * 2 + kb]);
         // byte b of the word holds values 8t + 2b, +1: bytes 0, 1 feed step 0, bytes 2, 3 step 1
@@ -417,8 +416,7 @@ __global__ void __launch_bounds__(kGemmThreads)
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         if (j * 8 < ntok) {  // uniform: n8 tiles past the expert's tokens are skipped
-          const uint4 q = *reinterpret_cast<const uint4*>(
-              &st.act[(j * 8 + g) * kAStride + kb * 32 + 8 * t]);
+          const uint4 q = st.act[(j * 8 + g) * (kAStride / 8) + kb * 4 + t];
           const uint32_t b0[2] = {q.x, q.y}, b1[2] = {q.z, q.w};
 #pragma unroll
           for (int i = 0; i < 2; ++i) {

@@ -24,6 +24,7 @@ using namespace gptoss;
 
 #if defined(GPTOSS_WITH_CUDA)
 void bind_cuda_core(py::module_& ops);
+void bind_cuda_moe(py::module_& ops);
 #endif
 
 namespace {
@@ -378,6 +379,7 @@ PYBIND11_MODULE(_C, m) {
   py::module_ ops = m.def_submodule("ops", "single kernels, NumPy arrays in and out");
 #if defined(GPTOSS_WITH_CUDA)
   bind_cuda_core(ops);
+  bind_cuda_moe(ops);
 #endif
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");
