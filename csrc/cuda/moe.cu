@@ -77,6 +77,9 @@ constexpr int kAStride = 96;      // bf16 per token row in shared memory (64 + 3
 
 // ------------------------------------------------------------------------------ MXFP4 decode
 // E2M1 code (low 4 bits of c) -> its value, exact: see the file-top comment.
+#if defined(__USE_FAST_MATH__)
+#error "moe.cu decodes MXFP4 through float32 subnormals: build without --use_fast_math / -ftz"
+#endif
 __device__ __forceinline__ float fp4_value(uint32_t c) {
   return bits_to_f32(((c & 8u) << 28) | ((c & 7u) << 22)) * 0x1p126f;
 }

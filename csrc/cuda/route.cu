@@ -23,7 +23,7 @@ constexpr int kRouteWarps = 4;  // tokens per block
 // Per lane: logits of experts lane * PER .. lane * PER + PER - 1 (contiguous, one vector load).
 template <int E>
 __global__ void __launch_bounds__(kRouteWarps * 32)
-    topk_softmax_f32_kernel(const float* __restrict__ logits,  // [n, E]
+    topk_softmax_f32(const float* __restrict__ logits,  // [n, E]
                             int n, int k,
                             int32_t* __restrict__ experts,     // [n, k]
                             float* __restrict__ weights) {     // [n, k]
@@ -94,13 +94,13 @@ void f32_topk_softmax(const float* logits, int n, int E, int k, int32_t* experts
   const unsigned grid = ceil_div(size_t(n), kRouteWarps);
   switch (E) {
     case 32:
-      GPTOSS_LAUNCH(topk_softmax_f32_kernel<32>, grid, kRouteWarps * 32, 0, s, logits, n, k,
+      GPTOSS_LAUNCH(topk_softmax_f32<32>, grid, kRouteWarps * 32, 0, s, logits, n, k,
                     experts, weights);
       break;
     case 128:
       GPTOSS_CHECK(reinterpret_cast<uintptr_t>(logits) % 16 == 0,
                    "f32_topk_softmax: logits must be 16-byte aligned");
-      GPTOSS_LAUNCH(topk_softmax_f32_kernel<128>, grid, kRouteWarps * 32, 0, s, logits, n, k,
+      GPTOSS_LAUNCH(topk_softmax_f32<128>, grid, kRouteWarps * 32, 0, s, logits, n, k,
                     experts, weights);
       break;
     default:
