@@ -46,8 +46,17 @@
 //                              buffer [n*k, H] at their assignment id.
 //   f32_moe_combine            y[t] = sum_j w[t, j] * slot[t*k + j], in order.
 //   MXFP4 -> bf16 is exact (SPEC 5), so the only roundings beyond f32 are x and the SwiGLU output
-//   to bf16. Trade-off: the slot buffer costs n*k*H*4 bytes of traffic but keeps the combine
-//   deterministic and the GEMM epilogue free of atomics.
+//   to bf16.
+//
+// Trade-offs. The threshold: the GEMV path reads an expert's rows once per assignment (tokens
+// sharing an expert meet in L2) and stays float32, which suits decode batches; past 8 tokens the
+// GEMM reads each expert once per 64 of its tokens and the FMAs move to the tensor cores. The
+// GEMV decodes each code with ~5 integer/float instructions for one FMA at batch 1, so on a
+// fast-HBM part it may be issue-bound rather than bandwidth-bound: the next step there is a
+// register lookup table (prmt) to bf16/int8 values. The GEMM's tile grid is sized for the worst
+// case, so most of its blocks return at once when n is small. The slot buffer costs n*k*H*4 bytes
+// of traffic but keeps the combine deterministic and the GEMM epilogue free of atomics.
+// Preconditions (checked by the bindings, not on the device): expert ids in [0, E).
 #include <algorithm>
 
 #include "common/numeric.h"
