@@ -13,6 +13,8 @@
 #include <functional>
 #include <string>
 
+#include "common/sample_params.h"
+
 namespace gptoss {
 namespace cuda {
 
@@ -95,18 +97,8 @@ void mf4w_moe(const float* x, int n, int H, int I, int E, int k,
               void* workspace, float* y, Stream s);
 
 // ------------------------------------------------------------------------------------ sampling
-// Per-row sampling parameters (device memory). temperature 0: greedy (argmax, lowest index on
-// ties). Otherwise Gumbel-max over the candidates: token = argmax_i (logits[i] / T + g(seed,
-// counter, i)), g from the counter-based RNG of common/rng.h, over the top_k largest logits
-// (0: all) further cut to the smallest set of largest probabilities reaching top_p.
-struct SampleParams {
-  float temperature = 0.0f;
-  int top_k = 0;
-  float top_p = 1.0f;
-  uint32_t pad = 0;
-  uint64_t seed = 0;
-  uint64_t counter = 0;  // e.g. the position of the token being sampled
-};
+// Sampling parameters per row (device memory): common/sample_params.h.
+using SampleParams = ::gptoss::SampleParams;
 size_t sample_workspace_bytes(int n, int V);
 void sample_tokens(const float* logits, int n, int V, const SampleParams* params, void* workspace,
                    int32_t* tokens, Stream s);
@@ -123,6 +115,7 @@ void device_free(void* p);
 void copy_to_device(void* dst, const void* src, size_t bytes, Stream s);   // async on s
 void copy_to_host(void* dst, const void* src, size_t bytes, Stream s);     // async on s
 void memset_device(void* dst, int value, size_t bytes, Stream s);
+void device_copy(void* dst, const void* src, size_t bytes, Stream s);       // device -> device
 void synchronize(Stream s);
 Stream stream_create();
 void stream_destroy(Stream s);

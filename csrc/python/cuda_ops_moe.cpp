@@ -144,36 +144,6 @@ py::array_t<float> cuda_moe(const py::array& x_in, const py::array& experts_in,
   return out;
 }
 
-// Median device milliseconds of mf4w_moe on device-resident data: n tokens, token t's slot j on
-// expert (t + j * E / k) % E (distinct per token), codes 0x5a, scales 2^-7.
-double cuda_bench_moe(int n, int H, int I, int E, int k, int iters) {
-  if (n < 1 || k < 1 || k > E || H % 32 || I % 32)
-    throw py::value_error("bench: need n >= 1, 1 <= k <= E, H and I multiples of 32");
-  py::gil_scoped_release nogil;
-  const size_t w1 = size_t(E) * 2 * I * H / 2, w2 = size_t(E) * H * I / 2;
-  Dev x(size_t(n) * H * 4), b1w(w1), s1(w1 / 16), b1(size_t(E) * 2 * I * 4), b2w(w2),
-      s2(w2 / 16), b2(size_t(E) * H * 4), y(size_t(n) * H * 4),
-      ws(cuda::moe_workspace_bytes(n, H, I, E, k));
-  std::vector<int32_t> ex(size_t(n) * k);
-  std::vector<float> wt(size_t(n) * k, 1.0f / float(k));
-  for (int t = 0; t < n; ++t)
-    for (int j = 0; j < k; ++j) ex[size_t(t) * k + j] = (t + j * (E / k)) % E;
-  Dev de(ex.data(), ex.size() * 4), dw(wt.data(), wt.size() * 4);
-  cuda::memset_device(x.p, 0x3c, x.bytes, nullptr);
-  cuda::memset_device(b1w.p, 0x5a, b1w.bytes, nullptr);
-  cuda::memset_device(b2w.p, 0x5a, b2w.bytes, nullptr);
-  cuda::memset_device(s1.p, 120, s1.bytes, nullptr);
-  cuda::memset_device(s2.p, 120, s2.bytes, nullptr);
-  cuda::memset_device(b1.p, 0, b1.bytes, nullptr);
-  cuda::memset_device(b2.p, 0, b2.bytes, nullptr);
-  return cuda::time_ms([&](cuda::Stream st) {
-    cuda::mf4w_moe(x.as<const float>(), n, H, I, E, k, de.as<const int32_t>(), dw.as<const float>(),
-                   b1w.as<const uint8_t>(), s1.as<const uint8_t>(), b1.as<const float>(),
-                   b2w.as<const uint8_t>(), s2.as<const uint8_t>(), b2.as<const float>(), 1.702f,
-                   7.0f, ws.p, y.as<float>(), st);
-  }, iters, nullptr);
-}
-
 }  // namespace
 
 void bind_cuda_moe(py::module_& ops) {
@@ -188,8 +158,5 @@ void bind_cuda_moe(py::module_& ops) {
           "[E, 2I, H/32, 16] u8 + [E, 2I, H/32] u8 + bias [E, 2I] float32, W2 [E, H, I/32, 16] + "
           "[E, H, I/32] + bias [E, H] -> [n, H]. n <= 8: float32 GEMVs; larger n: tokens grouped "
           "by expert and bf16 tensor-core GEMMs (x and the SwiGLU output rounded to bf16)");
-  ops.def("cuda_bench_moe", &cuda_bench_moe, py::arg("n"), py::arg("H") = 2880,
-          py::arg("I") = 2880, py::arg("E") = 32, py::arg("k") = 4, py::arg("iters") = 20,
-          "median device milliseconds of mf4w_moe for n tokens on device-resident weights");
 }
 #endif
