@@ -26,6 +26,7 @@ using namespace gptoss;
 void bind_cuda_core(py::module_& ops);
 void bind_cuda_bench(py::module_& ops);
 void bind_cuda_attention(py::module_& ops);  // cuda_ops_attention.cpp
+void bind_cuda_moe(py::module_& ops);
 #endif
 
 namespace {
@@ -425,6 +426,7 @@ PYBIND11_MODULE(_C, m) {
   bind_cuda_core(ops);
   bind_cuda_bench(ops);
   bind_cuda_attention(ops);
+  bind_cuda_moe(ops);
 #endif
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");
