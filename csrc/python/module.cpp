@@ -22,6 +22,11 @@
 namespace py = pybind11;
 using namespace gptoss;
 
+void bind_sample_reference(py::module_& ops);  // ops_sample.cpp
+#if defined(GPTOSS_WITH_CUDA)
+void bind_cuda_dense(py::module_& ops);  // cuda_ops_dense.cpp
+#endif
+
 namespace {
 
 template <typename T>
@@ -372,6 +377,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("num_threads", &cpu::num_threads);
 
   py::module_ ops = m.def_submodule("ops", "single kernels, NumPy arrays in and out");
+  bind_sample_reference(ops);
+#if defined(GPTOSS_WITH_CUDA)
+  bind_cuda_dense(ops);
+#endif
 #if defined(GPTOSS_WITH_CUDA)
   ops.def("cuda_mxfp4_dequantize", [](const py::array& blocks_in, const py::array& scales_in) {
     auto blocks = need_array<uint8_t>(blocks_in, "blocks", {-1, -1, 16});
