@@ -21,14 +21,14 @@
 
 #include "common/rng.h"
 #include "common/sample_math.h"
-#include "cuda/kernels.h"  // SampleParams (a plain struct; no CUDA header)
+#include "common/sample_params.h"
 #include "gptoss/error.h"
 
 namespace gptoss {
 
 inline constexpr int kSampleMaxVocab = 1 << 21;
 
-inline int32_t sample_reference(const float* logits, int V, const cuda::SampleParams& p) {
+inline int32_t sample_reference(const float* logits, int V, const SampleParams& p) {
   GPTOSS_CHECK(V >= 1 && V < kSampleMaxVocab, "sample_reference: V must be in [1, 2^21)");
   std::vector<uint64_t> key(static_cast<size_t>(V));
   uint64_t kmax = 0;

@@ -10,7 +10,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
+
+#include "common/sample_params.h"
 
 namespace gptoss {
 namespace cuda {
@@ -94,18 +97,8 @@ void mf4w_moe(const float* x, int n, int H, int I, int E, int k,
               void* workspace, float* y, Stream s);
 
 // ------------------------------------------------------------------------------------ sampling
-// Per-row sampling parameters (device memory). temperature 0: greedy (argmax, lowest index on
-// ties). Otherwise Gumbel-max over the candidates: token = argmax_i (logits[i] / T + g(seed,
-// counter, i)), g from the counter-based RNG of common/rng.h, over the top_k largest logits
-// (0: all) further cut to the smallest set of largest probabilities reaching top_p.
-struct SampleParams {
-  float temperature = 0.0f;
-  int top_k = 0;
-  float top_p = 1.0f;
-  uint32_t pad = 0;
-  uint64_t seed = 0;
-  uint64_t counter = 0;  // e.g. the position of the token being sampled
-};
+// Sampling parameters per row (device memory): common/sample_params.h.
+using SampleParams = ::gptoss::SampleParams;
 size_t sample_workspace_bytes(int n, int V);
 void sample_tokens(const float* logits, int n, int V, const SampleParams* params, void* workspace,
                    int32_t* tokens, Stream s);
@@ -125,6 +118,9 @@ void memset_device(void* dst, int value, size_t bytes, Stream s);
 void synchronize(Stream s);
 Stream stream_create();
 void stream_destroy(Stream s);
+// Median device milliseconds of `iters` runs of fn(stream) (one warm-up run first), timed with
+// events on the stream: for benchmarks of device-resident work.
+double time_ms(const std::function<void(Stream)>& fn, int iters, Stream s);
 
 }  // namespace cuda
 }  // namespace gptoss

@@ -1,5 +1,5 @@
-// The layer loop of SPEC.md section 2 over the Backend interface, the KV cache, and the public
-// gptoss::Model / Sampler / generate API.
+// The layer loop of backends/numpy.py over the Backend contract, sequence and KV page
+// bookkeeping, and the public gptoss::Model / Sampler / generate API.
 #include "engine/engine.h"
 
 #include <algorithm>
@@ -11,6 +11,16 @@
 #include "cpu/cpu_features.h"
 
 namespace gptoss {
+
+namespace {
+// The planning bound for attention, rounded up so that decode graphs are captured once per
+// bucket and not once per position.
+int len_bucket(int len) {
+  int b = 256;
+  while (b < len) b *= 2;
+  return b;
+}
+}  // namespace
 
 Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Backend> backend)
     : ck_(path, opts.layout), be_(std::move(backend)) {
@@ -38,9 +48,6 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
   GPTOSS_CHECK(opts.max_context >= 0, "max_context must be >= 0, got " << opts.max_context);
   max_context_ = opts.max_context > 0 ? std::min(opts.max_context, c.max_context) : c.max_context;
   if (opts.num_threads > 0) cpu::set_num_threads(opts.num_threads);
-  GPTOSS_CHECK(opts.activation_levels == 1 || opts.activation_levels == 2,
-               "activation_levels = " << opts.activation_levels << ": must be 1 or 2");
-  levels_ = opts.activation_levels;
   be_->bind(ck_);
   small_.resize(ck_.layers.size());
   for (size_t l = 0; l < ck_.layers.size(); ++l) {
@@ -51,23 +58,43 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
                  upload_f32(L.w2_bias)};
   }
   final_norm_ = upload_f32(ck_.final_norm);
+  // RoPE table for every position the context allows, in double as the NumPy engine does
+  std::vector<double> inv_freq;
+  double m = 1.0;
   yarn_frequencies(c.head_dim, c.rope_theta, c.rope_factor, c.rope_beta_fast, c.rope_beta_slow,
-                   c.rope_original_context, c.rope_truncate, &inv_freq_, &rope_m_);
+                   c.rope_original_context, c.rope_truncate, &inv_freq, &m);
+  const int half = c.head_dim / 2;
+  {
+    std::vector<float> cs(size_t(max_context_) * half), sn(size_t(max_context_) * half);
+    for (int p = 0; p < max_context_; ++p)
+      for (int j = 0; j < half; ++j) {
+        const double a = double(p) * inv_freq[size_t(j)];
+        cs[size_t(p) * half + j] = float(std::cos(a) * m);
+        sn[size_t(p) * half + j] = float(std::sin(a) * m);
+      }
+    be_->rope_table(cs.data(), sn.data(), max_context_, half);
+  }
+  KVGeometry g;
+  g.layers = int(ck_.layers.size());
+  for (int l = 0; l < g.layers; ++l) g.ring_layer.push_back(bool(c.layer_sliding[size_t(l)]));
+  g.kv_width = c.kv_width();
+  g.page = kPage;
+  g.ring = c.sliding_window + kChunk;
+  be_->kv_init(g);
+  max_pages_ = (max_context_ + kPage - 1) / kPage;
   new_sequence();
   ensure_workspace(1);
 }
 
 int Engine::new_sequence() {
-  const Config& c = ck_.config;
   auto s = std::make_unique<Sequence>();
-  s->cache.resize(ck_.layers.size());
-  for (size_t l = 0; l < s->cache.size(); ++l) {
-    if (!c.layer_sliding[l]) continue;
-    LayerCache& lc = s->cache[l];
-    lc.ring = c.sliding_window + kChunk;
-    const size_t bytes = size_t(lc.ring) * c.kv_width() * sizeof(float);
-    lc.k.push_back(static_cast<float*>(be_->alloc(bytes)));
-    lc.v.push_back(static_cast<float*>(be_->alloc(bytes)));
+  if (!free_slots_.empty()) {
+    s->slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    s->slot = slots_total_++;
+    page_table_.resize(size_t(slots_total_) * max_pages_, 0);
+    be_->kv_reserve(pages_total_, slots_total_);
   }
   for (size_t i = 0; i < seqs_.size(); ++i)
     if (!seqs_[i]) {
@@ -78,19 +105,11 @@ int Engine::new_sequence() {
   return int(seqs_.size() - 1);
 }
 
-void Engine::free_cache(Sequence& s) {
-  for (auto& lc : s.cache) {
-    for (float* p : lc.k) be_->release(p);
-    for (float* p : lc.v) be_->release(p);
-    lc.k.clear();
-    lc.v.clear();
-  }
-}
-
 void Engine::free_sequence(int seq) {
   GPTOSS_CHECK(seq != 0, "sequence 0 always exists; reset it instead");
   Sequence& s = sequence(seq);
-  free_cache(s);
+  free_pages_.insert(free_pages_.end(), s.pages.begin(), s.pages.end());
+  free_slots_.push_back(s.slot);
   seqs_[size_t(seq)].reset();
 }
 
@@ -106,21 +125,29 @@ const Engine::Sequence& Engine::sequence(int seq) const {
   return *seqs_[size_t(seq)];
 }
 
-void Engine::reset(int seq) { sequence(seq).pos = 0; }
+void Engine::reset(int seq) {
+  Sequence& s = sequence(seq);
+  s.pos = 0;
+  free_pages_.insert(free_pages_.end(), s.pages.begin(), s.pages.end());
+  s.pages.clear();
+}
+
 int Engine::position(int seq) const { return sequence(seq).pos; }
+
+int Engine::pages_in_use() const { return pages_total_ - int(free_pages_.size()); }
 
 Engine::~Engine() {
   for (void* p : owned_) be_->release(p);
-  for (auto& s : seqs_)
-    if (s) free_cache(*s);
-  for (float* p : {x_, t_, qkv_, attn_, y_, glog_, cos_, sin_})
+  for (void* p : {(void*)x_, (void*)t_, (void*)qkv_, (void*)attn_, (void*)y_, (void*)glog_,
+                  (void*)weights_, (void*)lg_rows_, (void*)logits_, (void*)experts_,
+                  (void*)sampled_})
     if (p) be_->release(p);
 }
 
 float* Engine::upload_f32(const Tensor& t) {
   std::vector<float> h = to_f32(t);
   float* d = static_cast<float*>(be_->alloc(h.size() * sizeof(float)));
-  be_->from_host(d, h.data(), h.size() * sizeof(float));
+  be_->upload(d, h.data(), h.size() * sizeof(float));
   owned_.push_back(d);
   return d;
 }
@@ -128,48 +155,53 @@ float* Engine::upload_f32(const Tensor& t) {
 void Engine::ensure_workspace(int n) {
   if (n <= ws_n_) return;
   const Config& c = ck_.config;
-  for (float* p : {x_, t_, qkv_, attn_, y_, glog_, cos_, sin_})
+  for (void* p : {(void*)x_, (void*)t_, (void*)qkv_, (void*)attn_, (void*)y_, (void*)glog_,
+                  (void*)weights_, (void*)lg_rows_, (void*)logits_, (void*)experts_,
+                  (void*)sampled_})
     if (p) be_->release(p);
   auto f = [&](size_t count) { return static_cast<float*>(be_->alloc(count * sizeof(float))); };
-  const size_t N = size_t(n), H = size_t(c.hidden_size);
+  const size_t N = size_t(n), H = size_t(c.hidden_size), K = size_t(c.experts_per_token);
+  const size_t L = size_t(std::min(n, kLogitChunk));
   x_ = f(N * H);
   t_ = f(N * H);
   qkv_ = f(N * size_t(c.q_width() + 2 * c.kv_width()));
   attn_ = f(N * size_t(c.q_width()));
   y_ = f(N * H);
   glog_ = f(N * size_t(c.num_experts));
-  cos_ = f(N * size_t(c.head_dim / 2));
-  sin_ = f(N * size_t(c.head_dim / 2));
-  experts_.resize(N * size_t(c.experts_per_token));
-  weights_.resize(N * size_t(c.experts_per_token));
-  qpos_.resize(N);
-  kvs_.resize(N);
-  cos_h_.resize(N * size_t(c.head_dim / 2));
-  sin_h_.resize(N * size_t(c.head_dim / 2));
+  weights_ = f(N * K);
+  experts_ = static_cast<int32_t*>(be_->alloc(N * K * sizeof(int32_t)));
+  lg_rows_ = f(L * H);
+  logits_ = f(L * size_t(c.vocab_size));
+  sampled_ = static_cast<int32_t*>(be_->alloc(L * sizeof(int32_t)));
   ws_n_ = n;
 }
 
-void Engine::ensure_cache(Sequence& s, int upto) {
+void Engine::ensure_pages(Sequence& s, int upto) {
   const Config& c = ck_.config;
-  const size_t page_bytes = size_t(kPage) * c.kv_width() * sizeof(float);
-  for (auto& lc : s.cache) {
-    if (lc.ring) continue;
-    while (int(lc.k.size()) * kPage < upto) {
-      lc.k.push_back(static_cast<float*>(be_->alloc(page_bytes)));
-      lc.v.push_back(static_cast<float*>(be_->alloc(page_bytes)));
+  bool any_paged = false;
+  for (size_t l = 0; l < ck_.layers.size(); ++l) any_paged |= !c.layer_sliding[l];
+  if (!any_paged) return;
+  const int need = (upto + kPage - 1) / kPage;
+  bool grew = false;
+  while (int(s.pages.size()) < need) {
+    int32_t p;
+    if (!free_pages_.empty()) {
+      p = free_pages_.back();
+      free_pages_.pop_back();
+    } else {
+      p = pages_total_++;
+      grew = true;
     }
+    page_table_[size_t(s.slot) * max_pages_ + s.pages.size()] = p;
+    s.pages.push_back(p);
   }
-}
-
-cpu::KVView Engine::kv_view(const Sequence& s, int layer) const {
-  const LayerCache& lc = s.cache[size_t(layer)];
-  cpu::KVView v;
-  v.k_pages = lc.k.data();
-  v.v_pages = lc.v.data();
-  v.page = kPage;
-  v.ring = lc.ring;
-  v.row = ck_.config.kv_width();
-  return v;
+  if (grew) {
+    // grow by at least half again, so a long prompt does not reallocate page by page
+    const int target = std::max(pages_total_, pages_total_ + pages_total_ / 2);
+    for (int p = pages_total_; p < target; ++p) free_pages_.insert(free_pages_.begin(), p);
+    pages_total_ = target;
+    be_->kv_reserve(pages_total_, slots_total_);
+  }
 }
 
 void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logits, int seq) {
@@ -185,12 +217,13 @@ void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logit
   // Sliding layers keep a ring of window + kChunk slots: a chunk's keys are written before its
   // queries attend, and the extra kChunk slots keep every key the chunk's first query still needs.
   // Longer prompts go through in chunks of kChunk tokens.
+  std::vector<int> seq_of, pos_of;
   for (int st = 0; st < n; st += kChunk) {
     const int m = std::min(kChunk, n - st);
     const bool last = st + m == n;
-    seq_of_.assign(size_t(m), seq);
-    pos_of_.resize(size_t(m));
-    for (int i = 0; i < m; ++i) pos_of_[size_t(i)] = s.pos + i;
+    seq_of.assign(size_t(m), seq);
+    pos_of.resize(size_t(m));
+    for (int i = 0; i < m; ++i) pos_of[size_t(i)] = s.pos + i;
     std::vector<int> rows;
     if (all_logits) {
       for (int i = 0; i < m; ++i) rows.push_back(i);
@@ -198,12 +231,17 @@ void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logit
       rows.push_back(m - 1);
     }
     float* out = all_logits ? logits + size_t(st) * c.vocab_size : logits;
-    run(tokens + st, seq_of_.data(), pos_of_.data(), m, rows, out);
+    run(tokens + st, seq_of.data(), pos_of.data(), m, rows, out, nullptr, nullptr, m == 1);
     s.pos += m;
   }
 }
 
 void Engine::decode_batch(const int32_t* seqs, const int32_t* tokens, int n, float* logits) {
+  decode_batch_sample(seqs, tokens, n, nullptr, nullptr, logits);
+}
+
+void Engine::decode_batch_sample(const int32_t* seqs, const int32_t* tokens, int n,
+                                 const SampleRow* params, int32_t* out, float* logits) {
   const Config& c = ck_.config;
   GPTOSS_CHECK(n >= 1 && n <= kChunk, "decode_batch: between 1 and " << kChunk
                                                                       << " sequences, got " << n);
@@ -215,84 +253,136 @@ void Engine::decode_batch(const int32_t* seqs, const int32_t* tokens, int n, flo
                  "token id " << tokens[i] << " is out of range [0, " << c.vocab_size << ")");
     GPTOSS_CHECK(s.pos + 1 <= max_context_, "context limit: sequence " << seqs[i] << " is full ("
                                                                         << max_context_ << ")");
+    if (params) {
+      const SampleRow& p = params[i];
+      GPTOSS_CHECK(p.temperature >= 0 && std::isfinite(p.temperature),
+                   "temperature = " << p.temperature << ": must be >= 0");
+      GPTOSS_CHECK(p.top_p > 0 && p.top_p <= 1, "top_p = " << p.top_p << ": must be in (0, 1]");
+      GPTOSS_CHECK(p.top_k >= 0, "top_k = " << p.top_k << ": must be >= 0");
+    }
   }
-  seq_of_.assign(seqs, seqs + n);
-  pos_of_.resize(size_t(n));
-  std::vector<int> rows(static_cast<size_t>(n));
+  std::vector<int> seq_of(seqs, seqs + n), pos_of(size_t(n)), rows(size_t(n));
   for (int i = 0; i < n; ++i) {
-    pos_of_[size_t(i)] = sequence(seqs[i]).pos;
+    pos_of[size_t(i)] = sequence(seqs[i]).pos;
     rows[size_t(i)] = i;
   }
-  run(tokens, seq_of_.data(), pos_of_.data(), n, rows, logits);
+  run(tokens, seq_of.data(), pos_of.data(), n, rows, logits, params, out, true);
   for (int i = 0; i < n; ++i) sequence(seqs[i]).pos += 1;
 }
 
 void Engine::run(const int32_t* tokens, const int* seq_of, const int* pos_of, int n,
-                 const std::vector<int>& logit_rows, float* logits) {
+                 const std::vector<int>& logit_rows, float* logits, const SampleRow* sample,
+                 int32_t* tokens_out, bool graph) {
   const Config& c = ck_.config;
   ensure_workspace(n);
-  for (int i = 0; i < n; ++i) ensure_cache(sequence(seq_of[i]), pos_of[i] + 1);
-  const int H = c.hidden_size, d = c.head_dim, half = d / 2;
-  const int qw = c.q_width(), kvw = c.kv_width(), qkvw = qw + 2 * kvw;
-  const int K = c.experts_per_token;
+  int max_len = 0;
+  step_tokens_.assign(tokens, tokens + n);
+  step_pos_.resize(size_t(n));
+  step_slot_.resize(size_t(n));
   for (int i = 0; i < n; ++i) {
-    const int p = pos_of[i];
-    qpos_[size_t(i)] = p;
-    for (int j = 0; j < half; ++j) {
-      const double a = double(p) * inv_freq_[size_t(j)];
-      cos_h_[size_t(i) * half + j] = float(std::cos(a) * rope_m_);
-      sin_h_[size_t(i) * half + j] = float(std::sin(a) * rope_m_);
-    }
+    Sequence& s = sequence(seq_of[i]);
+    ensure_pages(s, pos_of[i] + 1);
+    step_pos_[size_t(i)] = pos_of[i];
+    step_slot_[size_t(i)] = s.slot;
+    max_len = std::max(max_len, pos_of[i] + 1);
   }
-  be_->from_host(cos_, cos_h_.data(), size_t(n) * half * sizeof(float));
-  be_->from_host(sin_, sin_h_.data(), size_t(n) * half * sizeof(float));
-  be_->embed(ck_.embedding, tokens, n, x_);
-  for (size_t l = 0; l < ck_.layers.size(); ++l) {
-    const LayerTensors& L = ck_.layers[l];
-    const LayerSmall& S = small_[l];
-    // attention block
-    be_->rmsnorm(x_, n, H, S.attn_norm, c.rms_norm_eps, t_);
-    be_->linear(t_, n, L.q_w, S.q_b, qkv_, qkvw);
-    be_->linear(t_, n, L.k_w, S.k_b, qkv_ + qw, qkvw);
-    be_->linear(t_, n, L.v_w, S.v_b, qkv_ + qw + kvw, qkvw);
-    be_->rope(qkv_, n, c.num_heads + c.num_kv_heads, d, qkvw, cos_, sin_);
-    for (int i = 0; i < n; ++i) {
-      Sequence& sq = sequence(seq_of[i]);
-      const LayerCache& lc = sq.cache[l];
-      const int p = pos_of[i];
-      float* kd = lc.ring ? lc.k[0] + size_t(p % lc.ring) * kvw
-                          : lc.k[size_t(p / kPage)] + size_t(p % kPage) * kvw;
-      float* vd = lc.ring ? lc.v[0] + size_t(p % lc.ring) * kvw
-                          : lc.v[size_t(p / kPage)] + size_t(p % kPage) * kvw;
-      be_->copy_rows(kd, kvw, qkv_ + size_t(i) * qkvw + qw, qkvw, 1, kvw);
-      be_->copy_rows(vd, kvw, qkv_ + size_t(i) * qkvw + qw + kvw, qkvw, 1, kvw);
-      kvs_[size_t(i)] = kv_view(sq, int(l));
-    }
-    be_->attention(qkv_, n, qkvw, qpos_.data(), kvs_.data(), c.num_heads, c.num_kv_heads, d,
-                   c.layer_sliding[l] ? c.sliding_window : 0, S.sinks, attn_);
-    be_->linear(attn_, n, L.out_w, S.out_b, y_, H);
-    be_->add(x_, y_, size_t(n) * H);
-    // MoE block
-    be_->rmsnorm(x_, n, H, S.mlp_norm, c.rms_norm_eps, t_);
-    be_->linear(t_, n, L.router_w, S.router_b, glog_, c.num_experts);
-    be_->route(glog_, n, c.num_experts, K, experts_.data(), weights_.data());
-    be_->moe(L, S.w1_bias, S.w2_bias, t_, n, H, c.intermediate_size, K, experts_.data(),
-             weights_.data(), c.swiglu_alpha, c.swiglu_limit, levels_, y_);
-    be_->add(x_, y_, size_t(n) * H);
-  }
-  if (logit_rows.empty() || !logits) return;
-  // final norm and unembedding for the requested rows only (gathered contiguously)
   const int m = int(logit_rows.size());
-  for (int r = 0; r < m; ++r)
-    if (logit_rows[size_t(r)] != r)
-      be_->copy_rows(x_ + size_t(r) * H, H, x_ + size_t(logit_rows[size_t(r)]) * H, H, 1, H);
-  be_->rmsnorm(x_, m, H, final_norm_, c.rms_norm_eps, t_);
-  be_->linear(t_, m, ck_.unembedding, nullptr, logits, c.vocab_size);
+  step_logit_rows_.assign(logit_rows.begin(), logit_rows.end());
+  StepRows rows;
+  rows.n = n;
+  rows.tokens = step_tokens_.data();
+  rows.pos = step_pos_.data();
+  rows.slot = step_slot_.data();
+  rows.page_table = page_table_.data();
+  rows.slots = slots_total_;
+  rows.max_pages = max_pages_;
+  rows.max_len = std::min(len_bucket(max_len), std::max(max_len, max_context_));
+  rows.m = m;
+  rows.logit_rows = step_logit_rows_.data();
+  rows.sample = sample;
+  be_->begin_step(rows);
+
+  const int H = c.hidden_size, d = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  const int qw = c.q_width(), kvw = c.kv_width(), qkvw = qw + 2 * kvw;
+  const int K = c.experts_per_token, V = c.vocab_size;
+  const int layers = int(ck_.layers.size());
+  // The layers: everything up to the last layer's MoE output in y_ (added in the final norm).
+  auto body = [&] {
+    be_->embed(ck_.embedding, n, x_);
+    for (int l = 0; l < layers; ++l) {
+      const LayerTensors& L = ck_.layers[size_t(l)];
+      const LayerSmall& S = small_[size_t(l)];
+      // attention block (the previous layer's MoE output is added here)
+      be_->add_rmsnorm(x_, l ? y_ : nullptr, n, H, S.attn_norm, c.rms_norm_eps, t_);
+      be_->linear(t_, n, L.q_w, S.q_b, qkv_, qkvw);
+      be_->linear(t_, n, L.k_w, S.k_b, qkv_ + qw, qkvw);
+      be_->linear(t_, n, L.v_w, S.v_b, qkv_ + qw + kvw, qkvw);
+      be_->rope_kv_write(qkv_, n, l, Hq, Hkv, d);
+      be_->attention(qkv_, n, l, Hq, Hkv, d, c.layer_sliding[size_t(l)] ? c.sliding_window : 0,
+                     S.sinks, attn_);
+      be_->linear(attn_, n, L.out_w, S.out_b, y_, H);
+      // MoE block
+      be_->add_rmsnorm(x_, y_, n, H, S.mlp_norm, c.rms_norm_eps, t_);
+      be_->linear(t_, n, L.router_w, S.router_b, glog_, c.num_experts);
+      be_->route(glog_, n, c.num_experts, K, experts_, weights_);
+      be_->moe(L, S.w1_bias, S.w2_bias, t_, n, H, c.intermediate_size, K, experts_, weights_,
+               c.swiglu_alpha, c.swiglu_limit, y_);
+    }
+    be_->add_rmsnorm(x_, y_, n, H, final_norm_, c.rms_norm_eps, t_);
+  };
+  // The final rows: norm already applied to all rows in t_; gather the wanted ones, unembed.
+  auto head = [&](int first, int cnt, float* out) {
+    const bool identity = first == 0 && cnt == n && [&] {
+      for (int i = 0; i < cnt; ++i)
+        if (logit_rows[size_t(i)] != i) return false;
+      return true;
+    }();
+    const float* src = t_;
+    if (!identity) {
+      be_->gather_rows(t_, H, first, cnt, lg_rows_);
+      src = lg_rows_;
+    }
+    be_->linear(src, cnt, ck_.unembedding, nullptr, out, V);
+    if (sample) be_->sample(out, first, cnt, V, sampled_);
+  };
+  const bool direct = be_->host_memory();
+  const bool one_chunk = m <= kLogitChunk;
+  if (graph && one_chunk && n <= kLogitChunk) {
+    // a decode step: one graph for the whole step, keyed by what the host-side code depends on
+    const uint64_t key = (uint64_t(n) << 40) | (uint64_t(m) << 32) |
+                         (uint64_t(rows.max_len) << 1) | (sample ? 1u : 0u);
+    // a host-memory backend writes logits straight to the caller (it captures no graphs)
+    float* out = (direct && logits) ? logits : logits_;
+    be_->run_graph(key, [&] {
+      body();
+      if (m) head(0, m, out);
+    });
+    if (m) {
+      if (sample && tokens_out) be_->download(tokens_out, sampled_, sizeof(int32_t) * m);
+      if (logits && out != logits) be_->download(logits, out, sizeof(float) * size_t(m) * V);
+    }
+    return;
+  }
+  body();
+  for (int first = 0; first < m; first += kLogitChunk) {
+    const int cnt = std::min(kLogitChunk, m - first);
+    float* dst = logits ? logits + size_t(first) * V : nullptr;
+    float* out = direct && dst ? dst : logits_;
+    head(first, cnt, out);
+    if (sample && tokens_out)
+      be_->download(tokens_out + first, sampled_, sizeof(int32_t) * cnt);
+    if (dst && out != dst) be_->download(dst, out, sizeof(float) * size_t(cnt) * V);
+  }
 }
 
 // ------------------------------------------------------------------------------- public API
 Model::Model(const std::string& dir, const Options& options)
-    : impl_(new Engine(dir, options, make_cpu_backend())) {}
+    : impl_(new Engine(dir, options,
+                       options.device == "cuda" ? make_cuda_backend()
+                                                : make_cpu_backend(options.activation_levels))) {
+  GPTOSS_CHECK(options.device == "cpu" || options.device == "cuda",
+               "device = '" << options.device << "': must be 'cpu' or 'cuda'");
+}
 Model::~Model() = default;
 Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;

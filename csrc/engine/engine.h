@@ -1,5 +1,6 @@
-// The model runtime, written once for every backend: weights (a mapped Checkpoint), the KV cache
-// and the layer loop of SPEC.md section 2.
+// The model runtime, written once for every backend: weights (a mapped Checkpoint), sequences with
+// their KV cache bookkeeping (integers only: slots and page ids; the storage is the backend's), and
+// the layer loop of backends/numpy.py over the Backend contract.
 #pragma once
 #include <memory>
 #include <string>
@@ -11,7 +12,11 @@
 
 namespace gptoss {
 
-std::unique_ptr<Backend> make_cpu_backend();
+std::unique_ptr<Backend> make_cpu_backend(int activation_levels);
+// The CUDA backend (on the GPU, or on the host under GPTOSS_CUDA_EMULATE); throws where the build
+// has no CUDA.
+std::unique_ptr<Backend> make_cuda_backend();
+bool cuda_backend_compiled();
 
 class Engine {
  public:
@@ -30,37 +35,41 @@ class Engine {
   int position(int seq = 0) const;
 
   // Feed n tokens to sequence `seq` at its position. logits: [vocab] for the last token, or
-  // [n, vocab] with all_logits.
+  // [n, vocab] with all_logits (may be null: no logits).
   void forward(const int32_t* tokens, int n, float* logits, bool all_logits, int seq = 0);
   // One token for each of n distinct sequences in one step (the weights are read once for all);
   // logits [n, vocab].
   void decode_batch(const int32_t* seqs, const int32_t* tokens, int n, float* logits);
+  // The same step, sampling on the backend: only the n token ids come back (out [n]); params [n].
+  void decode_batch_sample(const int32_t* seqs, const int32_t* tokens, int n,
+                           const SampleRow* params, int32_t* out, float* logits = nullptr);
+  // Pages of the paged (full-attention) layers in use / allocated, for tests and reports.
+  int pages_in_use() const;
+  int pages_allocated() const { return pages_total_; }
+
+  static constexpr int kPage = 256;   // positions per KV page (full-attention layers)
+  static constexpr int kChunk = 512;  // a step feeds at most this many tokens of one sequence
 
  private:
-  struct LayerCache {
-    std::vector<float*> k, v;  // pages (or one ring)
-    int ring = 0;
-  };
   struct Sequence {
-    std::vector<LayerCache> cache;
+    int slot = 0;
     int pos = 0;
+    std::vector<int32_t> pages;
   };
   // rows: n tokens; row i belongs to sequence seq_of[i] at position pos_of[i]. logit_rows lists
-  // the rows whose logits are written, in order, to `logits`.
+  // the rows whose logits (or, with sample, sampled tokens) are written, in order.
   void run(const int32_t* tokens, const int* seq_of, const int* pos_of, int n,
-           const std::vector<int>& logit_rows, float* logits);
+           const std::vector<int>& logit_rows, float* logits, const SampleRow* sample,
+           int32_t* tokens_out, bool graph);
   void ensure_workspace(int n);
-  void ensure_cache(Sequence& s, int upto);
-  void free_cache(Sequence& s);
+  void ensure_pages(Sequence& s, int upto);
   Sequence& sequence(int seq);
   const Sequence& sequence(int seq) const;
   float* upload_f32(const Tensor& t);
-  cpu::KVView kv_view(const Sequence& s, int layer) const;
 
   Checkpoint ck_;
   std::unique_ptr<Backend> be_;
   int max_context_ = 0;
-  int levels_ = 2;
 
   struct LayerSmall {
     float *attn_norm, *q_b, *k_b, *v_b, *sinks, *out_b, *mlp_norm, *router_b, *w1_bias, *w2_bias;
@@ -69,22 +78,19 @@ class Engine {
   float* final_norm_ = nullptr;
   std::vector<void*> owned_;
 
-  // KV cache: full layers in pages of kPage positions; sliding layers a ring of window + kChunk
-  // slots (a step feeds at most kChunk tokens of one sequence)
-  static constexpr int kPage = 1024;
-  static constexpr int kChunk = 512;
   std::vector<std::unique_ptr<Sequence>> seqs_;  // null where freed
-  std::vector<cpu::KVView> kvs_;
-  std::vector<int> seq_of_, pos_of_;
+  std::vector<int32_t> free_pages_;
+  std::vector<int32_t> free_slots_;
+  int pages_total_ = 0, slots_total_ = 0, max_pages_ = 0;
+  std::vector<int32_t> page_table_;  // [slots_total_, max_pages_]
+  std::vector<int32_t> step_tokens_, step_pos_, step_slot_, step_logit_rows_;
 
   // workspace sized for the largest n seen
   int ws_n_ = 0;
   float *x_ = nullptr, *t_ = nullptr, *qkv_ = nullptr, *attn_ = nullptr, *y_ = nullptr,
-        *glog_ = nullptr, *cos_ = nullptr, *sin_ = nullptr;
-  std::vector<int32_t> experts_, qpos_;
-  std::vector<float> weights_, cos_h_, sin_h_;
-  std::vector<double> inv_freq_;
-  double rope_m_ = 1.0;
+        *glog_ = nullptr, *weights_ = nullptr, *lg_rows_ = nullptr, *logits_ = nullptr;
+  int32_t *experts_ = nullptr, *sampled_ = nullptr;
+  static constexpr int kLogitChunk = 64;  // logits computed this many rows at a time
 };
 
 }  // namespace gptoss

@@ -24,6 +24,7 @@ using namespace gptoss;
 
 void bind_sample_reference(py::module_& ops);  // ops_sample.cpp
 #if defined(GPTOSS_WITH_CUDA)
+void bind_cuda_core(py::module_& ops);
 void bind_cuda_dense(py::module_& ops);  // cuda_ops_dense.cpp
 #endif
 
@@ -280,10 +281,10 @@ PYBIND11_MODULE(_C, m) {
     py::dict d;
 #if defined(GPTOSS_WITH_CUDA)
     d["cuda_compiled"] = true;
-    d["cuda_kernels"] = std::vector<std::string>{"bf16_mf4_dequant"};
+    d["cuda_emulated"] = cuda::emulated();
 #else
     d["cuda_compiled"] = false;
-    d["cuda_kernels"] = std::vector<std::string>{};
+    d["cuda_emulated"] = false;
 #endif
     d["simd"] = cpu::isa_name(cpu::active_isa());
     d["simd_best"] = cpu::isa_name(cpu::detect_isa());
@@ -382,26 +383,7 @@ PYBIND11_MODULE(_C, m) {
   bind_cuda_dense(ops);
 #endif
 #if defined(GPTOSS_WITH_CUDA)
-  ops.def("cuda_mxfp4_dequantize", [](const py::array& blocks_in, const py::array& scales_in) {
-    auto blocks = need_array<uint8_t>(blocks_in, "blocks", {-1, -1, 16});
-    auto scales = need_array<uint8_t>(scales_in, "scales", {blocks.shape(0), blocks.shape(1)});
-    py::array_t<uint16_t> out({blocks.shape(0), blocks.shape(1) * 32});
-    const uint8_t* b = blocks.data();
-    const uint8_t* s = scales.data();
-    uint16_t* o = out.mutable_data();
-    const size_t rows = size_t(blocks.shape(0)), nb = size_t(blocks.shape(1));
-    {
-      py::gil_scoped_release nogil;
-      cuda::bf16_mf4_dequant_host(b, s, rows, nb, o);
-    }
-    return out;
-  }, py::arg("blocks"), py::arg("scales"),
-     "on the GPU: blocks [R, nb, 16] u8, scales [R, nb] u8 -> bf16 bits [R, nb * 32] (uint16)");
-  ops.def("cuda_bench_mxfp4_dequantize", [](size_t rows, size_t nb, int iters) {
-    py::gil_scoped_release nogil;
-    return cuda::bench_bf16_mf4_dequant(rows, nb, iters);
-  }, py::arg("rows"), py::arg("nb"), py::arg("iters") = 20,
-     "median milliseconds of the MXFP4 -> bf16 kernel on device-resident [rows, nb] blocks");
+  bind_cuda_core(ops);
 #endif
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");

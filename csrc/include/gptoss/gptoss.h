@@ -52,6 +52,7 @@ struct Config {
 };
 
 struct Options {
+  std::string device = "cpu";  // "cpu" or "cuda" (a GPU, or the host emulation in an emulated build)
   std::string layout;       // "" (detect; a directory with both uses the HF root), "hf", "original"
   int max_context = 0;      // 0: the model's own (131072); else at most that many positions
   int num_threads = 0;      // 0: all cores (OpenMP default)
