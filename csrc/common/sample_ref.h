@@ -16,6 +16,7 @@
 #pragma once
 #include <algorithm>
 #include <functional>
+#include <utility>
 #include <cstdint>
 #include <vector>
 
@@ -65,16 +66,24 @@ inline int32_t sample_reference(const float* logits, int V, const SampleParams& 
     if (!(thr > 0.0)) {
       kp = kmax;
     } else {
-      // The crossing element has w > 0, so the zero-weight ones can be left out of the sort.
-      std::sort(pos.begin(), pos.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-      uint64_t run = 0;
-      for (const auto& e : pos) {
-        run += e.second;
-        if (double(run) >= thr) {
-          kp = e.first;
-          break;
+      // The crossing element has w > 0, so the zero-weight ones are left out. Radix selection
+      // from the top 8 bits of the key down, keeping only the bucket that holds the crossing:
+      // O(V) for the first pass, the survivors shrink by about 256x a pass.
+      uint64_t above = 0;  // mass of the candidates with a larger key than the current bucket
+      for (int shift = 56; shift >= 0 && pos.size() > 1; shift -= 8) {
+        uint64_t mass[256] = {};
+        for (const auto& e : pos) mass[(e.first >> shift) & 255u] += e.second;
+        int d = 255;
+        for (; d > 0; --d) {
+          if (double(above + mass[d]) >= thr) break;
+          above += mass[d];
         }
+        size_t keep = 0;
+        for (const auto& e : pos)
+          if (int((e.first >> shift) & 255u) == d) pos[keep++] = e;
+        pos.resize(keep);
       }
+      if (!pos.empty()) kp = pos[0].first;
     }
   }
 

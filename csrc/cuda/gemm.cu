@@ -33,9 +33,11 @@ constexpr int kBK = 32;    // k per stage
 constexpr int kPad = 8;    // bf16 of padding per smem row
 constexpr int kThreads = 256;
 
+// Tiles hold bf16 pairs (k, k + 1) as 32-bit words: row r of a stage is (kBK + kPad) / 2 words.
+constexpr int kRowWords = (kBK + kPad) / 2;
 struct GemmSmem {
-  uint16_t w[2][kBN][kBK + kPad];  // [stage][weight row][k]
-  uint16_t x[2][kBM][kBK + kPad];  // [stage][token][k]
+  uint32_t w[2][kBN][kRowWords];  // [stage][weight row][k / 2]
+  uint32_t x[2][kBM][kRowWords];  // [stage][token][k / 2]
 };
 
 __global__ void __launch_bounds__(kThreads)
@@ -59,7 +61,7 @@ __global__ void __launch_bounds__(kThreads)
       const int q = tid + kThreads * i, row = q >> 2, cc = q & 3;
       const bool ok = n0 + row < R;
       const uint16_t* src = ok ? W + size_t(n0 + row) * ldw + size_t(kt) * kBK + 8 * cc : W;
-      cp_async_16(&sm->w[buf][row][8 * cc], src, ok ? 16 : 0);
+      cp_async_16(&sm->w[buf][row][4 * cc], src, ok ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -80,10 +82,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int q = tid + kThreads * i, row = q >> 3, c4 = q & 7;
-      uint2 v;
-      v.x = pack_bf16x2(xr[i].x, xr[i].y);
-      v.y = pack_bf16x2(xr[i].z, xr[i].w);
-      *reinterpret_cast<uint2*>(&sm->x[buf][row][4 * c4]) = v;
+      sm->x[buf][row][2 * c4] = pack_bf16x2(xr[i].x, xr[i].y);
+      sm->x[buf][row][2 * c4 + 1] = pack_bf16x2(xr[i].z, xr[i].w);
     }
   };
 
@@ -114,14 +114,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
         const int row = wm * 32 + mi * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-        ldmatrix_x4(a[mi], &sm->x[buf][row][ks * 16 + 8 * (lane >> 4)]);
+        ldmatrix_x4(a[mi], &sm->x[buf][row][ks * 8 + 4 * (lane >> 4)]);
       }
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
         const int m = lane >> 3;
         const int row = wn * 32 + (2 * p + (m >> 1)) * 8 + (lane & 7);
         uint32_t q[4];
-        ldmatrix_x4(q, &sm->w[buf][row][ks * 16 + 8 * (m & 1)]);
+        ldmatrix_x4(q, &sm->w[buf][row][ks * 8 + 4 * (m & 1)]);
         b[2 * p][0] = q[0];
         b[2 * p][1] = q[1];
         b[2 * p + 1][0] = q[2];

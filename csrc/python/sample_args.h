@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/sample_ref.h"
-#include "cuda/kernels.h"
+#include "common/sample_params.h"
 
 namespace gptoss {
 namespace pysample {
@@ -21,7 +21,7 @@ struct Rows {
   py::array_t<float, py::array::c_style | py::array::forcecast> logits;  // [n, V]
   int n = 0, V = 0;
   bool one_row = false;  // logits was [V]: return one int
-  std::vector<cuda::SampleParams> params;
+  std::vector<SampleParams> params;
 };
 
 template <typename T>
@@ -72,7 +72,7 @@ inline Rows parse(const py::array& logits_in, const py::object& temperature,
       throw py::value_error("top_k must be an integer >= 0 (0 = no limit)");
     if (!(p[size_t(i)] > 0.0f && p[size_t(i)] <= 1.0f))
       throw py::value_error("top_p must be in (0, 1]");
-    cuda::SampleParams sp;
+    SampleParams sp;
     sp.temperature = T[size_t(i)];
     sp.top_k = int(k[size_t(i)]);
     sp.top_p = p[size_t(i)];
