@@ -6,16 +6,18 @@
 // f32_add_rmsnorm: one block per row. Each thread owns a fixed strided set of float4s, adds the
 //   residual in place and accumulates its sum of squares; a fixed butterfly per warp and one
 //   warp over the warp partials finish it, so the order (and the result) never changes.
-// f32_bf16w_gemv: a block of 8 warps computes 16 consecutive output rows; warp w owns rows
-//   2w, 2w + 1, and lane l walks the 16-byte weight chunks l, l + 32, ... of both rows. Each
-//   16-byte weight load (8 bf16) is multiplied against the same 8 columns of all N activation
-//   rows (x through L1, reused for both weight rows from registers), so the weights are read
-//   exactly once for the N rows. The 32 lane partials of every (row, token) go through shared
-//   memory once per block and are summed in lane order by one thread each (deterministic, no
-//   per-row warp shuffles), bias added, then written. K needs no particular multiple: the
-//   K % 8 tail is a scalar step. Trade-off: 16 rows a block gives 180 blocks for R = 2880 and
-//   12568 for the 201088-row unembedding (spread over all SMs); two rows per warp halve the x
-//   traffic through L1 at N = 8 while keeping ~100 registers a thread.
+// f32_bf16w_gemv: a block of 8 warps computes consecutive output rows, two rows per group of
+//   kLanes lanes: kLanes = 32 for K > 512 (16 rows a block), 4 for the short rows of the tiny
+//   models (128 rows a block), so a lane always has several chunks to load. Lane l of a group
+//   walks the 16-byte weight chunks l, l + kLanes, ... of both rows, and each 16-byte load
+//   (8 bf16) is multiplied against the same 8 columns of all N activation rows (x through L1,
+//   reused for both weight rows from registers): the weights are read exactly once for the N
+//   rows. The kLanes partials of every (row, token) go through shared memory once per block and
+//   are summed in lane order by one thread each (deterministic; no per-row warp shuffles), bias
+//   added, then stored. Any K: the K % 8 tail is a scalar step.
+//   Trade-off: 16 rows a block gives 180 blocks for R = 2880 and 12568 for the 201088-row
+//   unembedding (spread over all SMs); two rows per group halve the x traffic through L1 at
+//   N = 8 while keeping under ~100 registers a thread.
 #include <cstdint>
 
 #include "common/numeric.h"
@@ -121,16 +123,18 @@ __global__ void f32_add_rmsnorm_kernel(float* __restrict__ x,        // [n, H], 
 
 // ------------------------------------------------------------------------------------ GEMV
 constexpr int kGemvWarps = 8;
-constexpr int kGemvRowsPerWarp = 2;
-constexpr int kGemvRows = kGemvWarps * kGemvRowsPerWarp;  // output rows per block
+constexpr int kGemvRowsPerGroup = 2;  // weight rows a lane group walks together (w_a, w_b)
 
-template <int N>
+// kLanes lanes (a group) share a pair of rows: 32 for long rows, 4 for short ones (K <= 512, the
+// tiny models), so a lane always has several 16-byte chunks to load.
+template <int N, int kLanes>
 struct GemvSmem {
-  float part[kGemvRows * N][33];  // [row * N + token][lane], padded against bank conflicts
+  static constexpr int kRows = kGemvWarps * (32 / kLanes) * kGemvRowsPerGroup;  // per block
+  float part[kRows * N][kLanes + 1];  // [row * N + token][lane in group], padded
 };
 
-template <int N, bool kVecX>
-__global__ void __launch_bounds__(kGemvWarps * 32)
+template <int N, int kLanes, bool kVecX>
+__global__ void __launch_bounds__(kGemvWarps * 32, 2)
     f32_bf16w_gemv_kernel(const float* __restrict__ x,     // [N, K]
                           int K,
                           const uint16_t* __restrict__ W,  // [R, ldw], 16-byte aligned rows
@@ -138,27 +142,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
                           const float* __restrict__ bias,  // [R] or null
                           float* __restrict__ out,         // [N, ldo]
                           int ldo) {
-  GPTOSS_DYNAMIC_SMEM(GemvSmem<N>, sm);
-  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int row0 = int(blockIdx.x) * kGemvRows + warp * kGemvRowsPerWarp;
-  const uint16_t* wrow[kGemvRowsPerWarp];
+  using Smem = GemvSmem<N, kLanes>;
+  GPTOSS_DYNAMIC_SMEM(Smem, sm);
+  const int tid = int(threadIdx.x);
+  const int group = tid / kLanes, gl = tid % kLanes;  // lane group, lane within it
+  const int row0 = int(blockIdx.x) * Smem::kRows + group * kGemvRowsPerGroup;
+  // rows past R read row R - 1 (a copy, never stored)
+  const uint16_t* w_a = W + size_t(row0 < R ? row0 : R - 1) * ldw;
+  const uint16_t* w_b = W + size_t(row0 + 1 < R ? row0 + 1 : R - 1) * ldw;
+  const uint4* w4_a = reinterpret_cast<const uint4*>(w_a);
+  const uint4* w4_b = reinterpret_cast<const uint4*>(w_b);
+  float acc[kGemvRowsPerGroup][N];
 #pragma unroll
-  for (int rr = 0; rr < kGemvRowsPerWarp; ++rr) {
-    const int r = row0 + rr < R ? row0 + rr : R - 1;  // rows past R compute a copy, never stored
-    wrow[rr] = W + size_t(r) * ldw;
-  }
-  float acc[kGemvRowsPerWarp][N];
-#pragma unroll
-  for (int rr = 0; rr < kGemvRowsPerWarp; ++rr)
+  for (int rr = 0; rr < kGemvRowsPerGroup; ++rr)
 #pragma unroll
     for (int t = 0; t < N; ++t) acc[rr][t] = 0.0f;
 
   const int chunks = K / 8;
 #pragma unroll 2
-  for (int c = lane; c < chunks; c += 32) {
-    uint4 q[kGemvRowsPerWarp];
-#pragma unroll
-    for (int rr = 0; rr < kGemvRowsPerWarp; ++rr) q[rr] = reinterpret_cast<const uint4*>(wrow[rr])[c];
+  for (int c = gl; c < chunks; c += kLanes) {
+    const uint4 q[kGemvRowsPerGroup] = {w4_a[c], w4_b[c]};
 #pragma unroll
     for (int t = 0; t < N; ++t) {
       float xv[8];
@@ -173,7 +176,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         for (int j = 0; j < 8; ++j) xv[j] = xp[j];
       }
 #pragma unroll
-      for (int rr = 0; rr < kGemvRowsPerWarp; ++rr) {
+      for (int rr = 0; rr < kGemvRowsPerGroup; ++rr) {
         float s = acc[rr][t];
         s += bf16_lo(q[rr].x) * xv[0];
         s += bf16_hi(q[rr].x) * xv[1];
@@ -187,44 +190,56 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       }
     }
   }
-  // K % 8 tail: one element per lane
-  const int k = chunks * 8 + lane;
-  if (k < K) {
+  // K % 8 tail (fewer than 8 elements): one element per lane of the group
 #pragma unroll
-    for (int rr = 0; rr < kGemvRowsPerWarp; ++rr) {
-      const float wv = bf16_to_f32(wrow[rr][k]);
+  for (int j = 0; j < (7 + kLanes - 1) / kLanes; ++j) {
+    const int k = chunks * 8 + gl + j * kLanes;
+    if (k >= K) break;
+#pragma unroll
+    for (int rr = 0; rr < kGemvRowsPerGroup; ++rr) {
+      const float wv = bf16_to_f32((rr == 0 ? w_a : w_b)[k]);
 #pragma unroll
       for (int t = 0; t < N; ++t) acc[rr][t] += wv * x[size_t(t) * size_t(K) + k];
     }
   }
 
 #pragma unroll
-  for (int rr = 0; rr < kGemvRowsPerWarp; ++rr)
+  for (int rr = 0; rr < kGemvRowsPerGroup; ++rr)
 #pragma unroll
-    for (int t = 0; t < N; ++t) sm->part[(warp * kGemvRowsPerWarp + rr) * N + t][lane] = acc[rr][t];
+    for (int t = 0; t < N; ++t)
+      sm->part[(group * kGemvRowsPerGroup + rr) * N + t][gl] = acc[rr][t];
   __syncthreads();
-  for (int o = tid; o < kGemvRows * N; o += int(blockDim.x)) {
-    const int rl = o % kGemvRows, t = o / kGemvRows;
+  for (int o = tid; o < Smem::kRows * N; o += int(blockDim.x)) {
+    const int rl = o % Smem::kRows, t = o / Smem::kRows;
     const float* p = sm->part[rl * N + t];
     float s = 0.0f;
 #pragma unroll
-    for (int l = 0; l < 32; ++l) s += p[l];
-    const int r = int(blockIdx.x) * kGemvRows + rl;
+    for (int l = 0; l < kLanes; ++l) s += p[l];
+    const int r = int(blockIdx.x) * Smem::kRows + rl;
     if (r < R) out[size_t(t) * size_t(ldo) + size_t(r)] = s + (bias ? bias[r] : 0.0f);
   }
+}
+
+template <int N, int kLanes>
+void launch_gemv_lanes(const float* x, int K, const uint16_t* W, size_t ldw, int R,
+                       const float* bias, float* out, int ldo, Stream s) {
+  using Smem = GemvSmem<N, kLanes>;
+  const unsigned grid = ceil_div(size_t(R), Smem::kRows);
+  if (K % 4 == 0 && aligned16(x))
+    GPTOSS_LAUNCH((f32_bf16w_gemv_kernel<N, kLanes, true>), grid, kGemvWarps * 32, sizeof(Smem),
+                  s, x, K, W, ldw, R, bias, out, ldo);
+  else
+    GPTOSS_LAUNCH((f32_bf16w_gemv_kernel<N, kLanes, false>), grid, kGemvWarps * 32, sizeof(Smem),
+                  s, x, K, W, ldw, R, bias, out, ldo);
 }
 
 template <int N>
 void launch_gemv(const float* x, int K, const uint16_t* W, size_t ldw, int R, const float* bias,
                  float* out, int ldo, Stream s) {
-  const unsigned grid = ceil_div(size_t(R), kGemvRows);
-  const size_t smem = sizeof(GemvSmem<N>);
-  if (K % 4 == 0 && aligned16(x))
-    GPTOSS_LAUNCH((f32_bf16w_gemv_kernel<N, true>), grid, kGemvWarps * 32, smem, s, x, K, W, ldw,
-                  R, bias, out, ldo);
+  if (K <= 512)
+    launch_gemv_lanes<N, 4>(x, K, W, ldw, R, bias, out, ldo, s);
   else
-    GPTOSS_LAUNCH((f32_bf16w_gemv_kernel<N, false>), grid, kGemvWarps * 32, smem, s, x, K, W,
-                  ldw, R, bias, out, ldo);
+    launch_gemv_lanes<N, 32>(x, K, W, ldw, R, bias, out, ldo, s);
 }
 
 }  // namespace
