@@ -98,9 +98,9 @@ def test_cpp_loader_reports_bad_checkpoints(tiny_hf, tmp_path):
     with open(p, "r+b") as f:
         f.truncate(os.path.getsize(p) - 100)
     with pytest.raises(ValueError, match=r"truncated.*lm_head.weight|lm_head.weight.*truncated"):
-        C.CpuEngine(ck)
+        C.Engine(ck)
     with pytest.raises(ValueError, match="not a directory"):
-        C.CpuEngine(str(tmp_path / "missing"))
+        C.Engine(str(tmp_path / "missing"))
 
 
 def test_threads_setting_gives_same_logits(tiny_hf):

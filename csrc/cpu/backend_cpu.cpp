@@ -11,6 +11,7 @@
 #include "cpu/kernels.h"
 #include "engine/backend.h"
 #include "engine/engine.h"
+#include "common/sample_ref.h"
 
 namespace gptoss {
 
@@ -40,7 +41,18 @@ constexpr int kBand = 32;
 
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(int levels) : levels_(levels) {
+    GPTOSS_CHECK(levels == 1 || levels == 2,
+                 "activation_levels = " << levels << ": must be 1 or 2");
+  }
+  ~CpuBackend() override {
+    for (auto& l : kv_) {
+      std::free(l.k);
+      std::free(l.v);
+    }
+  }
   std::string name() const override { return "cpu"; }
+  bool host_memory() const override { return true; }
   void* alloc(size_t bytes) override {
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     GPTOSS_CHECK(p != nullptr, "out of memory allocating " << bytes << " bytes");
@@ -48,19 +60,61 @@ class CpuBackend final : public Backend {
     return p;
   }
   void release(void* p) override { std::free(p); }
-  void from_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void bind(const Checkpoint&) override {}
 
-  void embed(const Tensor& emb, const int32_t* tokens, int n, float* x) override {
+  // KV cache: one float32 pool per layer (rows of kv_width), grown by copying.
+  void kv_init(const KVGeometry& g) override {
+    geo_ = g;
+    kv_.assign(size_t(g.layers), Pool{});
+  }
+  void kv_reserve(int pages, int slots) override {
+    for (int l = 0; l < geo_.layers; ++l) {
+      Pool& p = kv_[size_t(l)];
+      const size_t rows = geo_.ring_layer[size_t(l)] ? size_t(slots) * geo_.ring
+                                                      : size_t(pages) * geo_.page;
+      if (rows <= p.rows) continue;
+      const size_t bytes = rows * geo_.kv_width * sizeof(float);
+      for (float** q : {&p.k, &p.v}) {
+        float* n = static_cast<float*>(alloc(bytes));
+        if (*q) std::memcpy(n, *q, p.rows * geo_.kv_width * sizeof(float));
+        std::free(*q);
+        *q = n;
+      }
+      p.rows = rows;
+    }
+  }
+  void rope_table(const float* cos, const float* sin, int max_pos, int half) override {
+    cos_.assign(cos, cos + size_t(max_pos) * half);
+    sin_.assign(sin, sin + size_t(max_pos) * half);
+    half_ = half;
+  }
+  void begin_step(const StepRows& r) override {
+    n_ = r.n;
+    tokens_.assign(r.tokens, r.tokens + r.n);
+    pos_.assign(r.pos, r.pos + r.n);
+    slot_.assign(r.slot, r.slot + r.n);
+    page_table_.assign(r.page_table, r.page_table + size_t(r.slots) * r.max_pages);
+    max_pages_ = r.max_pages;
+    logit_rows_.assign(r.logit_rows, r.logit_rows + r.m);
+    sample_.clear();
+    if (r.sample) sample_.assign(r.sample, r.sample + r.m);
+  }
+
+  void embed(const Tensor& emb, int n, float* x) override {
     const int H = int(emb.shape[1]);
     for (int i = 0; i < n; ++i) {
-      const uint16_t* row = reinterpret_cast<const uint16_t*>(emb.data) + size_t(tokens[i]) * H;
+      const uint16_t* row =
+          reinterpret_cast<const uint16_t*>(emb.data) + size_t(tokens_[size_t(i)]) * H;
       for (int j = 0; j < H; ++j) x[size_t(i) * H + j] = bf16_to_f32(row[j]);
     }
   }
 
-  void rmsnorm(const float* x, int n, int H, const float* w, float eps, float* out) override {
+  void add_rmsnorm(float* x, const float* y, int n, int H, const float* w, float eps,
+                   float* out) override {
+    if (y)
+      for (size_t i = 0; i < size_t(n) * H; ++i) x[i] += y[i];
     cpu::rmsnorm(x, w, n, H, eps, out);
   }
 
@@ -76,33 +130,79 @@ class CpuBackend final : public Backend {
                            ldo);
   }
 
-  void rope(float* x, int n, int heads, int d, int ld, const float* cos,
-            const float* sin) override {
-    cpu::rope(x, n, heads, d, ld, cos, sin);
+  void rope_kv_write(float* qkv, int n, int layer, int Hq, int Hkv, int d) override {
+    const int ld = (Hq + 2 * Hkv) * d, kvw = Hkv * d;
+    grow(cs_, size_t(n) * half_);
+    grow(sn_, size_t(n) * half_);
+    for (int i = 0; i < n; ++i) {
+      std::memcpy(&cs_[size_t(i) * half_], &cos_[size_t(pos_[size_t(i)]) * half_],
+                  sizeof(float) * half_);
+      std::memcpy(&sn_[size_t(i) * half_], &sin_[size_t(pos_[size_t(i)]) * half_],
+                  sizeof(float) * half_);
+    }
+    cpu::rope(qkv, n, Hq + Hkv, d, ld, cs_.data(), sn_.data());
+    Pool& p = kv_[size_t(layer)];
+    for (int i = 0; i < n; ++i) {
+      const size_t row = kv_row(layer, slot_[size_t(i)], pos_[size_t(i)]);
+      std::memcpy(p.k + row * kvw, qkv + size_t(i) * ld + Hq * d, sizeof(float) * kvw);
+      std::memcpy(p.v + row * kvw, qkv + size_t(i) * ld + (Hq + Hkv) * d, sizeof(float) * kvw);
+    }
   }
 
-  void copy_rows(float* dst, int dst_ld, const float* src, int src_ld, int rows,
-                 int width) override {
-    for (int i = 0; i < rows; ++i)
-      std::memcpy(dst + size_t(i) * dst_ld, src + size_t(i) * src_ld, sizeof(float) * width);
-  }
-
-  void attention(const float* q, int n, int ldq, const int32_t* qpos, const cpu::KVView* kv,
-                 int Hq, int Hkv, int d, int window, const float* sinks, float* out) override {
-    cpu::attention(q, n, ldq, qpos, kv, Hq, Hkv, d, window, sinks, out);
-  }
-
-  void add(float* x, const float* y, size_t count) override {
-    for (size_t i = 0; i < count; ++i) x[i] += y[i];
+  void attention(const float* qkv, int n, int layer, int Hq, int Hkv, int d, int window,
+                 const float* sinks, float* out) override {
+    const int ld = (Hq + 2 * Hkv) * d, kvw = Hkv * d;
+    const Pool& p = kv_[size_t(layer)];
+    const bool ring = geo_.ring_layer[size_t(layer)];
+    // page pointers of every sequence slot the step touches
+    grow(kptr_, page_table_.size());
+    grow(vptr_, page_table_.size());
+    views_.resize(size_t(n));
+    for (int i = 0; i < n; ++i) {
+      const int s = slot_[size_t(i)];
+      cpu::KVView& v = views_[size_t(i)];
+      v.row = kvw;
+      v.page = geo_.page;
+      const size_t base = size_t(s) * max_pages_;
+      if (ring) {
+        kptr_[base] = p.k + size_t(s) * geo_.ring * kvw;
+        vptr_[base] = p.v + size_t(s) * geo_.ring * kvw;
+        v.ring = geo_.ring;
+      } else {
+        const int np = pos_[size_t(i)] / geo_.page + 1;
+        for (int j = 0; j < np; ++j) {
+          const size_t r = size_t(page_table_[base + j]) * geo_.page * kvw;
+          kptr_[base + j] = p.k + r;
+          vptr_[base + j] = p.v + r;
+        }
+        v.ring = 0;
+      }
+      v.k_pages = &kptr_[base];
+      v.v_pages = &vptr_[base];
+    }
+    cpu::attention(qkv, n, ld, pos_.data(), views_.data(), Hq, Hkv, d, window, sinks, out);
   }
 
   void route(const float* logits, int n, int E, int k, int32_t* experts, float* weights) override {
     cpu::topk_softmax(logits, n, E, k, experts, weights);
   }
 
+  void gather_rows(const float* src, int width, int first, int m, float* dst) override {
+    for (int i = 0; i < m; ++i)
+      std::memcpy(dst + size_t(i) * width, src + size_t(logit_rows_[size_t(first + i)]) * width,
+                  sizeof(float) * width);
+  }
+
+  void sample(const float* logits, int first, int m, int V, int32_t* tokens) override {
+    GPTOSS_CHECK(int(sample_.size()) >= first + m, "sample: no sampling parameters for the step");
+    for (int i = 0; i < m; ++i)
+      tokens[i] = sample_reference(logits + size_t(i) * V, V, sample_[size_t(first + i)]);
+  }
+
   void moe(const LayerTensors& L, const float* w1_bias, const float* w2_bias, const float* t,
            int n, int H, int I, int k, const int32_t* experts, const float* weights, float alpha,
-           float limit, int levels, float* out) override {
+           float limit, float* out) override {
+    const int levels = levels_;
     const int E = int(L.w1_blocks.shape[0]);
     const int A = n * k;  // (token, slot) assignments
     // group assignments by expert: order[] lists assignment ids expert by expert
@@ -165,6 +265,26 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  size_t kv_row(int layer, int slot, int pos) const {
+    if (geo_.ring_layer[size_t(layer)]) return size_t(slot) * geo_.ring + size_t(pos % geo_.ring);
+    return size_t(page_table_[size_t(slot) * max_pages_ + pos / geo_.page]) * geo_.page +
+           size_t(pos % geo_.page);
+  }
+  struct Pool {
+    float* k = nullptr;
+    float* v = nullptr;
+    size_t rows = 0;
+  };
+  int levels_;
+  KVGeometry geo_;
+  std::vector<Pool> kv_;
+  std::vector<float> cos_, sin_, cs_, sn_;
+  int half_ = 0, n_ = 0, max_pages_ = 0;
+  std::vector<int32_t> tokens_, pos_, slot_, page_table_, logit_rows_;
+  std::vector<SampleParams> sample_;
+  std::vector<float*> kptr_, vptr_;
+  std::vector<cpu::KVView> views_;
+
   template <typename F>
   void run_items(int E, int rows, F&& f) {
     items_.clear();
@@ -196,6 +316,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::unique_ptr<Backend>(new CpuBackend()); }
+std::unique_ptr<Backend> make_cpu_backend(int activation_levels) {
+  return std::unique_ptr<Backend>(new CpuBackend(activation_levels));
+}
 
 }  // namespace gptoss

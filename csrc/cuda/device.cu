@@ -60,6 +60,12 @@ void memset_device(void* dst, int value, size_t bytes, Stream s) {
   if (bytes) GPTOSS_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, static_cast<cudaStream_t>(s)));
 }
 
+void device_copy(void* dst, const void* src, size_t bytes, Stream s) {
+  if (bytes)
+    GPTOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                      static_cast<cudaStream_t>(s)));
+}
+
 void synchronize(Stream s) {
   GPTOSS_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(s)));
   GPTOSS_CUDA_CHECK(cudaGetLastError());

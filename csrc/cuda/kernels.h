@@ -115,6 +115,7 @@ void device_free(void* p);
 void copy_to_device(void* dst, const void* src, size_t bytes, Stream s);   // async on s
 void copy_to_host(void* dst, const void* src, size_t bytes, Stream s);     // async on s
 void memset_device(void* dst, int value, size_t bytes, Stream s);
+void device_copy(void* dst, const void* src, size_t bytes, Stream s);       // device -> device
 void synchronize(Stream s);
 Stream stream_create();
 void stream_destroy(Stream s);

@@ -109,7 +109,7 @@ class Backend {
 
   // Runs `record` (a sequence of ops) now, or as a graph captured under `key` and replayed;
   // a backend without graphs simply calls it.
-  virtual void run_graph(uint64_t key, const std::function<void()>& record) { record(); }
+  virtual void run_graph(uint64_t /*key*/, const std::function<void()>& record) { record(); }
 };
 
 }  // namespace gptoss

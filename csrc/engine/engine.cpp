@@ -261,7 +261,8 @@ void Engine::decode_batch_sample(const int32_t* seqs, const int32_t* tokens, int
       GPTOSS_CHECK(p.top_k >= 0, "top_k = " << p.top_k << ": must be >= 0");
     }
   }
-  std::vector<int> seq_of(seqs, seqs + n), pos_of(size_t(n)), rows(size_t(n));
+  std::vector<int> seq_of(seqs, seqs + n);
+  std::vector<int> pos_of(static_cast<size_t>(n)), rows(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
     pos_of[size_t(i)] = sequence(seqs[i]).pos;
     rows[size_t(i)] = i;
@@ -376,13 +377,16 @@ void Engine::run(const int32_t* tokens, const int* seq_of, const int* pos_of, in
 }
 
 // ------------------------------------------------------------------------------- public API
-Model::Model(const std::string& dir, const Options& options)
-    : impl_(new Engine(dir, options,
-                       options.device == "cuda" ? make_cuda_backend()
-                                                : make_cpu_backend(options.activation_levels))) {
-  GPTOSS_CHECK(options.device == "cpu" || options.device == "cuda",
-               "device = '" << options.device << "': must be 'cpu' or 'cuda'");
+namespace {
+std::unique_ptr<Backend> make_backend(const Options& o) {
+  GPTOSS_CHECK(o.device == "cpu" || o.device == "cuda",
+               "device = '" << o.device << "': must be 'cpu' or 'cuda'");
+  return o.device == "cuda" ? make_cuda_backend() : make_cpu_backend(o.activation_levels);
 }
+}  // namespace
+
+Model::Model(const std::string& dir, const Options& options)
+    : impl_(new Engine(dir, options, make_backend(options))) {}
 Model::~Model() = default;
 Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
@@ -407,6 +411,13 @@ void Model::prefill_sequence(int seq, const int32_t* tokens, size_t n, float* lo
                              bool all_logits) {
   GPTOSS_CHECK(n <= size_t(1) << 30, "prefill: too many tokens (" << n << ")");
   impl_->forward(tokens, int(n), logits, all_logits, seq);
+}
+std::string Model::device() const { return impl_->backend().name(); }
+void Model::decode_batch_sample(const int32_t* seqs, const int32_t* tokens, size_t n,
+                                const SampleParams* params, int32_t* out) {
+  GPTOSS_CHECK(n <= size_t(1) << 20, "decode_batch: too many sequences (" << n << ")");
+  GPTOSS_CHECK(params && out, "decode_batch_sample: params and out are required");
+  impl_->decode_batch_sample(seqs, tokens, int(n), params, out);
 }
 void Model::decode_batch(const int32_t* seqs, const int32_t* tokens, size_t n, float* logits) {
   GPTOSS_CHECK(n <= size_t(1) << 20, "decode_batch: too many sequences (" << n << ")");

@@ -26,6 +26,7 @@ void bind_sample_reference(py::module_& ops);  // ops_sample.cpp
 #if defined(GPTOSS_WITH_CUDA)
 void bind_cuda_core(py::module_& ops);
 void bind_cuda_dense(py::module_& ops);  // cuda_ops_dense.cpp
+void bind_cuda_bench(py::module_& ops);
 #endif
 
 namespace {
@@ -113,7 +114,7 @@ py::array_t<float> op_bf16_linear(const py::array& x_in, const py::array& w_in,
   if (!bias_in.is_none()) bias = f32(bias_in.cast<py::array>(), "bias", {R});
   const int m = int(x.shape(0));
   py::array_t<float> out({py::ssize_t(m), R});
-  auto be = make_cpu_backend();
+  auto be = make_cpu_backend(2);
   Tensor W = tensor_of(w, DType::BF16, "w");
   const float* b = bias_in.is_none() ? nullptr : bias.data();
   const float* xp = x.data();
@@ -189,9 +190,9 @@ py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    auto be = make_cpu_backend();
+    auto be = make_cpu_backend(levels);
     be->moe(L, w1bias.data(), w2bias.data(), t.data(), int(n), int(H), int(I), int(k),
-            experts.data(), weights.data(), alpha, limit, levels, o);
+            experts.data(), weights.data(), alpha, limit, o);
   }
   return out;
 }
@@ -282,9 +283,11 @@ PYBIND11_MODULE(_C, m) {
 #if defined(GPTOSS_WITH_CUDA)
     d["cuda_compiled"] = true;
     d["cuda_emulated"] = cuda::emulated();
+    d["cuda_backend"] = cuda_backend_compiled();
 #else
     d["cuda_compiled"] = false;
     d["cuda_emulated"] = false;
+    d["cuda_backend"] = false;
 #endif
     d["simd"] = cpu::isa_name(cpu::active_isa());
     d["simd_best"] = cpu::isa_name(cpu::detect_isa());
@@ -316,10 +319,11 @@ PYBIND11_MODULE(_C, m) {
     return cpu::read_bandwidth_gbs(size_t(gb * 1e9), repeats);
   }, py::arg("gb") = 2.0, py::arg("repeats") = 5, "this machine's read bandwidth in GB/s");
 
-  py::class_<Model>(m, "CpuEngine", "the C++ engine on the CPU backend")
+  py::class_<Model>(m, "Engine", "the C++ engine on a device: 'cpu' or 'cuda'")
       .def(py::init([](const std::string& path, const std::string& layout, int max_context,
-                       int threads, int activation_levels) {
+                       int threads, int activation_levels, const std::string& device) {
              Options o;
+             o.device = device;
              o.layout = layout;
              o.max_context = max_context;
              o.num_threads = threads;
@@ -328,7 +332,8 @@ PYBIND11_MODULE(_C, m) {
              return new Model(path, o);
            }),
            py::arg("path"), py::arg("layout") = "", py::arg("max_context") = 0,
-           py::arg("threads") = 0, py::arg("activation_levels") = 2)
+           py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu")
+      .def_property_readonly("device", &Model::device)
       .def_property_readonly("position", &Model::position)
       .def_property_readonly("max_context", &Model::max_context)
       .def_property_readonly("layout", &Model::layout)
@@ -365,6 +370,45 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("seqs"), py::arg("tokens"),
            "one token for each of len(seqs) distinct sequences -> logits [n, vocab]")
+      .def("decode_batch_sample",
+           [](Model& m, const carray<int64_t>& seqs64, const carray<int64_t>& tokens64,
+              const carray<float>& temperature, const carray<int64_t>& top_k,
+              const carray<float>& top_p, const carray<uint64_t>& seed,
+              const carray<uint64_t>& counter) {
+             auto seqs = ids32(seqs64);
+             auto tokens = ids32(tokens64);
+             const py::ssize_t n = seqs.size();
+             need(seqs.ndim() == 1 && tokens.ndim() == 1 && tokens.size() == n && n > 0,
+                  "seqs and tokens must be 1-D, non-empty and of the same length");
+             for (auto* a : {(const py::array*)&temperature, (const py::array*)&top_k,
+                             (const py::array*)&top_p, (const py::array*)&seed,
+                             (const py::array*)&counter})
+               need(a->ndim() == 1 && a->size() == n,
+                    "temperature, top_k, top_p, seed and counter must have one entry per sequence");
+             std::vector<SampleParams> params(static_cast<size_t>(n));
+             for (py::ssize_t i = 0; i < n; ++i) {
+               SampleParams& p = params[size_t(i)];
+               p.temperature = temperature.data()[i];
+               need(top_k.data()[i] >= 0 && top_k.data()[i] <= INT32_MAX, "top_k out of range");
+               p.top_k = int(top_k.data()[i]);
+               p.top_p = top_p.data()[i];
+               p.seed = seed.data()[i];
+               p.counter = counter.data()[i];
+             }
+             py::array_t<int32_t> out({n});
+             const int32_t* sp = seqs.data();
+             const int32_t* tp = tokens.data();
+             int32_t* o = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               m.decode_batch_sample(sp, tp, size_t(n), params.data(), o);
+             }
+             return out;
+           },
+           py::arg("seqs"), py::arg("tokens"), py::arg("temperature"), py::arg("top_k"),
+           py::arg("top_p"), py::arg("seed"), py::arg("counter"),
+           "one decode step for len(seqs) sequences, sampled on the device -> token ids [n] "
+           "(parameters per sequence; see csrc/common/sample_ref.h)")
       .def("decode", [](Model& m, int32_t token) {
         py::array_t<float> out({py::ssize_t(m.config().vocab_size)});
         float* o = out.mutable_data();
@@ -384,6 +428,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
 #if defined(GPTOSS_WITH_CUDA)
   bind_cuda_core(ops);
+  bind_cuda_bench(ops);
 #endif
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gptoss/error.h"
+#include "gptoss/sample_params.h"
 
 namespace gptoss {
 
@@ -93,6 +94,11 @@ class Model {
   void prefill_sequence(int seq, const int32_t* tokens, size_t n, float* logits,
                         bool all_logits = false);
   void decode_batch(const int32_t* seqs, const int32_t* tokens, size_t n, float* logits);
+  // The same step with sampling on the device: only token ids come back (out [n]); params [n]
+  // (gptoss/sample_params.h: the same seed and counter give the same token on every device).
+  void decode_batch_sample(const int32_t* seqs, const int32_t* tokens, size_t n,
+                           const SampleParams* params, int32_t* out);
+  std::string device() const;       // "cpu", "cuda" or "cuda (emulated)"
 
   Engine& engine();
 

@@ -2,7 +2,9 @@
 
 numpy: always (the specification and the fallback). cpu: the C++ engine in the compiled extension
 `gptoss._C`. cuda: the same engine with the CUDA kernels, where the extension was compiled with
-CUDA and a GPU is present.
+CUDA and a GPU is present, or compiled with GPTOSS_CUDA=EMULATE: then every CUDA kernel runs on
+the CPU under our emulation of the CUDA execution model, for testing (slow), and `auto` never
+picks it.
 """
 from __future__ import annotations
 
@@ -48,15 +50,19 @@ def backends() -> List[BackendInfo]:
         if not info["cuda_compiled"]:
             out.append(BackendInfo("cuda", False, "gptoss._C was built without CUDA "
                                    "(no nvcc at build time, or GPTOSS_CUDA=OFF)"))
+        elif not info.get("cuda_backend"):
+            out.append(BackendInfo("cuda", False, "gptoss._C has the CUDA kernels but not the "
+                                   "CUDA engine backend (built with GPTOSS_CUDA_BACKEND=OFF)"))
+        elif info["cuda_emulated"]:
+            out.append(BackendInfo("cuda", True, "EMULATED: the CUDA kernels run on the CPU under "
+                                   "gptoss's emulation of the CUDA execution model "
+                                   "(GPTOSS_CUDA=EMULATE build), for testing only and very "
+                                   "slow; backend='auto' never picks it"))
         else:
             n, err = C.cuda_device_count()
             if n <= 0:
                 out.append(BackendInfo("cuda", False, f"built with CUDA, but no GPU is usable "
                                        f"here ({err or 'no devices'})"))
-            elif not hasattr(C, "CudaEngine"):
-                out.append(BackendInfo("cuda", False, f"{n} GPU(s) found, but this build has no "
-                                       "CUDA engine yet (CUDA kernels: "
-                                       f"{', '.join(info['cuda_kernels'])})"))
             else:
                 out.append(BackendInfo("cuda", True, f"{n} GPU(s): {C.cuda_device_name(0)}"))
         out.append(BackendInfo("cpu", True, f"C++ engine, SIMD: {info['simd']}, "
@@ -81,6 +87,9 @@ def make_engine(weights, backend: str = "auto", max_context: Optional[int] = Non
     skipped = []
     for name in ORDER:
         b = infos[name]
+        if name == "cuda" and b.available and b.reason.startswith("EMULATED"):
+            skipped.append("cuda: emulated (ask for backend='cuda' explicitly to test it)")
+            continue
         if not b.available:
             skipped.append(f"{name}: {b.reason}")
             continue

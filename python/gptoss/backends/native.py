@@ -16,14 +16,12 @@ class NativeEngine:
     def __init__(self, weights, device: str = "cpu", max_context: Optional[int] = None,
                  threads: int = 0, activation_levels: int = 2):
         from .. import _C
-        if device != "cpu":
-            raise RuntimeError(f"the native engine has no {device!r} backend in this build")
         self.name = device
         self.weights = weights
         self.config = weights.config
-        self._e = _C.CpuEngine(weights.directory, layout=weights.layout,
+        self._e = _C.Engine(weights.directory, layout=weights.layout,
                                max_context=int(max_context or 0), threads=int(threads),
-                               activation_levels=int(activation_levels))
+                               activation_levels=int(activation_levels), device=device)
         self.max_context = self._e.max_context
 
     @property
