@@ -96,7 +96,7 @@ def test_add_rmsnorm_errors():
                                np.zeros(8, np.float32))
 
 
-# ------------------------------------------------------------------------------ GEMV
+# ------------------------------------------------------------------------------ GEMV (lane groups of 32 for K > 512, of 4 below)
 @pytest.mark.parametrize("n", range(1, 9))
 def test_gemv_rows(n):
     x, w, b = case(n, n, 37, 2880)                        # R not a multiple of 16; K % 256 != 0
@@ -108,13 +108,21 @@ def test_gemv_rows(n):
 
 
 @pytest.mark.parametrize("n,R,K", [(1, 2880, 2880), (2, 5, 4096), (3, 1, 32), (1, 300, 128),
-                                   (4, 17, 100), (2, 9, 13), (8, 33, 7), (5, 16, 8)])
+                                   (4, 17, 100), (2, 9, 13), (8, 33, 7), (5, 16, 8),
+                                   (2, 131, 512), (3, 40, 520)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gemv_shapes(n, R, K, bias):
     # K = 100: a K % 8 tail with vector x loads; K = 13, 7: scalar x loads and padded W rows
     x, w, b = case(n * R + K, n, R, K, bias)
     got = C.ops.cuda_bf16_gemv(x, w, b)
     assert rel_err(got, want64(x, w, b)) < f32_bound(K)
+
+
+def test_gemv_tiny_model_unembedding():
+    # the tiny model's vocabulary at its width: 1571 blocks of 128 rows (lane groups of 4)
+    x, w, _ = case(11, 1, 201088, 128, bias=False)
+    got = C.ops.cuda_bf16_gemv(x, w)
+    assert rel_err(got, want64(x, w, None)) < f32_bound(128)
 
 
 def test_gemv_deterministic_and_linear_dispatch():
