@@ -29,10 +29,21 @@ namespace gptoss {
 
 inline constexpr int kSampleMaxVocab = 1 << 21;
 
+// The passes over the vocabulary are integer max / sum reductions, so OpenMP may split them in
+// any way without changing the result.
+#if defined(_OPENMP)
+#define GPTOSS_SAMPLE_PRAGMA(x) _Pragma(#x)
+#define GPTOSS_SAMPLE_PARALLEL_FOR(clauses) \
+  GPTOSS_SAMPLE_PRAGMA(omp parallel for schedule(static) if (V >= 32768) clauses)
+#else
+#define GPTOSS_SAMPLE_PARALLEL_FOR(clauses)
+#endif
+
 inline int32_t sample_reference(const float* logits, int V, const SampleParams& p) {
   GPTOSS_CHECK(V >= 1 && V < kSampleMaxVocab, "sample_reference: V must be in [1, 2^21)");
   std::vector<uint64_t> key(static_cast<size_t>(V));
   uint64_t kmax = 0;
+  GPTOSS_SAMPLE_PARALLEL_FOR(reduction(max : kmax))
   for (int i = 0; i < V; ++i) {
     key[size_t(i)] = sample_key(logits[i], uint32_t(i));
     kmax = std::max(kmax, key[size_t(i)]);
@@ -54,14 +65,16 @@ inline int32_t sample_reference(const float* logits, int V, const SampleParams& 
   // top_p: the key of the element where the running mass first reaches thr.
   uint64_t kp = kk;
   if (p.top_p < 1.0f) {
-    std::vector<std::pair<uint64_t, uint64_t>> pos;  // (key, weight) of candidates with w > 0
+    std::vector<uint64_t> w(static_cast<size_t>(V));  // 0 outside the candidates
     uint64_t total = 0;
+    GPTOSS_SAMPLE_PARALLEL_FOR(reduction(+ : total))
     for (int i = 0; i < V; ++i) {
-      if (key[size_t(i)] < kk) continue;
-      const uint64_t w = sample_weight(fp_sub(z_of(i), zmax));
-      total += w;
-      if (w) pos.emplace_back(key[size_t(i)], w);
+      w[size_t(i)] = key[size_t(i)] < kk ? 0 : sample_weight(fp_sub(z_of(i), zmax));
+      total += w[size_t(i)];
     }
+    std::vector<std::pair<uint64_t, uint64_t>> pos;  // (key, weight) of candidates with w > 0
+    for (int i = 0; i < V; ++i)
+      if (w[size_t(i)]) pos.emplace_back(key[size_t(i)], w[size_t(i)]);
     const double thr = double(p.top_p) * double(total);
     if (!(thr > 0.0)) {
       kp = kmax;
@@ -89,6 +102,7 @@ inline int32_t sample_reference(const float* logits, int V, const SampleParams& 
 
   const uint64_t stream = rng_stream(p.seed, p.counter);
   uint64_t best = 0;
+  GPTOSS_SAMPLE_PARALLEL_FOR(reduction(max : best))
   for (int i = 0; i < V; ++i) {
     if (key[size_t(i)] < kp) continue;
     const float g = sample_gumbel(rng_bits_to_uniform(rng_bits(stream, uint64_t(i))));
@@ -96,5 +110,8 @@ inline int32_t sample_reference(const float* logits, int V, const SampleParams& 
   }
   return int32_t(sample_key_index(best));
 }
+
+#undef GPTOSS_SAMPLE_PARALLEL_FOR
+#undef GPTOSS_SAMPLE_PRAGMA
 
 }  // namespace gptoss
