@@ -22,8 +22,10 @@
 namespace py = pybind11;
 using namespace gptoss;
 
+void bind_sample_reference(py::module_& ops);  // ops_sample.cpp
 #if defined(GPTOSS_WITH_CUDA)
 void bind_cuda_core(py::module_& ops);
+void bind_cuda_dense(py::module_& ops);  // cuda_ops_dense.cpp
 void bind_cuda_bench(py::module_& ops);
 void bind_cuda_attention(py::module_& ops);  // cuda_ops_attention.cpp
 void bind_cuda_moe(py::module_& ops);
@@ -422,6 +424,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("num_threads", &cpu::num_threads);
 
   py::module_ ops = m.def_submodule("ops", "single kernels, NumPy arrays in and out");
+  bind_sample_reference(ops);
+#if defined(GPTOSS_WITH_CUDA)
+  bind_cuda_dense(ops);
+#endif
 #if defined(GPTOSS_WITH_CUDA)
   bind_cuda_core(ops);
   bind_cuda_bench(ops);
