@@ -190,10 +190,14 @@ __device__ uint64_t radix_select(const float* __restrict__ l,  // [V]
   return prefix;
 }
 
-__global__ void sample_tokens_kernel(const float* __restrict__ logits,   // [n, V]
-                                     int V,
-                                     const SampleParams* __restrict__ params,  // [n]
-                                     int32_t* __restrict__ tokens) {           // [n]
+constexpr int kSampleMaxThreads = 1024;
+
+// __launch_bounds__: a 1024-thread block must fit in 64 registers a thread
+__global__ void __launch_bounds__(kSampleMaxThreads)
+    sample_tokens_kernel(const float* __restrict__ logits,          // [n, V]
+                         int V,
+                         const SampleParams* __restrict__ params,  // [n]
+                         int32_t* __restrict__ tokens) {           // [n]
   GPTOSS_DYNAMIC_SMEM(SampleSmem, sm);
   const int row = int(blockIdx.x), tid = int(threadIdx.x);
   const float* l = logits + size_t(row) * size_t(V);
@@ -256,7 +260,7 @@ void sample_tokens(const float* logits, int n, int V, const SampleParams* params
   if (n == 0) return;
   GPTOSS_CHECK(logits && params && tokens, "sample_tokens: null pointer");
   int threads = 32;
-  while (threads < 1024 && threads * 16 < V) threads *= 2;
+  while (threads < kSampleMaxThreads && threads * 16 < V) threads *= 2;
   GPTOSS_LAUNCH(sample_tokens_kernel, n, threads, sizeof(SampleSmem), s, logits, V, params,
                 tokens);
 }

@@ -14,6 +14,7 @@
 
 namespace gptoss {
 namespace pysample {
+namespace {  // per binding file (pybind11's types have hidden visibility)
 
 namespace py = pybind11;
 
@@ -90,5 +91,6 @@ inline py::object result(const Rows& r, const std::vector<int32_t>& tokens) {
   return std::move(out);
 }
 
+}  // namespace
 }  // namespace pysample
 }  // namespace gptoss
