@@ -15,7 +15,19 @@ arrays. Shapes:
     swiglu(u [m, 2I], alpha, limit) -> [m, I]
 
 Which SIMD variant runs is chosen at run time; `force_simd("plain"|"avx2"|"avx512"|...)` pins one
-(`simd_levels()` lists what this processor has). The CUDA kernels are not callable here yet.
+(`simd_levels()` lists what this processor has).
+
+The CUDA kernels, where the extension was built with CUDA (on a GPU, or emulated on the CPU with
+GPTOSS_CUDA=EMULATE), are the `cuda_*` functions: host arrays in, copied to the device, the
+kernel run, the result copied back (`cuda_names()` lists them; each has its shapes in its
+docstring):
+
+    cuda_bf16_linear / cuda_bf16_gemv / cuda_bf16_gemm, cuda_add_rmsnorm, cuda_embed,
+    cuda_rope_kv_write, cuda_attention, cuda_topk_softmax, cuda_moe, cuda_sample,
+    cuda_mxfp4_dequantize, and cuda_bench(name, n, E, ctx, iters) for device-resident timing.
+
+`sample_reference(logits, temperature, top_k, top_p, seed, counter)` is the host sampler that
+the CUDA sampler matches token for token.
 """
 from __future__ import annotations
 
@@ -55,8 +67,17 @@ def _wrap(name):
     return call
 
 
+def cuda_names():
+    """The CUDA kernels this build can call (empty without CUDA)."""
+    C, _ = _native()
+    if C is None:
+        return ()
+    return tuple(n for n in dir(C.ops) if n.startswith("cuda_") and "selftest" not in n)
+
+
 def __getattr__(name):
-    if name in _NAMES:
+    if name in _NAMES or name == "sample_reference" or (name.startswith("cuda_")
+                                                         and name in cuda_names()):
         f = _wrap(name)
         globals()[name] = f
         return f
@@ -66,4 +87,5 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(_NAMES + ("force_simd", "simd_levels", "read_bandwidth", "set_num_threads"))
+    return sorted(_NAMES + ("force_simd", "simd_levels", "read_bandwidth", "set_num_threads",
+                            "sample_reference", "cuda_names") + cuda_names())
