@@ -44,7 +44,7 @@ class BatchStream(Generation):
 
 
 class _Active:
-    __slots__ = ("stream", "seq", "sampler", "logits", "next", "forced", "n", "max_new", "stops",
+    __slots__ = ("stream", "seq", "sampler", "logits", "sampled", "next", "forced", "n", "max_new", "stops",
                  "dec")
 
 
@@ -95,6 +95,7 @@ class BatchScheduler:
         try:
             a.seq = eng.add_sequence()
             a.logits = eng.prefill_sequence(a.seq, a.stream.prompt_tokens)
+            a.sampled = None
         except Exception as e:   # noqa: BLE001 - handed to the request, the batch goes on
             a.stream._q.put(("error", e, None))
             if a.seq is not None:
@@ -119,7 +120,13 @@ class BatchScheduler:
                 if a.stream.cancelled.is_set():
                     self._finish(a, "cancelled")
                     continue
-                nxt = a.forced[a.n] if a.n < len(a.forced) else a.sampler(a.logits)
+                # the first token from the prefill's logits, later ones sampled on the device
+                if a.n < len(a.forced):
+                    nxt = a.forced[a.n]
+                elif a.logits is not None:
+                    nxt = a.sampler(a.logits, counter=eng.sequence_position(a.seq))
+                else:
+                    nxt = a.sampled
                 if nxt in a.stops:
                     self._finish(a, "stop_token", nxt)
                     continue
@@ -137,7 +144,8 @@ class BatchScheduler:
                 continue
             self.max_batch_seen = max(self.max_batch_seen, len(active))
             try:
-                out = eng.decode_batch([a.seq for a in active], [a.next for a in active])
+                ids = eng.decode_batch_sample([a.seq for a in active], [a.next for a in active],
+                                              [a.sampler for a in active])
             except Exception as e:   # noqa: BLE001
                 for a in active:
                     a.stream._q.put(("error", e, None))
@@ -145,4 +153,4 @@ class BatchScheduler:
                 active = []
                 continue
             for row, a in enumerate(active):
-                a.logits = out[row]
+                a.logits, a.sampled = None, int(ids[row])

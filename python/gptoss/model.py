@@ -153,8 +153,14 @@ class Model:
             gen.stop_reason = "max_new_tokens"
             return
         logits = eng.prefill(toks, all_logits=False)
+        # native engines sample on their device: only the token id crosses (decode_sample)
+        on_device = hasattr(eng, "decode_sample")
+        nxt = None
         for i in range(max_new_tokens):
-            nxt = forced[i] if i < len(forced) else sampler(logits)
+            if i < len(forced):
+                nxt = forced[i]
+            elif logits is not None:
+                nxt = sampler(logits, counter=eng.position)
             if nxt in stops:
                 gen.stop_reason, gen.stop_token = "stop_token", nxt
                 return
@@ -165,7 +171,10 @@ class Model:
             if eng.position >= self.max_context:
                 gen.stop_reason = "context_limit"
                 return
-            logits = eng.decode(nxt)
+            if on_device and i + 1 >= len(forced):
+                logits, nxt = None, eng.decode_sample(nxt, sampler)
+            else:
+                logits = eng.decode(nxt)
         gen.stop_reason = "max_new_tokens"
         tail = dec.decode(b"", final=True)
         if tail:
@@ -199,13 +208,15 @@ class Model:
         try:
             eng.reset()
             logits = [eng.prefill_sequence(s, t) for s, t in zip(seqs, toks)]
+            # the first token from the prefill's logits; then each step samples on the device
+            nxt_of = [samplers[k](logits[k], counter=len(toks[k])) for k in range(len(toks))]
             active = list(range(len(toks))) if max_new_tokens > 0 else []
             for g in gens:
                 g.stop_reason = "max_new_tokens"
             while active:
                 feed = []
                 for k in active:
-                    g, nxt = gens[k], samplers[k](logits[k])
+                    g, nxt = gens[k], nxt_of[k]
                     if nxt in stops:
                         g.stop_reason, g.stop_token = "stop_token", nxt
                         continue
@@ -219,9 +230,11 @@ class Model:
                     feed.append((k, nxt))
                 active = [k for k, _ in feed]
                 if active:
-                    out = eng.decode_batch([seqs[k] for k in active], [t for _, t in feed])
+                    ids = eng.decode_batch_sample([seqs[k] for k in active],
+                                                  [t for _, t in feed],
+                                                  [samplers[k] for k in active])
                     for row, k in enumerate(active):
-                        logits[k] = out[row]
+                        nxt_of[k] = int(ids[row])
         finally:
             for s in seqs[1:]:
                 eng.remove_sequence(s)

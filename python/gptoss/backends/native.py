@@ -37,6 +37,24 @@ class NativeEngine:
     def decode(self, token: int) -> np.ndarray:
         return self._e.decode(int(token))
 
+    def decode_sample(self, token: int, sampler) -> int:
+        """Feed `token` and sample the next one on the engine's device (only the id comes back),
+        with `sampler`'s parameters and the next position as the counter (gptoss.Sampler)."""
+        return int(self.decode_batch_sample([0], [token], [sampler])[0])
+
+    def decode_batch_sample(self, seqs: Sequence[int], tokens: Sequence[int],
+                            samplers) -> np.ndarray:
+        """One step for len(seqs) sequences, each sampled on the device with its Sampler; the
+        counter of each draw is the position of the token being sampled."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        counters = np.array([self._e.sequence_position(int(s)) + 1 for s in seqs], np.uint64)
+        return self._e.decode_batch_sample(
+            seqs, np.asarray(tokens, dtype=np.int64),
+            np.array([s.temperature for s in samplers], np.float32),
+            np.array([s.top_k for s in samplers], np.int64),
+            np.array([s.top_p for s in samplers], np.float32),
+            np.array([s.seed for s in samplers], np.uint64), counters)
+
     # -- several sequences (the C++ engine only) ------------------------------------------------
     def add_sequence(self) -> int:
         """A new sequence with its own KV cache; returns its id (sequence 0 always exists)."""
