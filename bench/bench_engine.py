@@ -82,11 +82,17 @@ def main():
         prefill_times.append(time.perf_counter() - t)
     tok = int(np.argmax(logits))
     decode_times = []
+    # native engines: greedy sampling on the engine's device, only the token id comes back (the
+    # generation path); numpy: logits and argmax
+    greedy = gptoss.Sampler(temperature=0)
+    on_device = hasattr(model.engine, "decode_sample")
     for _ in range(a.decode):
         t = time.perf_counter()
-        logits = model.engine.decode(tok)
+        if on_device:
+            tok = model.engine.decode_sample(tok, greedy)
+        else:
+            tok = int(np.argmax(model.engine.decode(tok)))
         decode_times.append(time.perf_counter() - t)
-        tok = int(np.argmax(logits))
     batch = None
     if a.batch > 1 and model.backend != "numpy":
         e = model.engine
@@ -105,7 +111,11 @@ def main():
     pre = statistics.median(prefill_times)
     dec = statistics.median(decode_times)
     mem = memory()
-    bw = read_bandwidth()
+    if model.backend == "cuda":
+        # the GPU's device-to-device copy rate, measured now (bytes read + written per second)
+        bw = gptoss._C.ops.cuda_bench("copy", iters=10)["gb_s"]
+    else:
+        bw = read_bandwidth()
     res = {
         "model": a.model, "backend": model.backend, "backend_note": model.backend_note,
         "activation_levels": a.activation_levels, "load_s": load_s, "prompt_tokens": a.prompt,

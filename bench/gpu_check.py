@@ -48,35 +48,6 @@ def save(report, path):
         json.dump(report, f, indent=2)
 
 
-KERNEL_BENCH = r"""
-import json
-from gptoss import _C
-b = _C.ops.cuda_bench
-out = {"device": _C.cuda_device_name(0)}
-copy = b("copy", iters=10)
-out["copy"] = copy
-cases = [
-    ("gemv qkv [1x2880]x[5120x2880]", dict(name="gemv", n=1, E=5120)),
-    ("gemv unembedding [1x2880]x[201088x2880]", dict(name="gemv", n=1, E=201088)),
-    ("gemm qkv 2048 tokens", dict(name="gemm", n=2048, E=5120)),
-    ("moe decode 4 of 32 experts", dict(name="moe", n=1, E=32)),
-    ("moe decode 4 of 128 experts", dict(name="moe", n=1, E=128)),
-    ("moe prefill 2048 tokens, 32 experts", dict(name="moe", n=2048, E=32)),
-    ("attention decode 4096 keys", dict(name="attention", n=1, ctx=4096)),
-    ("attention decode 32768 keys", dict(name="attention", n=1, ctx=32768)),
-    ("attention prefill 2048", dict(name="attention", n=2048, ctx=2048)),
-    ("sample greedy", dict(name="sample", n=1, E=0)),
-    ("sample top-p", dict(name="sample", n=1, E=1)),
-]
-for label, kw in cases:
-    try:
-        r = b(**kw)
-        r["of_copy_bw"] = r["gb_s"] / copy["gb_s"]
-        out[label] = r
-    except Exception as e:
-        out[label] = {"error": str(e)[:500]}
-print(json.dumps(out))
-"""
 
 
 def main():
@@ -111,13 +82,12 @@ def main():
         step(report, a.out, f"compute-sanitizer {tool}",
              [cs, "--tool", tool, "--error-exitcode", "3", sys.executable, "-m", "pytest", "-q",
               "-x", "tests/test_cuda_emu.py", *tests, "-k", "not real_shape"], 900)
-    ok, out = step(report, a.out, "CUDA kernel benchmarks", [sys.executable, "-c", KERNEL_BENCH],
-                   300)
+    kjson = os.path.join(os.path.dirname(a.out), "cuda_kernels.json")
+    ok, out = step(report, a.out, "CUDA kernel benchmarks",
+                   [sys.executable, "bench/bench_cuda_kernels.py", "--out", kjson], 400)
     if ok:
-        try:
-            report["kernels"] = json.loads(out.strip().splitlines()[-1])
-        except ValueError:
-            pass
+        with open(kjson) as f:
+            report["kernels"] = json.load(f)
     step(report, a.out, "backends", [sys.executable, "-m", "gptoss", "info"], 60)
     presets = ["20b"] if a.quick else ["20b", "120b"]
     for preset in presets:
