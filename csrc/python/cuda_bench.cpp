@@ -16,33 +16,19 @@
 #include "common/numeric.h"
 #include "cuda/kernels.h"
 #include "gptoss/error.h"
+#include "python/cuda_buffers.h"
 
 namespace py = pybind11;
 using namespace gptoss;
+using gptoss::pyb::Dev;
 
 namespace {
-
-struct Dev {
-  void* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t bytes) : p(cuda::device_alloc(bytes)), n(bytes) {}
-  ~Dev() {
-    try {
-      cuda::device_free(p);
-    } catch (...) {
-    }
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  template <class T>
-  T* as() const { return static_cast<T*>(p); }
-};
 
 // fills a device buffer from a host pattern generated in slices (bounded host memory)
 void fill_bf16(const Dev& d, float scale, uint64_t seed) {
   std::mt19937_64 g(seed);
   std::normal_distribution<float> nd(0.0f, scale);
-  const size_t n = d.n / 2, slice = size_t(1) << 22;
+  const size_t n = d.bytes / 2, slice = size_t(1) << 22;
   std::vector<uint16_t> h(std::min(n, slice));
   for (size_t off = 0; off < n; off += slice) {
     const size_t m = std::min(slice, n - off);
@@ -55,9 +41,9 @@ void fill_bytes(const Dev& d, int lo, int hi, uint64_t seed) {
   std::mt19937_64 g(seed);
   std::uniform_int_distribution<int> u(lo, hi);
   const size_t slice = size_t(1) << 24;
-  std::vector<uint8_t> h(std::min(d.n, slice));
-  for (size_t off = 0; off < d.n; off += slice) {
-    const size_t m = std::min(slice, d.n - off);
+  std::vector<uint8_t> h(std::min(d.bytes, slice));
+  for (size_t off = 0; off < d.bytes; off += slice) {
+    const size_t m = std::min(slice, d.bytes - off);
     for (size_t i = 0; i < m; ++i) h[i] = uint8_t(u(g));
     cuda::copy_to_device(d.as<uint8_t>() + off, h.data(), m, nullptr);
     cuda::synchronize(nullptr);
@@ -66,9 +52,9 @@ void fill_bytes(const Dev& d, int lo, int hi, uint64_t seed) {
 void fill_f32(const Dev& d, float scale, uint64_t seed) {
   std::mt19937_64 g(seed);
   std::normal_distribution<float> nd(0.0f, scale);
-  std::vector<float> h(d.n / 4);
+  std::vector<float> h(d.bytes / 4);
   for (auto& v : h) v = nd(g);
-  cuda::copy_to_device(d.p, h.data(), d.n, nullptr);
+  cuda::copy_to_device(d.p, h.data(), d.bytes, nullptr);
   cuda::synchronize(nullptr);
 }
 void fill_i32(const Dev& d, const std::vector<int32_t>& v) {
@@ -192,7 +178,7 @@ py::dict bench(const std::string& name, int n, int E, int ctx, int iters) {
       q.temperature = E > 0 ? 0.8f : 0.0f;  // E > 0: sampled with top_p 0.9, else greedy
       q.top_p = E > 0 ? 0.9f : 1.0f;
     }
-    cuda::copy_to_device(prm.p, p.data(), prm.n, nullptr);
+    cuda::copy_to_device(prm.p, p.data(), prm.bytes, nullptr);
     Dev ws(cuda::sample_workspace_bytes(n, V));
     const double ms = cuda::time_ms([&](cuda::Stream s) {
       cuda::sample_tokens(lg.as<float>(), n, V, prm.as<cuda::SampleParams>(), ws.p,

@@ -13,57 +13,23 @@
 #include <vector>
 
 #include "cuda/kernels.h"
+#include "python/cuda_buffers.h"
 
 namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-void need(bool cond, const std::string& msg) {
-  if (!cond) throw py::value_error(msg);
-}
-
-std::string shape_of(const py::array& a) {
-  std::string s = "[";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + "]";
-}
+using gptoss::pyb::carray;
+using gptoss::pyb::need;
+using gptoss::pyb::shape_of;
+using DeviceBuffer = gptoss::pyb::Dev;
 
 // `a` as a C-contiguous array of T with the given shape (-1: any size); ValueError naming `name`.
 template <typename T>
 carray<T> arg(const py::array& a, const char* name, std::vector<py::ssize_t> shape,
               const char* dtype_name) {
-  need(a.dtype().is(py::dtype::of<T>()), std::string(name) + " must be " + dtype_name + ", got " +
-                                             py::str(a.dtype()).cast<std::string>());
-  bool ok = a.ndim() == py::ssize_t(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
-  if (!ok) {
-    std::string want = "[";
-    for (size_t i = 0; i < shape.size(); ++i)
-      want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
-    need(false, std::string(name) + " must have shape " + want + "], got " + shape_of(a));
-  }
-  return carray<T>::ensure(a);
+  return gptoss::pyb::need<T>(a, name, shape, dtype_name);
 }
-
-// A device buffer freed on every path.
-struct DeviceBuffer {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DeviceBuffer(size_t n) : p(gptoss::cuda::device_alloc(n ? n : 16)), bytes(n) {}
-  DeviceBuffer(const void* host, size_t n) : DeviceBuffer(n) {
-    if (n) gptoss::cuda::copy_to_device(p, host, n, nullptr);
-  }
-  ~DeviceBuffer() { gptoss::cuda::device_free(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-};
 
 template <typename T>
 DeviceBuffer upload(const carray<T>& a) {

@@ -9,51 +9,13 @@
 #include "cuda/kernels.h"
 #include "cuda/selftest.h"
 #include "gptoss/error.h"
+#include "python/cuda_buffers.h"
 
 namespace py = pybind11;
 using namespace gptoss;
+using namespace gptoss::pyb;
 
 namespace {
-
-template <typename T>
-using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-template <typename T>
-carray<T> need(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape) {
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::value_error(std::string(name) + " must be " +
-                          py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
-                          py::str(a.dtype()).cast<std::string>());
-  auto c = carray<T>::ensure(a);
-  bool ok = c.ndim() == py::ssize_t(shape.size());
-  size_t i = 0;
-  for (py::ssize_t s : shape) {
-    if (ok && s >= 0 && c.shape(py::ssize_t(i)) != s) ok = false;
-    ++i;
-  }
-  if (!ok) {
-    std::string want = "[", got = "[";
-    i = 0;
-    for (py::ssize_t s : shape) want += (i++ ? ", " : "") + (s < 0 ? std::string("*") : std::to_string(s));
-    for (py::ssize_t d = 0; d < c.ndim(); ++d) got += (d ? ", " : "") + std::to_string(c.shape(d));
-    throw py::value_error(std::string(name) + " must have shape " + want + "], got " + got + "]");
-  }
-  return c;
-}
-
-// A device buffer freed on every path.
-struct Dev {
-  void* p = nullptr;
-  explicit Dev(size_t bytes) : p(cuda::device_alloc(bytes)) {}
-  ~Dev() {
-    try {
-      cuda::device_free(p);
-    } catch (...) {
-    }
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-};
 
 }  // namespace
 

@@ -11,60 +11,14 @@
 
 #include "cuda/kernels.h"
 #include "gptoss/error.h"
+#include "python/cuda_buffers.h"
 #include "python/sample_args.h"
 
 namespace py = pybind11;
 using namespace gptoss;
+using namespace gptoss::pyb;
 
 namespace {
-
-template <typename T>
-using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-std::string shape_of(const py::array& a) {
-  std::string s = "[";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + "]";
-}
-
-// dtype and rank checked, named in the error; -1 in shape matches any size.
-template <typename T>
-carray<T> need(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape,
-               const char* dtype_note = nullptr) {
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::value_error(std::string(name) + " must be " +
-                          (dtype_note ? std::string(dtype_note)
-                                      : py::str(py::dtype::of<T>()).cast<std::string>()) +
-                          ", got " + py::str(a.dtype()).cast<std::string>());
-  bool ok = a.ndim() == py::ssize_t(shape.size());
-  py::ssize_t i = 0;
-  std::string want = "[";
-  for (py::ssize_t s : shape) {
-    if (ok && s >= 0 && a.shape(i) != s) ok = false;
-    want += (i ? ", " : "") + (s < 0 ? std::string("*") : std::to_string(s));
-    ++i;
-  }
-  if (!ok)
-    throw py::value_error(std::string(name) + " must have shape " + want + "], got " + shape_of(a));
-  return carray<T>::ensure(a);
-}
-
-struct Dev {
-  void* p = nullptr;
-  explicit Dev(size_t bytes) : p(cuda::device_alloc(bytes ? bytes : 16)) {}
-  ~Dev() {
-    try {
-      cuda::device_free(p);
-    } catch (...) {
-    }
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-};
 
 enum class Linear { Auto, Gemv, Gemm };
 

@@ -9,62 +9,13 @@
 
 #include "cuda/kernels.h"
 #include "gptoss/error.h"
+#include "python/cuda_buffers.h"
 
 namespace py = pybind11;
 using namespace gptoss;
+using namespace gptoss::pyb;
 
 namespace {
-
-template <typename T>
-using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-std::string dims(const std::vector<py::ssize_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i)
-    s += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
-  return s + "]";
-}
-
-// `a` as a C-contiguous array of exactly dtype T and shape (entries < 0 match any size).
-template <typename T>
-carray<T> need(const py::array& a, const char* name, const std::vector<py::ssize_t>& shape) {
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::value_error(std::string(name) + " must be " +
-                          py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
-                          py::str(a.dtype()).cast<std::string>());
-  auto c = carray<T>::ensure(a);
-  bool ok = c.ndim() == py::ssize_t(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || c.shape(i) == shape[i];
-  if (!ok)
-    throw py::value_error(std::string(name) + " must have shape " + dims(shape) + ", got " +
-                          dims(std::vector<py::ssize_t>(c.shape(), c.shape() + c.ndim())));
-  return c;
-}
-
-// A device copy of a host array (or an uninitialised device buffer), freed on every path.
-struct Dev {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Dev(size_t n) : p(cuda::device_alloc(n)), bytes(n) {}
-  Dev(const void* host, size_t n) : Dev(n) { cuda::copy_to_device(p, host, n, nullptr); }
-  ~Dev() {
-    try {
-      cuda::device_free(p);
-    } catch (...) {
-    }
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-};
-
-template <typename T>
-size_t nbytes(const carray<T>& a) {
-  return size_t(a.size()) * sizeof(T);
-}
 
 py::tuple cuda_topk_softmax(const py::array& logits_in, int k) {
   auto logits = need<float>(logits_in, "logits", {-1, -1});
@@ -100,7 +51,7 @@ py::array_t<float> cuda_moe(const py::array& x_in, const py::array& experts_in,
   if (E < 1 || H < 32 || I2 % 2 != 0 || I % 32 != 0 || I == 0)
     throw py::value_error("w1_blocks must have shape [E, 2I, H/32, 16] with I a positive "
                           "multiple of 32, got " +
-                          dims(std::vector<py::ssize_t>(w1b.shape(), w1b.shape() + 4)));
+                          shape_of(w1b));
   if (E > 256) throw py::value_error("w1_blocks: at most 256 experts");
   auto w1s = need<uint8_t>(w1s_in, "w1_scales", {E, I2, H / 32});
   auto w1bias = need<float>(w1bias_in, "w1_bias", {E, I2});

@@ -116,9 +116,9 @@ void engine(const std::string& ckpt, int prompt_len, double bound) {
   og.device = "cuda";
   Model cpu(ckpt, oc), gpu(ckpt, og);
   const int V = cpu.config().vocab_size;
-  std::vector<int32_t> prompt(size_t(prompt_len));
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
   for (int i = 0; i < prompt_len; ++i) prompt[size_t(i)] = int32_t((i * 7919 + 13) % V);
-  std::vector<float> lc(size_t(V)), lg(size_t(V));
+  std::vector<float> lc(static_cast<size_t>(V)), lg(static_cast<size_t>(V));
   cpu.prefill(prompt.data(), prompt.size(), lc.data());
   gpu.prefill(prompt.data(), prompt.size(), lg.data());
   double worst = rel(lg, lc);
@@ -137,7 +137,7 @@ void engine(const std::string& ckpt, int prompt_len, double bound) {
   gpu.prefill_sequence(s1g, prompt.data(), 9, lg.data());
   worst = std::max(worst, rel(lg, lc));
   std::vector<int32_t> seqs_c = {0, s1c}, seqs_g = {0, s1g}, toks = {5, 6};
-  std::vector<float> bc(size_t(2) * V), bg(size_t(2) * V);
+  std::vector<float> bc(static_cast<size_t>(2 * V)), bg(static_cast<size_t>(2 * V));
   for (int s = 0; s < 3; ++s) {
     cpu.decode_batch(seqs_c.data(), toks.data(), 2, bc.data());
     gpu.decode_batch(seqs_g.data(), toks.data(), 2, bg.data());
