@@ -11,6 +11,7 @@
 //   they hold device addresses.
 // - Nothing in a step synchronises with the host; download() is the only wait.
 // The same file builds for the GPU and for the host emulation (GPTOSS_CUDA_EMULATE).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -155,10 +156,15 @@ class CudaBackend final : public Backend {
   void linear(const float* x, int n, const Tensor& W, const float* bias, float* out,
               int ldo) override {
     const int R = int(W.shape[0]), K = int(W.shape[1]);
-    if (n <= 8)
-      cuda::f32_bf16w_gemv(x, n, K, w16(W), size_t(K), R, bias, out, ldo, stream_);
-    else
+    // Small matrices (the router, E rows) stay in float32 for any n: a bf16-rounded activation
+    // would move router logits by ~2^-9 and flip near-tied expert choices, a discontinuous error.
+    if (n <= 8 || R <= 256) {
+      for (int i = 0; i < n; i += 8)
+        cuda::f32_bf16w_gemv(x + size_t(i) * K, std::min(8, n - i), K, w16(W), size_t(K), R, bias,
+                             out + size_t(i) * ldo, ldo, stream_);
+    } else {
       cuda::f32_bf16w_gemm(x, n, K, w16(W), size_t(K), R, bias, out, ldo, stream_);
+    }
   }
   void rope_kv_write(float* qkv, int n, int layer, int Hq, int Hkv, int d) override {
     cuda::f32_rope_kv_write(qkv, n, Hq, Hkv, d, d_pos_, d_slot_, cos_, sin_, kv_layer(layer),
