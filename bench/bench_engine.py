@@ -2,7 +2,7 @@
 
     python bench/bench_engine.py --model random:20b --backend numpy --prompt 64 --decode 8
 
-Decode speed is also given as achieved bytes/s against the floor of SPEC.md section 8
+Decode speed is also given as achieved bytes/s against the floor in bench/common.py (bytes a step must read)
 (bytes a decode step must read), measured against this machine's own read bandwidth.
 """
 import argparse

@@ -63,5 +63,5 @@ def write_json(path, payload):
     return payload
 
 
-# SPEC.md section 8: bytes one decode step must read at short context.
+# The floor: bytes one decode step must read at short context.
 FLOOR_BYTES_PER_TOKEN = {"20b": 3.71e9, "120b": 5.00e9}

@@ -8,7 +8,7 @@ tensor-core path (tokens sorted by expert on the device, bf16 x MXFP4 -> f32 GEM
 Tolerances (derived; relative error ||out - ref|| / ||ref||, reference in float64):
 - float32 reductions of length K: 16 * eps32 * sqrt(K) (random-walk rounding, safety 16). The
   MoE has two in sequence (K = H, then K = I) and a 4-term weighted sum: twice the bound at
-  max(H, I). That is the whole GEMV bound: MXFP4 decodes exactly in float32 (SPEC 5).
+  max(H, I). That is the whole GEMV bound: MXFP4 decodes exactly in float32 (backends/numpy.py mxfp4_dequantize).
 - Tensor-core path, tight: the reference applies the kernel's two roundings (x -> bf16 before
   W1, the SwiGLU output -> bf16 before W2; MXFP4 -> bf16 is exact), so what remains is float32
   summation order (the bound above) plus SwiGLU outputs that round to the other bf16 neighbour

@@ -1,4 +1,4 @@
-"""The whole NumPy engine: against a float64 transcription of SPEC.md section 2, across layouts,
+"""The whole NumPy engine: against a float64 transcription of the forward pass, across layouts,
 and prefill + decode against one prefill."""
 import math
 
@@ -13,7 +13,7 @@ from test_ops_numpy import EPS32, attention_f64, mxfp4_f64
 
 
 def forward_f64(w: Weights, tokens):
-    """SPEC.md section 2, literally, in float64 (independent of the engine's code)."""
+    """The forward pass, literally, in float64 (independent of the engine's code)."""
     cfg = w.config
     f = lambda role, l=None: w.f32(role, l).astype(np.float64)
     T = len(tokens)

@@ -1,4 +1,4 @@
-"""Each operation of the NumPy engine against a float64 transcription of SPEC.md written here.
+"""Each operation of the NumPy engine against a float64 transcription of the model's math written here.
 
 Tolerances: float32 rounding of the engine against float64 here. Elementwise ops get
 `atol + rtol*|ref|` with rtol a few float32 ulps; reductions get a global relative error bounded

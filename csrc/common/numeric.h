@@ -1,6 +1,6 @@
 // Math shared by every backend: bf16 conversion, the MXFP4 (E2M1 + E8M0) decode, the clamped
 // SwiGLU and the YaRN frequencies. Inline and __host__ __device__ so CPU and CUDA code agree
-// bit for bit where SPEC.md says they must.
+// bit for bit where backends/numpy.py is exact.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -1,4 +1,4 @@
-// YaRN RoPE frequencies (SPEC.md section 3), computed in double on the host by every backend.
+// YaRN RoPE frequencies (backends/numpy.py yarn_frequencies), computed in double on the host by every backend.
 #pragma once
 #include <algorithm>
 #include <cmath>

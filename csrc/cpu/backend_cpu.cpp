@@ -72,8 +72,7 @@ class CpuBackend final : public Backend {
   void kv_reserve(int pages, int slots) override {
     for (int l = 0; l < geo_.layers; ++l) {
       Pool& p = kv_[size_t(l)];
-      const size_t rows = geo_.ring_layer[size_t(l)] ? size_t(slots) * geo_.ring
-                                                      : size_t(pages) * geo_.page;
+      const size_t rows = geo_.rows(l, pages, slots);
       if (rows <= p.rows) continue;
       const size_t bytes = rows * geo_.kv_width * sizeof(float);
       for (float** q : {&p.k, &p.v}) {

@@ -95,8 +95,7 @@ class CudaBackend final : public Backend {
   void kv_reserve(int pages, int slots) override {
     for (int l = 0; l < geo_.layers; ++l) {
       Pool& p = kv_[size_t(l)];
-      const size_t rows = geo_.ring_layer[size_t(l)] ? size_t(slots) * geo_.ring
-                                                      : size_t(pages) * geo_.page;
+      const size_t rows = geo_.rows(l, pages, slots);
       if (rows <= p.rows) continue;
       drop_graphs();
       const size_t row_bytes = size_t(geo_.kv_width) * 2;

@@ -1,4 +1,4 @@
-// The gpt-oss mixture of experts on MXFP4 weights (SPEC.md sections 2 and 5):
+// The gpt-oss mixture of experts on MXFP4 weights (backends/numpy.py _moe_block, mxfp4_dequantize):
 //   y[t] = sum_j w[t, j] * (W2[e] @ swiglu(W1[e] @ x[t] + b1[e]) + b2[e]),  e = experts[t, j],
 // the k slots summed in order j = 0..k-1 as acc = fmaf(w_j, v_j, acc) on both paths, so results
 // repeat bit for bit and no float atomics are used. Weights are decoded in registers only.
@@ -45,7 +45,7 @@
 //   bf16_mf4w_moe_gemm<Scatter> the same for W2 (K = I), + b2, rows written f32 to the slot
 //                              buffer [n*k, H] at their assignment id.
 //   f32_moe_combine            y[t] = sum_j w[t, j] * slot[t*k + j], in order.
-//   MXFP4 -> bf16 is exact (SPEC 5), so the only roundings beyond f32 are x and the SwiGLU output
+//   MXFP4 -> bf16 is exact (backends/numpy.py mxfp4_dequantize), so the only roundings beyond f32 are x and the SwiGLU output
 //   to bf16.
 //
 // Trade-offs. The threshold: the GEMV path reads an expert's rows once per assignment (tokens

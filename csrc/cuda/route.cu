@@ -1,5 +1,5 @@
 // Router top-k + softmax: logits [n, E] -> the k largest logits of each token (ties: the lower
-// expert index first) and the softmax over those k logits only (SPEC.md section 2).
+// expert index first) and the softmax over those k logits only (backends/numpy.py route).
 //
 // One warp per token. The E logits are spread over the 32 lanes (E / 32 per lane, read as one
 // vector load), and the k winners are found by k rounds of a warp arg-max: each lane offers its

@@ -34,6 +34,10 @@ struct KVGeometry {
   int kv_width = 0;              // Hkv * d values per position
   int page = 0;                  // positions per page (paged layers)
   int ring = 0;                  // slots per ring (ring layers)
+  // cache rows layer l needs for `pages` pages and `slots` sequences
+  size_t rows(int l, int pages, int slots) const {
+    return ring_layer[size_t(l)] ? size_t(slots) * ring : size_t(pages) * page;
+  }
 };
 
 using SampleRow = SampleParams;  // per-row sampling parameters (common/sample_params.h)

@@ -1,4 +1,4 @@
-// A checkpoint directory of either layout (SPEC.md section 4), memory-mapped, every tensor checked
+// A checkpoint directory of either layout (python/gptoss/checkpoint.py reads the same), memory-mapped, every tensor checked
 // against the config, seen through role names that do not depend on the layout.
 #pragma once
 #include <cstdint>

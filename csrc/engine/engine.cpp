@@ -77,6 +77,7 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
   KVGeometry g;
   g.layers = int(ck_.layers.size());
   for (int l = 0; l < g.layers; ++l) g.ring_layer.push_back(bool(c.layer_sliding[size_t(l)]));
+  for (bool r : g.ring_layer) any_paged_ |= !r;
   g.kv_width = c.kv_width();
   g.page = kPage;
   g.ring = c.sliding_window + kChunk;
@@ -177,10 +178,7 @@ void Engine::ensure_workspace(int n) {
 }
 
 void Engine::ensure_pages(Sequence& s, int upto) {
-  const Config& c = ck_.config;
-  bool any_paged = false;
-  for (size_t l = 0; l < ck_.layers.size(); ++l) any_paged |= !c.layer_sliding[l];
-  if (!any_paged) return;
+  if (!any_paged_) return;
   const int need = (upto + kPage - 1) / kPage;
   bool grew = false;
   while (int(s.pages.size()) < need) {

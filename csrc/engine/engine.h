@@ -82,6 +82,7 @@ class Engine {
   std::vector<int32_t> free_pages_;
   std::vector<int32_t> free_slots_;
   int pages_total_ = 0, slots_total_ = 0, max_pages_ = 0;
+  bool any_paged_ = false;  // any full-attention layer (else no pages are ever needed)
   std::vector<int32_t> page_table_;  // [slots_total_, max_pages_]
   std::vector<int32_t> step_tokens_, step_pos_, step_slot_, step_logit_rows_;
 

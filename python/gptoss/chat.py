@@ -1,4 +1,4 @@
-"""The Harmony chat format (SPEC.md section 7): rendering OpenAI-style conversations to tokens,
+"""The Harmony chat format (as openai-harmony renders it): rendering OpenAI-style conversations to tokens,
 and a streaming parser for what the model writes back.
 
 `render()` maps chat-completions messages and tools onto Harmony the way gpt-oss servers do and
@@ -151,7 +151,7 @@ def system_text(reasoning_effort: str = "medium", current_date: Optional[str] = 
 def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict]] = None,
                reasoning_effort: str = "medium",
                current_date: Optional[str] = None) -> List[HarmonyMessage]:
-    """OpenAI chat-completions messages -> Harmony messages (SPEC.md section 7)."""
+    """OpenAI chat-completions messages -> Harmony messages (as openai-harmony renders it)."""
     if not isinstance(messages, (list, tuple)):
         raise ChatFormatError("messages: must be a list")
     tools = list(tools or [])

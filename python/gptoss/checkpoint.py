@@ -1,4 +1,4 @@
-"""Checkpoint directories in either layout of SPEC.md section 4, seen through one `Weights` view.
+"""Checkpoint directories in either published layout (Hugging Face or original/; README, Checkpoints), seen through one `Weights` view.
 
 `Weights` names every tensor by role (`"embedding"`, `"q_w"`, `"w1_blocks"`, ...) and layer,
 whatever the layout on disk. Tensors are zero-copy views of the memory-mapped files: bf16 comes

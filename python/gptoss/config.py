@@ -1,6 +1,6 @@
 """Model configuration: read from a checkpoint's config.json (Hugging Face or `original/` layout).
 
-Every value is read from the file; the constants of SPEC.md section 1 are used only where a key
+Every value is read from the file; the published models' constants (the defaults below) are used only where a key
 is absent. Every value is validated and a bad one raises ConfigError naming the key and file.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Config:
     intermediate_size: int = 2880
     vocab_size: int = 201088
     sliding_window: int = 128
-    # per layer: True where the layer uses the sliding window (SPEC: even layers)
+    # per layer: True where the layer uses the sliding window (the published models: even layers)
     layer_sliding: tuple = ()
     rope_theta: float = 150000.0
     rope_factor: float = 32.0

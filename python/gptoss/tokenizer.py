@@ -1,7 +1,7 @@
 """o200k_harmony, built offline from the vocabulary this package ships (third_party/).
 
 The byte-pair ranks are read from the shipped `o200k_base.tiktoken`, its sha256 verified, and
-handed to tiktoken with o200k_base's split pattern and the Harmony special tokens of SPEC.md
+handed to tiktoken with o200k_base's split pattern and the Harmony special tokens listed in this module
 section 6. Nothing is ever downloaded.
 """
 from __future__ import annotations

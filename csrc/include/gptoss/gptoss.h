@@ -21,7 +21,7 @@
 
 namespace gptoss {
 
-// The model's shape and constants (SPEC.md section 1), read from config.json.
+// The model's shape and constants (python/gptoss/config.py), read from config.json.
 struct Config {
   int num_layers = 24;
   int hidden_size = 2880;

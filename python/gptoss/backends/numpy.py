@@ -1,4 +1,4 @@
-"""The NumPy engine: SPEC.md sections 2-5 in float32, literally. The executable specification.
+"""The NumPy engine: the model's math (forward pass, RoPE/YaRN, checkpoint roles, MXFP4) in float32, literally. The executable specification.
 
 Every faster backend is tested against this file. It is also the fallback where nothing could be
 compiled. No float32 copy of a whole matrix is ever made: bf16 matrices are converted and MXFP4
@@ -89,7 +89,7 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def yarn_frequencies(cfg: Config) -> Tuple[np.ndarray, float]:
-    """(inv_freq [head_dim/2] float64, concentration m) of SPEC.md section 3."""
+    """(inv_freq [head_dim/2] float64, concentration m) of YaRN (see apply_rope)."""
     d = cfg.head_dim
     i = np.arange(d // 2, dtype=np.float64)
     base = cfg.rope_theta ** (2.0 * i / d)
