@@ -34,6 +34,12 @@ bool emulated() {
 #endif
 }
 
+int current_device() {
+  int d = 0;
+  GPTOSS_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
 void* device_alloc(size_t bytes) {
   void* p = nullptr;
   GPTOSS_CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));

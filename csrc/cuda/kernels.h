@@ -24,6 +24,7 @@ using Stream = void*;  // a cudaStream_t
 int device_count(std::string* err);
 std::string device_name(int device);
 bool emulated();  // true in a GPTOSS_CUDA_EMULATE build
+int current_device();  // the calling thread's device (cudaGetDevice); 0 under emulation
 
 // ------------------------------------------------------------------------------------ KV cache
 // One layer's KV cache in device memory, bf16, a row of Hkv * d values per position.

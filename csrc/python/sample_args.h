@@ -44,19 +44,12 @@ std::vector<T> per_row(const py::object& o, int n, const char* name) {
   return out;
 }
 
-inline Rows parse(const py::array& logits_in, const py::object& temperature,
-                  const py::object& top_k, const py::object& top_p, const py::object& seed,
-                  const py::object& counter) {
+// Per-row parameters for n rows of V logits (the logits themselves are checked by the caller).
+inline Rows parse_params(int n, py::ssize_t V, const py::object& temperature,
+                         const py::object& top_k, const py::object& top_p,
+                         const py::object& seed, const py::object& counter) {
   Rows r;
-  if (!logits_in.dtype().is(py::dtype::of<float>()))
-    throw py::value_error("logits must be float32, got " +
-                          py::str(logits_in.dtype()).cast<std::string>());
-  if (logits_in.ndim() != 1 && logits_in.ndim() != 2)
-    throw py::value_error("logits must have shape [V] or [n, V]");
-  r.one_row = logits_in.ndim() == 1;
-  r.logits = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(logits_in);
-  r.n = r.one_row ? 1 : int(r.logits.shape(0));
-  const py::ssize_t V = r.logits.shape(r.one_row ? 0 : 1);
+  r.n = n;
   if (V < 1 || V >= kSampleMaxVocab)
     throw py::value_error("logits: vocabulary size " + std::to_string(V) +
                           " must be in [1, 2^21)");
@@ -81,6 +74,23 @@ inline Rows parse(const py::array& logits_in, const py::object& temperature,
     sp.counter = c[size_t(i)];
     r.params.push_back(sp);
   }
+  return r;
+}
+
+inline Rows parse(const py::array& logits_in, const py::object& temperature,
+                  const py::object& top_k, const py::object& top_p, const py::object& seed,
+                  const py::object& counter) {
+  if (!logits_in.dtype().is(py::dtype::of<float>()))
+    throw py::value_error("logits must be float32, got " +
+                          py::str(logits_in.dtype()).cast<std::string>());
+  if (logits_in.ndim() != 1 && logits_in.ndim() != 2)
+    throw py::value_error("logits must have shape [V] or [n, V]");
+  const bool one_row = logits_in.ndim() == 1;
+  auto logits = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(logits_in);
+  Rows r = parse_params(one_row ? 1 : int(logits.shape(0)), logits.shape(one_row ? 0 : 1),
+                        temperature, top_k, top_p, seed, counter);
+  r.one_row = one_row;
+  r.logits = logits;
   return r;
 }
 

@@ -18,9 +18,15 @@ Which SIMD variant runs is chosen at run time; `force_simd("plain"|"avx2"|"avx51
 (`simd_levels()` lists what this processor has).
 
 The CUDA kernels, where the extension was built with CUDA (on a GPU, or emulated on the CPU with
-GPTOSS_CUDA=EMULATE), are the `cuda_*` functions: host arrays in, copied to the device, the
-kernel run, the result copied back (`cuda_names()` lists them; each has its shapes in its
-docstring):
+GPTOSS_CUDA=EMULATE), are the `cuda_*` functions (`cuda_names()` lists them; each has its shapes
+in its docstring). Each array argument is either a host array (NumPy, or CPU DLPack), copied to
+the device for the call with the results copied back as NumPy arrays, or a device array: a
+`DeviceArray` (made by `to_device(array)` or returned by an earlier call) or any CUDA array that
+exports DLPack (a torch or CuPy tensor), used in place with no copy. Where any argument is a
+device array, the results are `DeviceArray`s (`numpy()` copies one back; `torch.from_dlpack` and
+`cupy.from_dlpack` view it; under emulation `numpy.from_dlpack` does), and the functions that
+update an argument (`cuda_rope_kv_write`'s qkv and caches, `cuda_add_rmsnorm`'s x) update a
+device argument in place, as the engine does; a host argument is never modified:
 
     cuda_bf16_linear / cuda_bf16_gemv / cuda_bf16_gemm, cuda_add_rmsnorm, cuda_embed,
     cuda_rope_kv_write, cuda_attention, cuda_topk_softmax, cuda_moe, cuda_sample,
@@ -59,11 +65,29 @@ def _as_numpy(a):
     return np.asarray(a)
 
 
+def _on_device(a):
+    """A device array (ours, or a CUDA DLPack exporter) that the cuda_* kernels take in place."""
+    if type(a).__name__ == "DeviceArray":
+        return True
+    dev = getattr(a, "__dlpack_device__", None)
+    if dev is None or isinstance(a, np.ndarray):
+        return False
+    try:
+        return dev()[0] != 1  # 1: kDLCPU
+    except Exception:
+        return False
+
+
 def _wrap(name):
+    cuda = name.startswith("cuda_")
+
+    def arg(a):
+        return a if cuda and _on_device(a) else _as_numpy(a)
+
     @functools.wraps(getattr(_module().ops, name))
     def call(*args, **kwargs):
         fn = getattr(_module().ops, name)
-        return fn(*[_as_numpy(a) for a in args], **{k: _as_numpy(v) for k, v in kwargs.items()})
+        return fn(*[arg(a) for a in args], **{k: arg(v) for k, v in kwargs.items()})
     return call
 
 
@@ -83,9 +107,16 @@ def __getattr__(name):
         return f
     if name in ("force_simd", "simd_levels", "read_bandwidth", "set_num_threads"):
         return getattr(_module(), name)
+    if name in ("to_device", "DeviceArray"):
+        ops = _module().ops
+        if not hasattr(ops, name):
+            raise AttributeError(f"gptoss.ops.{name} needs an extension built with CUDA "
+                                 "(GPTOSS_CUDA=ON, or EMULATE for the CPU emulation)")
+        return getattr(ops, name)
     raise AttributeError(f"module 'gptoss.ops' has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(_NAMES + ("force_simd", "simd_levels", "read_bandwidth", "set_num_threads",
-                            "sample_reference", "cuda_names") + cuda_names())
+                            "sample_reference", "cuda_names", "to_device", "DeviceArray")
+                  + cuda_names())
