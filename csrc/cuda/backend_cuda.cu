@@ -12,6 +12,7 @@
 // - Nothing in a step synchronises with the host; download() is the only wait.
 // The same file builds for the GPU and for the host emulation (GPTOSS_CUDA_EMULATE).
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -84,6 +85,17 @@ class CudaBackend final : public Backend {
       for (const Tensor* t : {&L.q_w, &L.k_w, &L.v_w, &L.out_w, &L.router_w, &L.w1_blocks,
                               &L.w1_scales, &L.w2_blocks, &L.w2_scales})
         put(*t);
+    }
+    GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void bind_random(const Checkpoint& ck) override {
+    fill(ck.embedding);
+    fill(ck.unembedding);
+    for (const LayerTensors& L : ck.layers) {
+      for (const Tensor* t : {&L.q_w, &L.k_w, &L.v_w, &L.out_w, &L.router_w, &L.w1_blocks,
+                              &L.w1_scales, &L.w2_blocks, &L.w2_scales})
+        fill(*t);
     }
     GPTOSS_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
@@ -306,6 +318,38 @@ class CudaBackend final : public Backend {
     } else {
       for (size_t r = 0; r < rows; ++r)
         upload(static_cast<char*>(d) + r * row_bytes, t.data + r * t.row_stride_bytes, row_bytes);
+    }
+    dev_[t.data] = d;
+  }
+  // What bind_random() makes in place of put(): the tensor's values as a function of its name
+  // and the element index (cuda/fill.cu; gptoss.testing.hollow_fill is the host twin, with the
+  // same magnitudes: bf16 matrices of RMS 1/sqrt(row length), MXFP4 experts whose decoded values
+  // have RMS about 1/sqrt(fan-in)).
+  void fill(const Tensor& t) {
+    if (dev_.count(t.data)) return;
+    size_t row = 1;
+    for (size_t i = 1; i < t.shape.size(); ++i) row *= size_t(t.shape[i]);
+    const size_t rows = size_t(t.shape[0]), n = rows * row;
+    uint64_t key = 0xcbf29ce484222325ull;  // FNV-1a of the name
+    for (unsigned char c : t.name) key = (key ^ c) * 0x100000001b3ull;
+    void* d = nullptr;
+    if (t.dtype == DType::BF16) {
+      d = raw_alloc(n * 2);
+      cuda::fill_random_bf16(static_cast<uint16_t*>(d), n, key,
+                             float(std::sqrt(3.0 / double(row))), stream_);
+    } else if (t.dtype == DType::U8 && t.shape.back() == 16) {
+      d = raw_alloc(n);
+      cuda::fill_random_codes(static_cast<uint8_t*>(d), n, key, stream_);
+    } else if (t.dtype == DType::U8) {
+      // E2M1 codes uniform: mean square of |value| over 0, .5, 1, 1.5, 2, 3, 4, 6
+      const double e2m1_rms = std::sqrt((0 + .25 + 1 + 2.25 + 4 + 9 + 16 + 36) / 8.0);
+      const double fan_in = double(t.shape.back()) * 32;
+      const int base = 127 + int(std::nearbyint(std::log2(1.0 / (e2m1_rms * std::sqrt(fan_in)))));
+      d = raw_alloc(n);
+      cuda::fill_random_scales(static_cast<uint8_t*>(d), n, key, base, stream_);
+    } else {
+      GPTOSS_CHECK(false, "random_device_weights: tensor '" << t.name << "' has a dtype the "
+                                                                "fill does not make");
     }
     dev_[t.data] = d;
   }

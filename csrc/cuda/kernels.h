@@ -109,6 +109,14 @@ void sample_tokens(const float* logits, int n, int V, const SampleParams* params
 void bf16_mf4_dequant(const uint8_t* blocks, const uint8_t* scales, size_t rows, size_t nb,
                       uint16_t* out, Stream s);
 
+// ------------------------------------------------------------------------------------ random fill
+// Seeded random weights in device memory (cuda/fill.cu; the host twin is gptoss.testing.hollow_fill):
+// value i of a tensor is a function of (key, i) only. bf16: uniform on [-a, a); codes: uniform
+// bytes; scales: base or base - 1.
+void fill_random_bf16(uint16_t* dst, size_t n, uint64_t key, float a, Stream s);
+void fill_random_codes(uint8_t* dst, size_t n, uint64_t key, Stream s);
+void fill_random_scales(uint8_t* dst, size_t n, uint64_t key, int base, Stream s);
+
 // ------------------------------------------------------------------------------------ memory
 // Thin checked wrappers the engine and the bindings use (no CUDA header needed).
 void* device_alloc(size_t bytes);

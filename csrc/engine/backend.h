@@ -69,6 +69,9 @@ class Backend {
   virtual void download(void* dst, const void* src, size_t bytes) = 0;
 
   virtual void bind(const Checkpoint& ck) = 0;
+  // Instead of bind(): the same matrices as seeded random values made where the backend keeps
+  // them (Options::random_device_weights); only a device backend can.
+  virtual void bind_random(const Checkpoint& ck);
 
   // KV cache: the geometry once, then room for at least `pages` pages and `slots` sequences.
   virtual void kv_init(const KVGeometry& g) = 0;

@@ -229,6 +229,13 @@ class MappedFile {
     while (len > 0 && (base_[8 + len - 1] == 0 || base_[8 + len - 1] == ' ')) --len;
     json::Value h = json::parse(reinterpret_cast<const char*>(base_ + 8), len, path);
     GPTOSS_CHECK(h.is_object(), path << ": header must be a JSON object");
+    // a hollow file (gptoss.testing, hollow=True) holds holes where its matrices would be
+    if (const json::Value* md = h.find("__metadata__")) {
+      if (md->is_object()) {
+        const json::Value* hv = md->find("gptoss_hollow");
+        hollow_ = hv && hv->kind == json::Value::String && hv->str == "1";
+      }
+    }
     const size_t data_len = size_ - data_start_;
     std::vector<std::tuple<uint64_t, uint64_t, std::string>> spans;
     for (auto& kv : h.obj) {
@@ -292,11 +299,13 @@ class MappedFile {
   };
   const std::string& path() const { return path_; }
   const std::map<std::string, Entry>& entries() const { return entries_; }
+  bool hollow() const { return hollow_; }
 
  private:
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0, data_start_ = 0;
+  bool hollow_ = false;
   std::map<std::string, Entry> entries_;
 };
 
@@ -425,6 +434,8 @@ Checkpoint::Checkpoint(const std::string& path, const std::string& want_layout) 
       }
     }
   }
+  for (auto& f : files_)
+    if (f->hollow() && hollow_file.empty()) hollow_file = f->path();
   if (where.count("model.embed_tokens.weight")) layout = "hf";
   else if (where.count("embedding.weight")) layout = "original";
   else GPTOSS_CHECK(false, directory << ": cannot tell the layout: neither "

@@ -38,6 +38,9 @@ class Checkpoint {
   std::string layout;      // "hf" or "original"
   std::string directory;   // where the tensors are
   std::string note;
+  // A file of the checkpoint whose matrices are holes, to be made on the device by
+  // Options::random_device_weights (empty: none).
+  std::string hollow_file;
   Tensor embedding, final_norm, unembedding;
   std::vector<LayerTensors> layers;
 

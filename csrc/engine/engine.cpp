@@ -48,7 +48,15 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
   GPTOSS_CHECK(opts.max_context >= 0, "max_context must be >= 0, got " << opts.max_context);
   max_context_ = opts.max_context > 0 ? std::min(opts.max_context, c.max_context) : c.max_context;
   if (opts.num_threads > 0) cpu::set_num_threads(opts.num_threads);
-  be_->bind(ck_);
+  if (opts.random_device_weights) {
+    be_->bind_random(ck_);
+  } else {
+    GPTOSS_CHECK(ck_.hollow_file.empty(),
+                 ck_.hollow_file << ": a hollow checkpoint (its matrices are holes, made for "
+                                    "benchmarks): load it with random_device_weights on device "
+                                    "'cuda'");
+    be_->bind(ck_);
+  }
   small_.resize(ck_.layers.size());
   for (size_t l = 0; l < ck_.layers.size(); ++l) {
     const LayerTensors& L = ck_.layers[l];
@@ -372,6 +380,12 @@ void Engine::run(const int32_t* tokens, const int* seq_of, const int* pos_of, in
       be_->download(tokens_out + first, sampled_, sizeof(int32_t) * cnt);
     if (dst && out != dst) be_->download(dst, out, sizeof(float) * size_t(cnt) * V);
   }
+}
+
+void Backend::bind_random(const Checkpoint&) {
+  GPTOSS_CHECK(false, "random_device_weights: device '"
+                          << name() << "' reads its weights from the mapped checkpoint; only "
+                                       "device 'cuda' makes random weights in its own memory");
 }
 
 // ------------------------------------------------------------------------------- public API

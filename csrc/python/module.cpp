@@ -323,9 +323,11 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Model>(m, "Engine", "the C++ engine on a device: 'cpu' or 'cuda'")
       .def(py::init([](const std::string& path, const std::string& layout, int max_context,
-                       int threads, int activation_levels, const std::string& device) {
+                       int threads, int activation_levels, const std::string& device,
+                       bool random_device_weights) {
              Options o;
              o.device = device;
+             o.random_device_weights = random_device_weights;
              o.layout = layout;
              o.max_context = max_context;
              o.num_threads = threads;
@@ -334,7 +336,8 @@ PYBIND11_MODULE(_C, m) {
              return new Model(path, o);
            }),
            py::arg("path"), py::arg("layout") = "", py::arg("max_context") = 0,
-           py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu")
+           py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu",
+           py::arg("random_device_weights") = false)
       .def_property_readonly("device", &Model::device)
       .def_property_readonly("position", &Model::position)
       .def_property_readonly("max_context", &Model::max_context)

@@ -202,6 +202,10 @@ class Weights:
                                   f"are of the {detected!r} layout")
         self.layout = detected
         self.directory = tdir
+        # a hollow checkpoint (gptoss.testing, hollow=True): its matrices are holes that only the
+        # CUDA backend fills (in device memory); this names the first such file, else None
+        self.hollow = next((os.path.join(tdir, f) for f, st in sorted(self._src.files.items())
+                            if st.metadata.get("gptoss_hollow") == "1"), None)
         self._views: Dict[Tuple[str, Optional[int]], np.ndarray] = {}
         self._dtypes: Dict[Tuple[str, Optional[int]], str] = {}
         self._validate()

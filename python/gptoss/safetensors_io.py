@@ -198,9 +198,18 @@ class SafetensorsWriter:
             raise ValueError(f"{self.path}: tensor {name!r}: wrote {got} bytes, expected {nbytes}")
         self._idx += 1
 
+    def skip(self, name: str) -> None:
+        """Leave the next tensor's bytes as a hole (a sparse region that reads as zeros)."""
+        want, nbytes = self._order[self._idx]
+        if name != want:
+            raise ValueError(f"{self.path}: expected tensor {want!r} next, got {name!r}")
+        self._f.seek(nbytes, os.SEEK_CUR)
+        self._idx += 1
+
     def close(self) -> None:
         if self._idx != len(self._order):
             self._f.close()
             raise ValueError(f"{self.path}: only {self._idx} of {len(self._order)} tensors written")
+        self._f.truncate()  # the file ends where the last tensor does, holes included
         self._f.close()
         os.replace(self._tmp, self.path)

@@ -133,19 +133,61 @@ def _nbytes(shape, dtype) -> int:
     return int(np.prod(shape)) * (1 if dtype == "U8" else 2)
 
 
+# The tensors a hollow checkpoint leaves as holes: every matrix the CUDA backend copies to the
+# device at load (csrc/cuda/backend_cuda.cu, bind), which it makes there instead.
+HOLLOW_ROLES = ("embedding", "unembedding", "q_w", "k_w", "v_w", "out_w", "router_w") + MXFP4_ROLES
+
+
+def hollow_fill(name: str, dtype: str, shape: Tuple[int, ...]) -> np.ndarray:
+    """The stored bits the CUDA backend makes for tensor `name` of a hollow checkpoint
+    (csrc/cuda/fill.cu with the parameters of CudaBackend::fill): value i is a hash of the name
+    and i. bf16 matrices: uniform on [-a, a) with a = sqrt(3 / row length) (RMS 1/sqrt(row
+    length)); MXFP4 codes: uniform bytes; scales: base or base - 1 with base chosen so the decoded
+    experts have RMS about 1/sqrt(fan-in), as the random checkpoints' experts do."""
+    key = 0xCBF29CE484222325
+    for c in name.encode():
+        key = ((key ^ c) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    n = int(np.prod(shape))
+    with np.errstate(over="ignore"):
+        z = np.uint64(key) + (np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    if dtype == "BF16":
+        row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        a = np.float32(math.sqrt(3.0 / row))
+        u = (z >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+        return f32_to_bf16((np.float32(2.0) * u - np.float32(1.0)) * a).reshape(shape)
+    if shape[-1] == 16:  # MXFP4 codes
+        return (z & np.uint64(0xFF)).astype(np.uint8).reshape(shape)
+    fan_in = shape[-1] * 32
+    base = 127 + int(np.rint(math.log2(1.0 / (_E2M1_RMS * math.sqrt(fan_in)))))
+    return (base - (z & np.uint64(1)).astype(np.int64)).astype(np.uint8).reshape(shape)
+
+
 def write_random_checkpoint(path: str, preset: str = "tiny", layout: str = "hf", seed: int = 0,
                             max_shard_bytes: Optional[int] = None,
                             config: Optional[Config] = None,
                             progress: Optional[Callable[[int, int], None]] = None,
+                            hollow: bool = False, fill: str = "random",
                             **overrides) -> str:
     """Write a random checkpoint to `path` (a directory) and return `path`.
 
     layout: "hf" (config.json + model.safetensors, or shards with an index when the weights
     exceed `max_shard_bytes`), "original" (config.json + model.safetensors as in original/), or
     "both" (HF at the root and the original layout in original/, as the published repos are).
+    hollow: (benchmarks; "hf" only) the tensors of HOLLOW_ROLES are left as holes, so the files
+    take almost no disk (a 120b checkpoint: a few MB), and are marked hollow; only the CUDA
+    backend runs them, making those matrices in device memory (Options::random_device_weights).
+    fill="hollow": write the matrices of HOLLOW_ROLES as the CUDA backend would make them
+    (hollow_fill), so a full checkpoint runs the same model as its hollow twin.
     """
     if layout not in ("hf", "original", "both"):
         raise ValueError(f"layout={layout!r}: must be 'hf', 'original' or 'both'")
+    if (hollow or fill == "hollow") and layout != "hf":
+        raise ValueError(f"hollow checkpoints (and fill='hollow') need layout='hf', got {layout!r}")
+    if fill not in ("random", "hollow"):
+        raise ValueError(f"fill={fill!r}: must be 'random' or 'hollow'")
     cfg = config or preset_config(preset, **overrides)
     if layout == "both":
         write_random_checkpoint(path, layout="hf", seed=seed, max_shard_bytes=max_shard_bytes,
@@ -171,9 +213,22 @@ def write_random_checkpoint(path: str, preset: str = "tiny", layout: str = "hf",
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     done = 0
     for fname, shard in zip(names, shards):
+        meta = {"format": "pt", "generator": f"gptoss.testing seed={seed}"}
+        if hollow:
+            meta["gptoss_hollow"] = "1"
         w = SafetensorsWriter(os.path.join(path, fname), [(n, d, s) for n, d, s, _ in shard],
-                              metadata={"format": "pt", "generator": f"gptoss.testing seed={seed}"})
+                              metadata=meta)
         for name, dtype, shape, parts in shard:
+            made_on_device = parts[0][0] in HOLLOW_ROLES
+            if hollow and made_on_device:
+                w.skip(name)
+                done += _nbytes(shape, dtype)
+                continue
+            if fill == "hollow" and made_on_device:
+                w.write(name, [hollow_fill(name, dtype, shape)])
+                done += _nbytes(shape, dtype)
+                continue
+
             def chunks():
                 nonlocal done
                 for role, layer in parts:
@@ -215,30 +270,38 @@ def cache_dir() -> str:
 
 
 def random_checkpoint(preset: str, layout: str = "hf", seed: int = 0,
-                      directory: Optional[str] = None, progress: bool = False) -> str:
-    """A random checkpoint for `random:PRESET`, written once into the cache and reused.
+                      directory: Optional[str] = None, progress: bool = False,
+                      hollow: bool = False) -> str:
+    """A random checkpoint for `random:PRESET` (hollow: `random:PRESET:hollow`), written once into
+    the cache and reused.
 
     The cache directory is $GPTOSS_CACHE (default ~/.cache/gptoss); a finished checkpoint carries
     a marker file, so an interrupted write is redone rather than used.
     """
     cfg = preset_config(preset)
-    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), layout, seed, 1],
+    if hollow:
+        layout = "hf"
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), layout, seed, 1] +
+                                    (["hollow"] if hollow else []),
                                     sort_keys=True).encode()).hexdigest()[:12]
-    path = os.path.join(directory or cache_dir(), f"random-{preset}-{layout}-seed{seed}-{key}")
+    kind = "hollow" if hollow else layout
+    path = os.path.join(directory or cache_dir(), f"random-{preset}-{kind}-seed{seed}-{key}")
     marker = os.path.join(path, ".gptoss-complete")
     if os.path.exists(marker):
         return path
     if os.path.exists(path):
         shutil.rmtree(path)
     cb = percent_progress(f"writing random:{preset} checkpoint to {path}") if progress else None
-    write_random_checkpoint(path, preset=preset, layout=layout, seed=seed, config=cfg, progress=cb)
+    write_random_checkpoint(path, preset=preset, layout=layout, seed=seed, config=cfg, progress=cb,
+                            hollow=hollow)
     with open(marker, "w") as f:
         f.write("ok\n")
     return path
 
 
 def resolve_model_path(name: str, progress: bool = False) -> str:
-    """`random:PRESET[:LAYOUT]` -> a cached random checkpoint; anything else is a path."""
+    """`random:PRESET[:LAYOUT]` -> a cached random checkpoint (`random:PRESET:hollow`: a hollow
+    one, for the CUDA backend's benchmarks); anything else is a path."""
     if name.startswith("random:"):
         parts = name.split(":")
         preset = parts[1]
@@ -246,5 +309,7 @@ def resolve_model_path(name: str, progress: bool = False) -> str:
         if preset not in PRESETS:
             raise ValueError(f"model {name!r}: unknown preset {preset!r} "
                              f"(choose from {', '.join(sorted(PRESETS))})")
+        if layout == "hollow":
+            return random_checkpoint(preset, progress=progress, hollow=True)
         return random_checkpoint(preset, layout=layout, progress=progress)
     return name

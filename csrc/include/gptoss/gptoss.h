@@ -61,6 +61,11 @@ struct Options {
   // float32-class accuracy (error ~2^-16 of each 32-block's maximum); 1 is plain int8 per block
   // (error up to 1/254 of the maximum, as other CPU engines do), faster where compute-bound.
   int activation_levels = 2;
+  // Benchmarking only: device 'cuda' makes every matrix it would copy from the checkpoint
+  // (embedding, unembedding, projections, router, MXFP4 experts) as seeded random values in
+  // device memory instead, never reading them from the files. Needed to run a hollow checkpoint
+  // (gptoss.testing, hollow=True: those matrices are holes), which only this accepts.
+  bool random_device_weights = false;
 };
 
 class Engine;  // the runtime behind Model (csrc/engine/)

@@ -21,7 +21,8 @@ class NativeEngine:
         self.config = weights.config
         self._e = _C.Engine(weights.directory, layout=weights.layout,
                                max_context=int(max_context or 0), threads=int(threads),
-                               activation_levels=int(activation_levels), device=device)
+                               activation_levels=int(activation_levels), device=device,
+                               random_device_weights=bool(getattr(weights, "hollow", None)))
         self.max_context = self._e.max_context
 
     @property

@@ -228,6 +228,9 @@ class NumpyEngine:
     name = "numpy"
 
     def __init__(self, weights, max_context: Optional[int] = None):
+        if getattr(weights, "hollow", None):
+            raise ValueError(f"{weights.hollow}: a hollow checkpoint (its matrices are holes, "
+                             "made for benchmarks): only backend 'cuda' runs it")
         self.weights = weights
         self.config: Config = weights.config
         self.max_context = min(max_context or self.config.max_context, self.config.max_context)
