@@ -1,0 +1,194 @@
+"""The python tool: ordinary work is right, and what model-written code tries is contained."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from gptoss.tools import PythonTool
+
+TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def py():
+    with PythonTool(timeout=TIMEOUT, memory_mb=1024) as t:
+        yield t
+
+
+def test_arithmetic_state_and_last_expression(py):
+    assert py.run("2 + 3 * 7") == "23\n"
+    assert py.run("import math\nx = math.factorial(10)\nprint('set')") == "set\n"
+    assert py.run("x // 7, math.sqrt(16)") == f"{(3628800 // 7, 4.0)!r}\n"
+    assert py.run("y = 5") == ""                    # an assignment shows nothing
+    assert py.run("None") == ""
+
+
+def test_errors_are_output(py):
+    out = py.run("def f():\n    return 1 / 0\nf()")
+    assert "Traceback" in out and "ZeroDivisionError: division by zero" in out
+    assert "return 1 / 0" in out                    # the code's own lines in the traceback
+    assert "SyntaxError" in py.run("def (:")
+    assert "NameError" in py.run("undefined_name_xyz")
+    assert py.run("import sys; print('e', file=sys.stderr); print('o')") == "e\no\n"
+
+
+def test_numpy_where_installed(py):
+    np = pytest.importorskip("numpy")
+    out = py.run("import numpy as np\nfloat((np.arange(10) ** 2).sum())")
+    assert out == f"{float((np.arange(10) ** 2).sum())!r}\n"
+
+
+def test_files_in_mnt_data_persist_and_are_the_workdir(tmp_path):
+    with PythonTool(timeout=TIMEOUT, workdir=str(tmp_path / "scratch")) as t:
+        assert t.run("open('/mnt/data/a.txt', 'w').write('hello')") == "5\n"
+        assert t.run("open('/mnt/data/a.txt').read()") == "'hello'\n"
+        assert t.run("import os; os.getcwd()") == "'/mnt/data'\n"
+        assert (tmp_path / "scratch" / "a.txt").read_text() == "hello"
+        (tmp_path / "scratch" / "from_host.txt").write_text("host")
+        assert t.run("open('from_host.txt').read()") == "'host'\n"
+
+
+def test_no_network_even_to_localhost(py):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(0.5)
+    port = srv.getsockname()[1]
+    try:
+        # the listener is reachable from the host...
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        srv.accept()[0].close()
+        out = py.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)")
+        assert "OSError" in out or "Error" in out, out
+        with pytest.raises(socket.timeout):
+            srv.accept()                           # ...and nothing arrived from the sandbox
+    finally:
+        srv.close()
+
+
+def test_files_outside_scratch_unreadable_and_unwritable(py, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(secret, 0o644)
+    out = py.run(f"print(open({str(secret)!r}).read())")
+    assert "top secret" not in out and "FileNotFoundError" in out, out
+    target = tmp_path / "written.txt"
+    out = py.run(f"open({str(target)!r}, 'w').write('x')")
+    assert "Error" in out and not target.exists(), out
+    for path in ("/etc/gptoss-test", "/usr/gptoss-test", "/gptoss-test"):
+        out = py.run(f"open({path!r}, 'w').write('x')")
+        assert "Error" in out and not os.path.exists(path), out
+    # the host's working directory and home are not there at all
+    out = py.run(f"import os\nos.path.exists({os.getcwd()!r}), os.path.exists({os.path.expanduser('~/.bashrc')!r})")
+    assert out == "(False, False)\n"
+
+
+def test_cannot_see_or_signal_host_processes(py):
+    out = py.run("import os\nsorted(int(p) for p in os.listdir('/proc') if p.isdigit())")
+    pids = eval(out)
+    assert os.getpid() not in pids or len(pids) < 5
+    assert pids[0] == 1 and len(pids) < 5, out
+    out = py.run(f"import os\nos.kill({os.getpid()}, 0)")
+    assert "ProcessLookupError" in out, out
+
+
+def test_endless_loop_times_out_and_restarts(py):
+    py.run("kept = 1")
+    t0 = time.monotonic()
+    out = py.run("while True:\n    pass")
+    took = time.monotonic() - t0
+    assert "did not finish within the 3 s timeout" in out and "restarted" in out
+    assert took < TIMEOUT + 2.0, took
+    assert "NameError" in py.run("kept")            # the session was restarted
+    assert py.run("1 + 1") == "2\n"
+
+
+def test_fork_bomb_is_contained(py):
+    t0 = time.monotonic()
+    out = py.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
+    assert time.monotonic() - t0 < TIMEOUT + 2.0
+    assert "timeout" in out
+    assert py.run("6 * 7") == "42\n"
+
+
+def test_huge_allocation_fails_cleanly(py):
+    out = py.run("x = bytearray(6 * 1024 ** 3)")
+    assert "MemoryError" in out, out
+    assert py.run("len(bytearray(10 ** 6))") == "1000000\n"
+
+
+def test_100mb_printed_is_cut(py):
+    t0 = time.monotonic()
+    out = py.run("print('x' * (100 * 1000 * 1000))")
+    assert time.monotonic() - t0 < TIMEOUT
+    assert len(out) < py.max_output_chars + 200
+    assert out.startswith("x" * 1000) and "[output cut: 100000001 bytes in all" in out
+    # output of a child process (written to the file descriptors directly) is capped too
+    out = py.run("import subprocess\nsubprocess.run(['/bin/sh', '-c', 'head -c 50000000 /dev/zero | tr \"\\\\0\" y'])\nNone")
+    assert len(out) < py.max_output_chars + 200 and "output cut" in out, out[-300:]
+    assert py.run("'still here'") == "'still here'\n"
+
+
+def test_parent_killed_leaves_no_sandboxed_process(tmp_path):
+    token = f"gptoss-orphan-{os.getpid()}-{time.time_ns()}"
+    half = len(token) // 2           # the token is put together only inside the sandbox
+    code = ("import subprocess, sys\n"
+            f"tok = {token[:half]!r} + {token[half:]!r}\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)  # ' + tok],"
+            " start_new_session=True)\nNone")
+    script = ("import time\nfrom gptoss.tools import PythonTool\n"
+              f"t = PythonTool(timeout=30)\nprint(repr(t.run({code!r})), flush=True)\n"
+              "print('ready', flush=True)\ntime.sleep(600)\n")
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "python"))
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+
+    def survivors():
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+        return found
+    try:
+        first = p.stdout.readline()
+        assert p.stdout.readline().strip() == b"ready", first
+        deadline = time.monotonic() + 5
+        while not survivors() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert survivors(), "the sandboxed child never started (the test could not fail)"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        deadline = time.monotonic() + 3
+        while survivors() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not survivors()
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_bad_arguments_and_missing_sandbox(monkeypatch):
+    with pytest.raises(ValueError, match="sandbox"):
+        PythonTool(sandbox="docker")
+    with pytest.raises(ValueError, match="timeout"):
+        PythonTool(timeout=0)
+    import gptoss.tools.python_tool as pt
+    monkeypatch.setattr(pt.shutil, "which", lambda name: None)
+    with pytest.raises(pt.SandboxError, match="unshare"):
+        PythonTool()
+
+
+def test_sandbox_none_is_loud_and_works(tmp_path):
+    with pytest.warns(RuntimeWarning, match="UNSANDBOXED"):
+        t = PythonTool(sandbox="none", timeout=TIMEOUT, workdir=str(tmp_path))
+    with t:
+        assert t.run("import os\nos.getcwd()") == f"{str(tmp_path)!r}\n"
