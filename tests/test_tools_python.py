@@ -141,10 +141,10 @@ def test_parent_killed_leaves_no_sandboxed_process(tmp_path):
     code = ("import subprocess, sys\n"
             f"tok = {token[:half]!r} + {token[half:]!r}\n"
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)  # ' + tok],"
-            " start_new_session=True)\nNone")
+            " start_new_session=True)\nimport time\ntime.sleep(600)")
     script = ("import time\nfrom gptoss.tools import PythonTool\n"
-              f"t = PythonTool(timeout=30)\nprint(repr(t.run({code!r})), flush=True)\n"
-              "print('ready', flush=True)\ntime.sleep(600)\n")
+              "t = PythonTool(timeout=300)\nprint('ready', flush=True)\n"
+              f"t.run({code!r})\n")
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "python"))
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
 
@@ -159,8 +159,8 @@ def test_parent_killed_leaves_no_sandboxed_process(tmp_path):
                 pass
         return found
     try:
-        first = p.stdout.readline()
-        assert p.stdout.readline().strip() == b"ready", first
+        # killed while the code runs (the worker is not waiting on its request pipe)
+        assert p.stdout.readline().strip() == b"ready"
         deadline = time.monotonic() + 5
         while not survivors() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -23,7 +23,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
-PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
+PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG = 38, 24, 1
 SYS_PIVOT_ROOT, SYS_CAPSET = 155, 126      # x86_64 and arm64 differ; see _syscall_numbers
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -124,6 +124,10 @@ def drop_privileges():
         _, capset = _syscall_numbers()
         _check(libc.syscall(capset, ctypes.byref(Header(0x20080522, 0)), data), "capset")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    # changing credentials cleared the parent-death signal `unshare --kill-child` set: set it
+    # again, so that this process (the PID namespace's init, whose death ends every process in
+    # it) dies with unshare, which dies with the host process (python_tool.PythonTool._start)
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
 
 
 def set_limits():
