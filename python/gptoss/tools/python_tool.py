@@ -35,6 +35,8 @@ import time
 import warnings
 from typing import List, Optional
 
+from ..chat import python_description
+
 NOBODY = 65534
 SANDBOXES = ("auto", "unshare", "none")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -63,18 +65,6 @@ def _python_dirs() -> List[str]:
                 and not any(d == s or d.startswith(s + "/") for s in SYSTEM_DIRS):
             out.append(d)
     return out
-
-
-def description(timeout: float) -> str:
-    """What the system message tells the model about this tool (true of this implementation)."""
-    return ("Use this tool to execute Python code in your chain of thought. The code will not be "
-            "shown to the user. This tool should be used for internal reasoning, but not for code "
-            "that is intended to be visible to the user (e.g. when creating plots, tables, or "
-            "files).\n\nWhen you send a message containing Python code to python, it will be "
-            "executed in a stateful Jupyter notebook environment. python will respond with the "
-            f"output of the execution or time out after {float(timeout)} seconds. The drive at "
-            "'/mnt/data' can be used to save and persist user files. Internet access for this "
-            "session is disabled.")
 
 
 class PythonTool:
@@ -130,7 +120,8 @@ class PythonTool:
 
     @property
     def description(self) -> str:
-        return description(self.timeout)
+        """What the system message tells the model about this tool (true of this session)."""
+        return python_description(self.timeout)
 
     # ------------------------------------------------------------------ process
     def _config(self) -> dict:
