@@ -374,13 +374,17 @@ def test_builtin_tools_run_and_describe_calls(corpus):
 
 # ------------------------------------------------------------------------------ the chat loop
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_path(tmp_path_factory):
     """random:tiny cut to one layer (the output is forced; only the prompts' length costs)."""
-    from gptoss import Model
     from gptoss.testing import write_random_checkpoint
-    path = write_random_checkpoint(str(tmp_path_factory.mktemp("tiny1")), "tiny", layout="hf",
+    return write_random_checkpoint(str(tmp_path_factory.mktemp("tiny1")), "tiny", layout="hf",
                                    seed=3, num_layers=1)
-    return Model.from_pretrained(path, backend="auto")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    from gptoss import Model
+    return Model.from_pretrained(tiny_path, backend="auto")
 
 
 def test_chat_loop_runs_python_and_browser_end_to_end(tiny, corpus, henc):
@@ -480,3 +484,28 @@ def test_model_chat_with_builtin_tools_and_limits(tiny, corpus):
     with pytest.raises(ValueError, match="max_tool_calls"):
         list(tiny.chat([{"role": "user", "content": "x"}], browser=str(corpus),
                        max_tool_calls=-1))
+
+
+def test_cli_chat_with_python_and_browser(tiny_path, corpus):
+    import subprocess
+    import sys
+    rounds = [enc_all("<|channel|>analysis to=python code<|message|>print(6 * 7)<|call|>"),
+              enc_all("<|channel|>analysis to=browser.search <|constrain|>json<|message|>"
+                      '{"query": "yellow bunches"}<|call|>'),
+              enc_all("<|channel|>final<|message|>It is 42.<|return|>")]
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "python"))
+    r = subprocess.run([sys.executable, "-m", "gptoss", "chat", "--model", tiny_path,
+                        "--python", "--python-timeout", "10", "--browser-corpus", str(corpus),
+                        "--max-tokens", "64", "-t", "0", "-v",
+                        "--test-forced-tokens", json.dumps(rounds)],
+                       input="what is 6*7?\nand again?\n", capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "[python] print(6 * 7)\n[python result]\n  | 42\n" in out
+    assert '[browser.search] {"query": "yellow bunches"}' in out
+    assert "  | [0] Search results for `yellow bunches`" in out
+    assert "It is 42." in out
+    # two turns answered; the first ended with the forced final answer
+    done_lines = [ln for ln in r.stderr.split("\n") if ln.startswith("[") and "tokens" in ln]
+    assert len(done_lines) == 2 and done_lines[0].startswith("[stop;"), r.stderr
