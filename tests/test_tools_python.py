@@ -192,3 +192,24 @@ def test_sandbox_none_is_loud_and_works(tmp_path):
         t = PythonTool(sandbox="none", timeout=TIMEOUT, workdir=str(tmp_path))
     with t:
         assert t.run("import os\nos.getcwd()") == f"{str(tmp_path)!r}\n"
+
+
+class UserNamespaceTool(PythonTool):
+    use_userns = True          # the setup a non-root user gets, tried here even as root
+
+
+def test_user_namespace_mode_contains_too(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    with UserNamespaceTool(timeout=TIMEOUT, memory_mb=1024) as t:
+        assert t.run("x = 2\nx ** 10") == "1024\n"
+        assert "Network is unreachable" in t.run(
+            "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)")
+        assert "FileNotFoundError" in t.run(f"open({str(secret)!r}).read()")
+        assert "Read-only file system" in t.run("open('/etc/passwd', 'a')")
+        # no capability is left in the namespace
+        assert t.run("[l for l in open('/proc/self/status') if l.startswith('CapEff')][0]") == \
+            "'CapEff:\\t0000000000000000\\n'\n"
+        assert "MemoryError" in t.run("bytearray(6 * 1024 ** 3)")
+        assert t.run("open('/mnt/data/f', 'w').write('ok')") == "2\n"
+        assert "timeout" in t.run("while True: pass")

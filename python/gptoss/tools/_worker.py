@@ -110,7 +110,7 @@ def build_root():
 
 
 def drop_privileges():
-    if CFG["uid"] is not None:           # real root outside a user namespace: become nobody
+    if CFG["uid"] is not None:           # real root outside a user namespace: become the session uid
         os.setgroups([])
         os.setresgid(CFG["gid"], CFG["gid"], CFG["gid"])
         os.setresuid(CFG["uid"], CFG["uid"], CFG["uid"])

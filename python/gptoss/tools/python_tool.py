@@ -11,7 +11,8 @@ mount, network, PID, IPC and UTS namespaces (and a user namespace when not run a
   the code as /mnt/data;
 - its own PID namespace: it sees and can signal only its own processes, and when the worker (its
   PID 1) dies, the kernel kills every process in it;
-- no privileges: run as root, the worker becomes `nobody` after building its root; otherwise it
+- no privileges: run as root, the worker becomes a uid of its own (no account) after building
+  its root; otherwise it
   drops every capability of its user namespace; no_new_privs is set either way;
 - resource limits (setrlimit): address space, processes, file size, CPU seconds, open files;
 - a wall-clock timeout per call: the session is killed and restarted and the model is told.
@@ -37,7 +38,10 @@ from typing import List, Optional
 
 from ..chat import python_description
 
-NOBODY = 65534
+# Run as root, each session becomes a uid of its own from this range (no passwd entry needed):
+# the process limit then counts only its processes, and no other account's files are its own.
+SANDBOX_UID_BASE = 1_800_000_000
+_instances = [0]
 SANDBOXES = ("auto", "unshare", "none")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 
@@ -81,7 +85,7 @@ class PythonTool:
 
     def __init__(self, timeout: float = 120.0, memory_mb: int = 2048,
                  workdir: Optional[str] = None, sandbox: str = "auto",
-                 max_output_chars: int = 16000, max_processes: int = 64,
+                 max_output_chars: int = 16000, max_processes: int = 32,
                  max_file_mb: int = 256, tmp_mb: int = 256, cpu_seconds: Optional[int] = 3600):
         if sandbox not in SANDBOXES:
             raise ValueError(f"sandbox={sandbox!r}: must be one of {', '.join(SANDBOXES)}")
@@ -105,6 +109,8 @@ class PythonTool:
         self._req = self._resp = None
         self._buf = b""
         self._closed = False
+        _instances[0] += 1
+        self._serial = _instances[0]
         if self.sandbox == "none":
             msg = ("gptoss PythonTool: sandbox='none': model-written code runs UNSANDBOXED with "
                    "your user's full rights (network, files, processes)")
@@ -118,6 +124,14 @@ class PythonTool:
                                    "model code unsandboxed")
         self._start()
 
+    # run as root, the worker builds its root with real privileges and then becomes its own uid;
+    # otherwise (or with use_userns=True, as the tests do) a user namespace grants what the
+    # setup needs and the worker then drops every capability
+    use_userns = False
+
+    def _real_root(self) -> bool:
+        return os.geteuid() == 0 and not self.use_userns
+
     @property
     def description(self) -> str:
         """What the system message tells the model about this tool (true of this session)."""
@@ -128,12 +142,13 @@ class PythonTool:
         boxed = self.sandbox != "none"
         root_dir = os.path.join(self._own, "root")
         os.makedirs(root_dir, exist_ok=True)
-        as_root = boxed and os.geteuid() == 0
+        as_root = boxed and self._real_root()
+        uid = SANDBOX_UID_BASE + (os.getpid() * 64 + self._serial) % 100_000_000
         if as_root:
-            os.chown(self.workdir, NOBODY, NOBODY)
+            os.chown(self.workdir, uid, uid)
         return {"sandbox": boxed, "root": root_dir, "scratch": self.workdir,
                 "ro": list(SYSTEM_DIRS) + _python_dirs(),
-                "uid": NOBODY if as_root else None, "gid": NOBODY if as_root else None,
+                "uid": uid if as_root else None, "gid": uid if as_root else None,
                 "memory_mb": self.memory_mb, "max_processes": self.max_processes,
                 "file_mb": self.max_file_mb, "tmp_mb": self.tmp_mb,
                 "cpu_seconds": self.cpu_seconds, "output_bytes": self.max_output_chars * 4,
@@ -145,7 +160,7 @@ class PythonTool:
         if cfg["sandbox"]:
             cmd = [self._unshare, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork",
                    "--kill-child"]
-            if os.geteuid() != 0:
+            if not self._real_root():
                 cmd += ["--user", "--map-root-user"]
             cmd += py
         else:
