@@ -213,3 +213,13 @@ def test_user_namespace_mode_contains_too(tmp_path):
         assert "MemoryError" in t.run("bytearray(6 * 1024 ** 3)")
         assert t.run("open('/mnt/data/f', 'w').write('ok')") == "2\n"
         assert "timeout" in t.run("while True: pass")
+
+
+def test_session_that_died_between_calls_is_restarted_and_says_so():
+    with PythonTool(timeout=TIMEOUT) as t:
+        t.run("v = 1")
+        t._proc.kill()
+        t._proc.wait()
+        out = t.run("1 + 2")
+        assert out.startswith("[The python session had ended") and out.endswith("\n3\n")
+        assert "NameError" in t.run("v")

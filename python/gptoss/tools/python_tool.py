@@ -12,8 +12,7 @@ mount, network, PID, IPC and UTS namespaces (and a user namespace when not run a
 - its own PID namespace: it sees and can signal only its own processes, and when the worker (its
   PID 1) dies, the kernel kills every process in it;
 - no privileges: run as root, the worker becomes a uid of its own (no account) after building
-  its root; otherwise it
-  drops every capability of its user namespace; no_new_privs is set either way;
+  its root; otherwise it drops every capability of its user namespace; no_new_privs either way;
 - resource limits (setrlimit): address space, processes, file size, CPU seconds, open files;
 - a wall-clock timeout per call: the session is killed and restarted and the model is told.
 
@@ -251,7 +250,11 @@ class PythonTool:
             raise RuntimeError("PythonTool.run: the tool is closed")
         if not isinstance(code, str):
             raise ValueError("code: must be a string")
+        note = ""
         if self._proc is None or self._proc.poll() is not None:
+            if self._proc is not None:       # it died between calls (not by a timeout here)
+                note = ("[The python session had ended; a fresh one was started: variables and "
+                        "imports are gone; files in /mnt/data remain.]\n")
             self._kill()
             self._start()
         try:
@@ -279,7 +282,7 @@ class PythonTool:
         if total > len(out.encode("utf-8")):
             out += (f"\n[output cut: {total} bytes in all; only the first "
                     f"{len(out)} characters are shown]")
-        return out
+        return note + out
 
     def restart(self) -> None:
         """A fresh session (files in the scratch directory stay)."""
