@@ -296,6 +296,10 @@ def test_open_scroll_find_and_cursors(corpus):
     assert "【0†match at L2】" in found and "【1†match at L5】" in found and "L6" in found
     page = b.open(id=1)                                          # a find result: that line
     assert page.startswith("[6] Apples") and "viewing lines [5 - 6] of 6" in page
+    page = b.open(id="fruit/bananas.html", view_source=True, num_lines=1)
+    assert page.startswith("[7] All about bananas (source) (fruit/bananas.html)")
+    assert "L0: <html><head><title>All about bananas</title>" in page
+    assert b.open(id="0", cursor=0).startswith("[8] Apples (apples.md)")   # id as a string
 
 
 def test_citations_resolve_to_file_and_lines(corpus):

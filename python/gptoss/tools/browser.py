@@ -291,6 +291,16 @@ class CorpusBackend:
             "ORDER BY bm25(docs, 0.0, 5.0, 1.0) LIMIT ?", (match, int(topn))).fetchall()
         return [SearchHit(u, t, " ".join(s.split())) for u, t, s in rows]
 
+    def fetch_source(self, id_or_url: str) -> Document:
+        """The file as it is on disk, line for line (for `open(view_source=True)`)."""
+        doc = self.fetch(id_or_url)
+        with open(doc.path, "rb") as f:
+            raw = f.read().decode("utf-8", "replace").split("\n")
+        while raw and not raw[-1]:
+            raw.pop()
+        lines, src = _wrap([(i + 1, t.rstrip()) for i, t in enumerate(raw)])
+        return Document(doc.url, doc.title + " (source)", lines, [], doc.path, src)
+
     def fetch(self, id_or_url: str) -> Document:
         url = str(id_or_url).strip()
         if url.startswith("file://"):
@@ -388,6 +398,14 @@ class Browser:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise BrowserError(f"{k} {v!r}: must be a number")
         cursor, loc, num_lines = int(cursor), int(loc), int(num_lines)
+        if isinstance(id, str) and re.fullmatch(r"-?\d+", id.strip()):
+            id = int(id)                             # a link id sent as a string
+        if view_source:
+            if not isinstance(id, str):
+                raise BrowserError("view_source needs `id` to be a path or URL")
+            if not hasattr(self.backend, "fetch_source"):
+                raise BrowserError("this browser's backend cannot show page sources")
+            return self._view(self._add(self.backend.fetch_source(id)), loc, num_lines)
         if isinstance(id, str):
             doc = self.backend.fetch(id)
         elif id == -1:                               # scroll an open page
