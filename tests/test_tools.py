@@ -10,10 +10,12 @@ import pytest
 from gptoss import chat
 from gptoss.chat_events import Done, ReasoningDelta, TextDelta
 from gptoss.tokenizer import get_tokenizer, vocab_path
-from gptoss.tools import Browser, BuiltinTools, PythonTool
+from gptoss.tools import Browser, BuiltinTools, PythonTool, sandbox_problem
 from gptoss.tools.loop import BuiltinToolCall, BuiltinToolResult
 
 H = pytest.importorskip("openai_harmony")
+PROBLEM = sandbox_problem()
+needs_sandbox = pytest.mark.skipif(PROBLEM is not None, reason=f"no sandbox here: {PROBLEM}")
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +188,7 @@ def test_browser_section_is_openai_harmonys_default(henc):
     assert mine == list(ref)
 
 
+@needs_sandbox
 def test_python_description_differs_from_harmonys_only_where_ours_is_true(henc):
     theirs = H.SystemContent.new().with_python_tool().to_dict()["tools"]["python"]["description"]
     ours = chat.python_description(120)
@@ -343,6 +346,7 @@ def test_bad_calls_come_back_as_text(corpus):
 
 
 # ------------------------------------------------------------------------------ BuiltinTools
+@needs_sandbox
 def test_builtin_tools_run_and_describe_calls(corpus):
     with PythonTool(timeout=5) as py:
         bt = BuiltinTools(python=py, browser=str(corpus))
@@ -391,6 +395,7 @@ def tiny(tiny_path):
     return Model.from_pretrained(tiny_path, backend="auto")
 
 
+@needs_sandbox
 def test_chat_loop_runs_python_and_browser_end_to_end(tiny, corpus, henc):
     """The model's output is forced down a path (python call, search, open, final answer); the
     tools run for real; each prompt is openai-harmony's rendering of the conversation so far."""
@@ -454,6 +459,7 @@ def test_chat_loop_runs_python_and_browser_end_to_end(tiny, corpus, henc):
     assert done.usage["completion_tokens"] == sum(len(r) for r in rounds)
 
 
+@needs_sandbox
 def test_model_chat_with_builtin_tools_and_limits(tiny, corpus):
     call = enc_all("<|channel|>analysis to=python code<|message|>1 + 1<|call|>")
     # max_tool_calls: the third call is not run
@@ -490,6 +496,7 @@ def test_model_chat_with_builtin_tools_and_limits(tiny, corpus):
                        max_tool_calls=-1))
 
 
+@needs_sandbox
 def test_cli_chat_with_python_and_browser(tiny_path, corpus):
     import subprocess
     import sys

@@ -49,6 +49,25 @@ class SandboxError(RuntimeError):
     """The sandbox cannot be set up on this machine (the message says what is missing)."""
 
 
+def sandbox_problem() -> Optional[str]:
+    """Why the python tool's sandbox cannot start on this machine, or None if it can: util-linux
+    `unshare` must be on PATH and the kernel must allow the namespaces (for a non-root user,
+    unprivileged user namespaces)."""
+    exe = shutil.which("unshare")
+    if not exe:
+        return "util-linux `unshare` is not on PATH"
+    cmd = [exe, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork"]
+    if os.geteuid() != 0:
+        cmd += ["--user", "--map-root-user"]
+    try:
+        r = subprocess.run(cmd + ["true"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"`unshare` could not run: {e}"
+    if r.returncode != 0:
+        return f"the kernel refused the namespaces: {r.stderr.strip() or r.returncode}"
+    return None
+
+
 def _worker_source() -> str:
     with open(os.path.join(os.path.dirname(__file__), "_worker.py"), encoding="utf-8") as f:
         return f.read()
