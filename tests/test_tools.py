@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+import gptoss
+
 from gptoss import chat
 from gptoss.chat_events import Done, ReasoningDelta, TextDelta
 from gptoss.tokenizer import get_tokenizer, vocab_path
@@ -504,7 +506,7 @@ def test_cli_chat_with_python_and_browser(tiny_path, corpus):
               enc_all("<|channel|>analysis to=browser.search <|constrain|>json<|message|>"
                       '{"query": "yellow bunches"}<|call|>'),
               enc_all("<|channel|>final<|message|>It is 42.<|return|>")]
-    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "python"))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(gptoss.__file__)))
     r = subprocess.run([sys.executable, "-m", "gptoss", "chat", "--model", tiny_path,
                         "--python", "--python-timeout", "10", "--browser-corpus", str(corpus),
                         "--max-tokens", "64", "-t", "0", "-v",

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import gptoss
+
 from gptoss.tools import PythonTool, sandbox_problem
 
 TIMEOUT = 3.0
@@ -161,7 +163,7 @@ def test_parent_killed_leaves_no_sandboxed_process(tmp_path):
     script = ("import time\nfrom gptoss.tools import PythonTool\n"
               "t = PythonTool(timeout=300)\nprint('ready', flush=True)\n"
               f"t.run({code!r})\n")
-    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "python"))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(gptoss.__file__)))
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
 
     def survivors():
