@@ -154,6 +154,12 @@ CONVERSATIONS = [
       bcall("b1", "browser.search", '{"query": "q2"}', "<|constrain|>json"),
       result("b1", "[0] Search results for `q2`\n**viewing lines [0 - 0] of 0**\n\nL0: No results.")],
      ("browser", "python"), {}),
+    # two finished turns: only the analysis before the first final answer is dropped
+    ([{"role": "user", "content": "Q1"}, {"role": "assistant", "reasoning": "t1", "content": "A1"},
+      {"role": "user", "content": "Q2"}, {"role": "assistant", "reasoning": "t2"},
+      bcall("p1", "python", "2+2", "code"), result("p1", "4\n"),
+      {"role": "assistant", "content": "A2"}, {"role": "user", "content": "Q3"}],
+     ("python",), {}),
     # built-in and user function calls in one conversation
     ([{"role": "user", "content": "weather and math"},
       bcall("p1", "python", "3*3", "code"), result("p1", "9\n"),
@@ -180,6 +186,46 @@ def test_render_matches_openai_harmony(henc, msgs, builtin, kw):
         i = next(k for k, (a, b) in enumerate(zip(mine + [-1], ref + [-1])) if a != b)
         pytest.fail(f"differ at token {i}:\nmine: {enc.decode(mine[max(0, i - 30):i + 30])!r}\n"
                     f"ref:  {enc.decode(ref[max(0, i - 30):i + 30])!r}")
+
+
+from hypothesis import given, settings, strategies as st
+
+TEXT = st.lists(st.sampled_from(list("ab ,.\n{}\"é中【†】") + ["<|start|>", "42", "L3"]),
+                min_size=1, max_size=12).map("".join)
+STEP = st.one_of(
+    st.tuples(st.just("reason"), TEXT),
+    st.tuples(st.just("call"), st.sampled_from(["python", "browser.search", "browser.open",
+                                                "browser.find"]),
+              st.sampled_from([None, "code", "<|constrain|>json"]),
+              st.sampled_from(["analysis", "commentary"]), TEXT, TEXT),
+    st.tuples(st.just("fn"), TEXT, TEXT))
+TURN = st.tuples(TEXT, st.lists(STEP, max_size=4), st.one_of(st.none(), TEXT))
+
+
+@settings(max_examples=40, deadline=None)
+@given(turns=st.lists(TURN, min_size=1, max_size=3),
+       builtin=st.sampled_from([("browser",), ("python",), ("browser", "python")]),
+       effort=st.sampled_from(["low", "medium", "high"]))
+def test_random_tool_conversations_match_openai_harmony(henc, turns, builtin, effort):
+    msgs, n = [], 0
+    for user, steps, final in turns:
+        msgs.append({"role": "user", "content": user})
+        for step in steps:
+            n += 1
+            if step[0] == "reason":
+                msgs.append({"role": "assistant", "reasoning": step[1]})
+            elif step[0] == "call":
+                _, rec, ctype, channel, args, out = step
+                msgs += [bcall(f"c{n}", rec, args, ctype, channel), result(f"c{n}", out)]
+            else:
+                msgs += [{"role": "assistant", "tool_calls": [{
+                    "id": f"c{n}", "type": "function",
+                    "function": {"name": "get_weather", "arguments": step[1]}}]},
+                    {"role": "tool", "tool_call_id": f"c{n}", "content": step[2]}]
+        if final is not None:
+            msgs.append({"role": "assistant", "content": final})
+    mine = chat.render(msgs, tools=[WEATHER], reasoning_effort=effort, builtin_tools=builtin)
+    assert mine == ref_render(henc, msgs, builtin, effort, functions=[WEATHER])
 
 
 def test_browser_section_is_openai_harmonys_default(henc):

@@ -325,11 +325,12 @@ def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict
             dev += ("\n\n" if dev else "") + "# Tools\n\n" + tools_namespace(tools)
         out.append(HarmonyMessage("developer", dev))
     # openai-harmony's rule: when the conversation's last assistant message is a final answer,
-    # the analysis messages before it (built-in tool calls and results on that channel too)
-    # belong to finished turns and are dropped
+    # the analysis-channel messages (built-in tool calls and results on it too) before the
+    # *first* final answer are dropped; later ones stay
     last = max((k for k, h in enumerate(body) if h.role == "assistant"), default=-1)
     if last >= 0 and body[last].channel == "final":
-        body = [h for k, h in enumerate(body) if not (h.channel == "analysis" and k < last)]
+        first = next(k for k, h in enumerate(body) if h.channel == "final")
+        body = [h for k, h in enumerate(body) if not (h.channel == "analysis" and k < first)]
     return out + body
 
 

@@ -103,9 +103,13 @@ class BuiltinTools:
         """Run the call the model addressed to `recipient`; never raises on the model's input."""
         channel = channel or "analysis"
         if recipient in PYTHON_RECIPIENTS and self.has_python:
-            text = self.python.run(arguments)
-            failed = text.startswith("[The code did not finish") or \
-                text.startswith("[The python session ended") or "Traceback (most recent" in text
+            try:
+                text = self.python.run(arguments)
+                failed = text.startswith("[The code did not finish") or \
+                    text.startswith("[The python session ended") or \
+                    "Traceback (most recent" in text
+            except (RuntimeError, OSError, ValueError) as e:    # e.g. the sandbox won't restart
+                text, failed = f"Error: the python tool is not available: {e}", True
             return ToolRun(recipient, arguments, recipient, channel, text, "code_interpreter",
                            {"code": arguments, "outputs": [{"type": "logs", "logs": text}],
                             "status": "failed" if failed else "completed"}, failed)
