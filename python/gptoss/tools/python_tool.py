@@ -287,6 +287,10 @@ class PythonTool:
             timed_out = self._proc is not None and self._proc.poll() is None
             code_ = None if timed_out else self._proc.returncode
             self._kill()
+            try:
+                self._start()                # a fresh session, ready for the next call
+            except SandboxError:
+                pass                         # the next run() tries again and raises
             if timed_out:
                 return (f"[The code did not finish within the {self.timeout:g} s timeout. The "
                         "python session was stopped and restarted: variables and imports are "
