@@ -251,3 +251,25 @@ def test_session_that_died_between_calls_is_restarted_and_says_so():
         out = t.run("1 + 2")
         assert out.startswith("[The python session had ended") and out.endswith("\n3\n")
         assert "NameError" in t.run("v")
+
+
+@needs_sandbox
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file over /etc needs root here")
+def test_nested_mounts_in_system_directories_are_read_only_too(tmp_path):
+    # a container's /etc/hosts is a bind mount of its own; such nested mounts must not stay
+    # writable inside the sandbox (the host side's mount lives in a mount namespace of its own)
+    f = tmp_path / "writable"
+    f.write_text("")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(f, 0o666)
+    code = ("import subprocess\n"
+            f"subprocess.run(['mount', '--bind', {str(f)!r}, '/etc/issue.net'], check=True)\n"
+            "from gptoss.tools import PythonTool\n"
+            "with PythonTool(timeout=5) as t:\n"
+            "    print(t.run(\"open('/etc/issue.net', 'a').write('x')\"))\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(gptoss.__file__)))
+    r = subprocess.run(["unshare", "--mount", sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Read-only file system" in r.stdout, r.stdout
+    assert f.read_text() == ""

@@ -13,6 +13,7 @@ import io
 import json
 import linecache
 import os
+import re
 import resource
 import signal
 import sys
@@ -85,6 +86,14 @@ def build_root():
     for p in CFG["ro"]:
         if os.path.lexists(p):
             bind(p, new + p)
+    # mounts nested inside those directories (a container's /etc/hosts, say) came along with the
+    # recursive binds: make each read-only as well
+    with open("/proc/self/mountinfo") as f:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), ln.split()[4])
+                  for ln in f]
+    for mp in points:
+        if any(mp.startswith(new + p + "/") for p in CFG["ro"]):
+            mount(None, mp, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | _locked_flags(mp))
     os.makedirs(new + "/dev", exist_ok=True)
     for d in ("null", "zero", "full", "random", "urandom"):
         bind("/dev/" + d, new + "/dev/" + d, writable=True)
