@@ -273,3 +273,19 @@ def test_nested_mounts_in_system_directories_are_read_only_too(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Read-only file system" in r.stdout, r.stdout
     assert f.read_text() == ""
+
+
+@needs_sandbox
+def test_session_made_in_a_short_lived_thread_outlives_it():
+    import threading
+    box = {}
+
+    def make():
+        box["t"] = PythonTool(timeout=TIMEOUT)
+        box["t"].run("kept = 'yes'")
+    th = threading.Thread(target=make)
+    th.start()
+    th.join()
+    time.sleep(0.3)
+    with box["t"] as t:
+        assert t.run("kept") == "'yes'\n"           # the session did not die with the thread

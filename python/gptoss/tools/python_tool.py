@@ -19,11 +19,16 @@ mount, network, PID, IPC and UTS namespaces (and a user namespace when not run a
 If `unshare` is missing or the kernel refuses the namespaces, the tool refuses to start and
 says why. `sandbox="none"` runs the worker as a plain subprocess (the code can do anything the
 user can) and says so loudly.
+
+Sessions are started from one long-lived thread of this process (the parent-death signal is
+tied to the starting thread), so a tool made in a short-lived thread keeps its session. If a
+session died anyway, the next `run` starts a fresh one and says so.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import shutil
 import signal
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import warnings
 from typing import List, Optional
@@ -47,6 +53,42 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 
 class SandboxError(RuntimeError):
     """The sandbox cannot be set up on this machine (the message says what is missing)."""
+
+
+# The kernel's parent-death signal fires when the *thread* that started a process exits, so
+# every sandbox is started from one long-lived thread: a session made in a short-lived thread (a
+# server's request worker, say) still lasts until close() or the end of this process.
+_spawner: Optional[tuple] = None
+_spawn_lock = threading.Lock()
+
+
+def _spawn_loop(q: "queue.Queue") -> None:
+    while True:
+        fn, box, done = q.get()
+        try:
+            box["value"] = fn()
+        except BaseException as e:           # handed back to the thread that asked
+            box["error"] = e
+        done.set()
+
+
+def _on_spawner(fn):
+    global _spawner
+    with _spawn_lock:
+        if _spawner is None or not _spawner[0].is_alive():
+            q: "queue.Queue" = queue.Queue()
+            t = threading.Thread(target=_spawn_loop, args=(q,), daemon=True,
+                                 name="gptoss-sandbox-spawner")
+            t.start()
+            _spawner = (t, q)
+        q = _spawner[1]
+    box: dict = {}
+    done = threading.Event()
+    q.put((fn, box, done))
+    done.wait()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def sandbox_problem() -> Optional[str]:
@@ -200,9 +242,9 @@ class PythonTool:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
 
         try:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          env=env, close_fds=True, pass_fds=(req_r, resp_w),
-                                          preexec_fn=child_setup, start_new_session=True)
+            self._proc = _on_spawner(lambda: subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, close_fds=True,
+                pass_fds=(req_r, resp_w), preexec_fn=child_setup, start_new_session=True))
         finally:
             os.close(req_r)
             os.close(resp_w)
