@@ -103,6 +103,100 @@ def tools_namespace(tools: Sequence[Dict[str, Any]]) -> str:
             + "} // namespace functions")
 
 
+# ------------------------------------------------------------------------------ built-in tools
+# The system message's `# Tools` section for the built-in tools gpt-oss was trained with. The
+# browser's text is openai-harmony's `with_browser_tool()`; the python tool's keeps its structure
+# but says what gptoss.tools.PythonTool does (its timeout, and no internet: the sandbox has no
+# network), where openai-harmony's `with_python_tool()` says internet access is "UNKNOWN".
+BUILTIN_TOOLS = ("browser", "python")
+BUILTIN_RECIPIENTS = ("python", "browser.search", "browser.open", "browser.find")
+BROWSER_DESCRIPTION = (
+    "Tool for browsing.\n"
+    "The `cursor` appears in brackets before each browsing display: `[{cursor}]`.\n"
+    "Cite information from the tool using the following format:\n"
+    "`【{cursor}†L{line_start}(-L{line_end})?】`, for example: `【6†L9-L11】` or `【8†L3】`.\n"
+    "Do not quote more than 10 words directly from the tool output.\n"
+    "sources=web (default: web)")
+BROWSER_FUNCTIONS = [
+    {"name": "search",
+     "description": "Searches for information related to `query` and displays `topn` results.",
+     "parameters": {"type": "object", "required": ["query"], "properties": {
+         "query": {"type": "string"}, "topn": {"type": "number", "default": 10},
+         "source": {"type": "string"}}}},
+    {"name": "open",
+     "description": (
+         "Opens the link `id` from the page indicated by `cursor` starting at line number "
+         "`loc`, showing `num_lines` lines.\n"
+         "Valid link ids are displayed with the formatting: `【{id}†.*】`.\n"
+         "If `cursor` is not provided, the most recent page is implied.\n"
+         "If `id` is a string, it is treated as a fully qualified URL associated with `source`.\n"
+         "If `loc` is not provided, the viewport will be positioned at the beginning of the "
+         "document or centered on the most relevant passage, if available.\n"
+         "Use this function without `id` to scroll to a new location of an opened page."),
+     "parameters": {"type": "object", "properties": {
+         "id": {"type": ["number", "string"], "default": -1},
+         "cursor": {"type": "number", "default": -1},
+         "loc": {"type": "number", "default": -1},
+         "num_lines": {"type": "number", "default": -1},
+         "view_source": {"type": "boolean", "default": False},
+         "source": {"type": "string"}}}},
+    {"name": "find",
+     "description": "Finds exact matches of `pattern` in the current page, or the page given "
+                    "by `cursor`.",
+     "parameters": {"type": "object", "required": ["pattern"], "properties": {
+         "pattern": {"type": "string"}, "cursor": {"type": "number", "default": -1}}}},
+]
+
+
+def python_description(timeout: float = 120.0) -> str:
+    """The python tool's description (true of gptoss.tools.PythonTool with this timeout)."""
+    return ("Use this tool to execute Python code in your chain of thought. The code will not be "
+            "shown to the user. This tool should be used for internal reasoning, but not for code "
+            "that is intended to be visible to the user (e.g. when creating plots, tables, or "
+            "files).\n\nWhen you send a message containing Python code to python, it will be "
+            "executed in a stateful Jupyter notebook environment. python will respond with the "
+            f"output of the execution or time out after {float(timeout)} seconds. The drive at "
+            "'/mnt/data' can be used to save and persist user files. Internet access for this "
+            "session is disabled.")
+
+
+def _builtin(tool: Any, index: int):
+    """(name, description) of one entry of builtin_tools: "browser", "python", or an object
+    with `name` and `description` (gptoss.tools.PythonTool, Browser)."""
+    if isinstance(tool, str):
+        name, desc = tool, None
+    else:
+        name, desc = getattr(tool, "name", None), getattr(tool, "description", None)
+    if name not in BUILTIN_TOOLS:
+        raise ChatFormatError(f"builtin_tools[{index}] = {tool!r}: must be 'browser' or 'python' "
+                              "(or a tool object with that name)")
+    if desc is None:
+        desc = BROWSER_DESCRIPTION if name == "browser" else python_description()
+    return name, desc
+
+
+def builtin_tools_section(builtin_tools: Sequence[Any]) -> str:
+    """The `# Tools` section of the system message (empty without built-in tools)."""
+    found = {}
+    for i, t in enumerate(builtin_tools or ()):
+        name, desc = _builtin(t, i)
+        if name in found:
+            raise ChatFormatError(f"builtin_tools[{i}]: {name!r} is given twice")
+        found[name] = desc
+    parts = []
+    for name in sorted(found):                    # openai-harmony orders them by name
+        desc = found[name]
+        if name == "browser":
+            text = "## browser\n\n" + "".join(f"// {ln}\n" for ln in desc.split("\n"))
+            text += "namespace browser {\n\n"
+            text += "".join(_tool_text({"type": "function", "function": f}, k)
+                            for k, f in enumerate(BROWSER_FUNCTIONS))
+            parts.append(text + "} // namespace browser")
+        else:
+            parts.append(f"## {name}\n\n{desc}")
+    return "# Tools\n\n" + "\n\n".join(parts) if parts else ""
+
+
 # ------------------------------------------------------------------------------ rendering
 @dataclasses.dataclass
 class HarmonyMessage:
@@ -134,7 +228,7 @@ def _text_of(content: Any, where: str) -> str:
 
 
 def system_text(reasoning_effort: str = "medium", current_date: Optional[str] = None,
-                with_functions: bool = False) -> str:
+                with_functions: bool = False, builtin_tools: Sequence[Any] = ()) -> str:
     if reasoning_effort not in REASONING_EFFORTS:
         raise ChatFormatError(f"reasoning_effort={reasoning_effort!r}: must be one of "
                               f"{', '.join(REASONING_EFFORTS)}")
@@ -142,6 +236,9 @@ def system_text(reasoning_effort: str = "medium", current_date: Optional[str] = 
     if current_date:
         s += f"Current date: {current_date}\n"
     s += f"\nReasoning: {reasoning_effort}\n\n"
+    section = builtin_tools_section(builtin_tools)
+    if section:
+        s += section + "\n\n"
     s += "# Valid channels: analysis, commentary, final. Channel must be included for every message."
     if with_functions:
         s += "\nCalls to these tools must go to the commentary channel: 'functions'."
@@ -150,15 +247,26 @@ def system_text(reasoning_effort: str = "medium", current_date: Optional[str] = 
 
 def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict]] = None,
                reasoning_effort: str = "medium",
-               current_date: Optional[str] = None) -> List[HarmonyMessage]:
-    """OpenAI chat-completions messages -> Harmony messages (as openai-harmony renders it)."""
+               current_date: Optional[str] = None,
+               builtin_tools: Sequence[Any] = ()) -> List[HarmonyMessage]:
+    """OpenAI chat-completions messages -> Harmony messages (as openai-harmony renders it).
+
+    Besides OpenAI's shapes, an assistant message's `tool_calls` may hold built-in tool calls,
+    `{"id": ..., "type": "builtin", "recipient": "python" | "browser.search" | ...,
+    "arguments": str, "channel": "analysis", "content_type": "code"}` (channel and content_type
+    as the model wrote them; defaults "analysis" and none), and a `{"role": "tool",
+    "tool_call_id": ...}` message answering one renders as that tool's message
+    (`<|start|>python to=assistant<|channel|>analysis<|message|>...`).
+    """
     if not isinstance(messages, (list, tuple)):
         raise ChatFormatError("messages: must be a list")
     tools = list(tools or [])
-    out = [HarmonyMessage("system", system_text(reasoning_effort, current_date, bool(tools)))]
+    out = [HarmonyMessage("system", system_text(reasoning_effort, current_date, bool(tools),
+                                                builtin_tools))]
     instructions: List[str] = []
     body: List[HarmonyMessage] = []
     call_names: Dict[str, str] = {}
+    builtin_calls: Dict[str, HarmonyMessage] = {}
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or "role" not in m:
@@ -175,6 +283,12 @@ def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict
                 body.append(HarmonyMessage("assistant", _text_of(reasoning, where + ".reasoning"),
                                            channel="analysis"))
             for j, tc in enumerate(m.get("tool_calls") or []):
+                if isinstance(tc, dict) and tc.get("type") == "builtin":
+                    h = _builtin_call(tc, f"{where}.tool_calls[{j}]")
+                    if tc.get("id"):
+                        builtin_calls[tc["id"]] = h
+                    body.append(h)
+                    continue
                 fn = tc.get("function") if isinstance(tc, dict) else None
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                     raise ChatFormatError(f"{where}.tool_calls[{j}]: needs function.name")
@@ -189,6 +303,10 @@ def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict
             content = _text_of(m.get("content"), where)
             if content:
                 body.append(HarmonyMessage("assistant", content, channel="final"))
+        elif role == "tool" and m.get("tool_call_id") in builtin_calls:
+            call = builtin_calls[m["tool_call_id"]]
+            body.append(HarmonyMessage(call.recipient, _text_of(m.get("content"), where),
+                                       channel=call.channel, recipient="assistant"))
         elif role == "tool":
             name = m.get("name") or call_names.get(m.get("tool_call_id", ""))
             if not name:
@@ -207,12 +325,34 @@ def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict
             dev += ("\n\n" if dev else "") + "# Tools\n\n" + tools_namespace(tools)
         out.append(HarmonyMessage("developer", dev))
     # openai-harmony's rule: when the conversation's last assistant message is a final answer,
-    # the analysis messages before it belong to finished turns and are dropped
+    # the analysis-channel messages (built-in tool calls and results on it too) before the
+    # *first* final answer are dropped; later ones stay
     last = max((k for k, h in enumerate(body) if h.role == "assistant"), default=-1)
     if last >= 0 and body[last].channel == "final":
-        body = [h for k, h in enumerate(body)
-                if not (h.role == "assistant" and h.channel == "analysis" and k < last)]
+        first = next(k for k, h in enumerate(body) if h.channel == "final")
+        body = [h for k, h in enumerate(body) if not (h.channel == "analysis" and k < first)]
     return out + body
+
+
+def _builtin_call(tc: Dict[str, Any], where: str) -> HarmonyMessage:
+    rec = tc.get("recipient")
+    # the model may address a tool that is not there; its call and the error answering it
+    # still render, so any recipient but a function's is accepted
+    if not isinstance(rec, str) or not rec or rec.split() != [rec] or rec.startswith("functions.") \
+            or rec == "assistant":
+        raise ChatFormatError(f"{where}.recipient = {rec!r}: must name a built-in tool, e.g. "
+                              f"{', '.join(BUILTIN_RECIPIENTS)}")
+    args = tc.get("arguments", "")
+    if not isinstance(args, str):
+        args = json.dumps(args)
+    channel = tc.get("channel") or "analysis"
+    ctype = tc.get("content_type")
+    if channel not in ("analysis", "commentary") or (ctype is not None and
+                                                     not isinstance(ctype, str)):
+        raise ChatFormatError(f"{where}: channel must be analysis or commentary, content_type "
+                              "a string")
+    return HarmonyMessage("assistant", args, channel=channel, recipient=rec,
+                          content_type=ctype or None, end=CALL)
 
 
 def encode_messages(msgs: Iterable[HarmonyMessage]) -> List[int]:
@@ -234,11 +374,16 @@ def encode_messages(msgs: Iterable[HarmonyMessage]) -> List[int]:
 
 
 def render(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict]] = None,
-           reasoning_effort: str = "medium", current_date: Optional[str] = None) -> List[int]:
-    """Token ids of the conversation, ending with `<|start|>assistant` for the model to continue."""
+           reasoning_effort: str = "medium", current_date: Optional[str] = None,
+           builtin_tools: Sequence[Any] = ()) -> List[int]:
+    """Token ids of the conversation, ending with `<|start|>assistant` for the model to continue.
+
+    builtin_tools: any of "browser" and "python" (or the tool objects of gptoss.tools), put in
+    the system message as openai-harmony's SystemContent puts them.
+    """
     enc = get_tokenizer()
-    return encode_messages(to_harmony(messages, tools, reasoning_effort, current_date)) + \
-        [START] + enc.encode("assistant")
+    return encode_messages(to_harmony(messages, tools, reasoning_effort, current_date,
+                                      builtin_tools)) + [START] + enc.encode("assistant")
 
 
 # ------------------------------------------------------------------------------ parsing

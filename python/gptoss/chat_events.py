@@ -36,6 +36,9 @@ class Done:
     stop_reason: str                 # "stop", "tool_calls", "length" or "context_limit"
     usage: Dict[str, int]
     malformed: List[str] = dataclasses.field(default_factory=list)
+    # with built-in tools (gptoss.tools.loop): the messages this turn added, to extend the
+    # conversation with (assistant messages, built-in calls and their results)
+    messages: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -46,6 +49,8 @@ class ChatResult:
     stop_reason: str
     usage: Dict[str, int]
     malformed: List[str]
+    messages: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    builtin_results: List[Any] = dataclasses.field(default_factory=list)  # tools.loop events
 
 
 def forced_prefix(tool_choice, tools) -> List[int]:
@@ -102,10 +107,10 @@ def _events_of(gen, prompt, stops) -> Iterator[Any]:
         for e in events:
             m = e.message
             if e.kind == "delta":
-                if m.channel == "analysis":
-                    out.append(ReasoningDelta(e.text))
-                elif m.recipient and m.recipient != "assistant":
+                if m.recipient and m.recipient != "assistant":
                     pass                      # tool-call arguments: emitted whole at the end
+                elif m.channel == "analysis":
+                    out.append(ReasoningDelta(e.text))
                 elif not hit_stop:
                     piece = e.text
                     if stops:
@@ -151,7 +156,7 @@ def _events_of(gen, prompt, stops) -> Iterator[Any]:
 
 
 def collect(events) -> ChatResult:
-    reasoning, content, calls = [], [], []
+    reasoning, content, calls, results = [], [], [], []
     done = None
     for e in events:
         if isinstance(e, ReasoningDelta):
@@ -162,5 +167,7 @@ def collect(events) -> ChatResult:
             calls.append(e)
         elif isinstance(e, Done):
             done = e
+        elif type(e).__name__ == "BuiltinToolResult":
+            results.append(e)
     return ChatResult("".join(reasoning), "".join(content), calls, done.stop_reason, done.usage,
-                      done.malformed)
+                      done.malformed, list(done.messages), results)

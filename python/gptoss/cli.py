@@ -87,6 +87,30 @@ def cmd_chat(args) -> int:
     effort = args.reasoning_effort
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
+    tools = None
+    if args.python or args.browser_corpus:
+        from .tools import Browser, BuiltinTools, PythonTool
+        tools = BuiltinTools(
+            python=PythonTool(timeout=args.python_timeout, sandbox=args.python_sandbox)
+            if args.python else None,
+            browser=Browser(corpus=args.browser_corpus) if args.browser_corpus else None)
+    try:
+        return _chat_loop(args, model, effort, history, interactive, tools)
+    finally:
+        if tools is not None:
+            tools.close()
+
+
+def _show_tool_result(text: str, max_lines: int = 12) -> str:
+    lines = text.rstrip("\n").split("\n")
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... ({len(lines) - max_lines} more lines)"]
+    return "\n".join("  | " + ln for ln in lines)
+
+
+def _chat_loop(args, model, effort, history, interactive, tools) -> int:
+    from .chat_events import Done, ReasoningDelta, TextDelta, ToolCall
+    from .tools.loop import BuiltinToolCall, BuiltinToolResult
     if interactive:
         print(f"[gptoss chat: {model.backend_note}; reasoning {effort}. /effort low|medium|high, "
               "/reset, /quit]", file=sys.stderr)
@@ -106,6 +130,10 @@ def cmd_chat(args) -> int:
                 break
             if cmd == "/reset":
                 history = history[:1] if args.system else []
+                if tools is not None:
+                    tools.reset()
+                    if tools.python is not None:
+                        tools.python.restart()
                 print("[history cleared]", file=sys.stderr)
             elif cmd == "/effort" and arg.strip() in ("low", "medium", "high"):
                 effort = arg.strip()
@@ -116,8 +144,13 @@ def cmd_chat(args) -> int:
         history.append({"role": "user", "content": line})
         reasoning, content, calls = [], [], []
         shown_reasoning = False
+        extra = {"builtin_tools": tools, "max_tool_calls": args.max_tool_calls} if tools else {}
+        if args.test_forced_tokens:            # test hook: the first turn's output, forced
+            extra["forced_tokens"] = json.loads(args.test_forced_tokens)
+            args.test_forced_tokens = None
+        added = None
         for ev in model.chat(history, reasoning_effort=effort, max_tokens=args.max_tokens,
-                             temperature=args.temperature, seed=args.seed):
+                             temperature=args.temperature, seed=args.seed, **extra):
             if isinstance(ev, ReasoningDelta):
                 reasoning.append(ev.text)
                 if not args.hide_reasoning:
@@ -133,13 +166,21 @@ def cmd_chat(args) -> int:
             elif isinstance(ev, ToolCall):
                 calls.append(ev)
                 sys.stdout.write(f"\n[tool call] {ev.name}({ev.arguments})")
+            elif isinstance(ev, BuiltinToolCall):
+                sys.stdout.write(f"\n[{ev.recipient}] {ev.arguments}\n")
+            elif isinstance(ev, BuiltinToolResult):
+                sys.stdout.write(f"[{ev.recipient} result]\n{_show_tool_result(ev.content)}\n")
             elif isinstance(ev, Done):
+                added = ev.messages if tools is not None else None
                 sys.stdout.write("\n")
                 if args.verbose:
                     print(f"[{ev.stop_reason}; {ev.usage['completion_tokens']} tokens"
                           + (f"; malformed: {ev.malformed}" if ev.malformed else "") + "]",
                           file=sys.stderr)
             sys.stdout.flush()
+        if added is not None:                  # the turn's messages, tool runs included
+            history.extend(added)
+            continue
         msg = {"role": "assistant", "content": "".join(content), "reasoning": "".join(reasoning)}
         if calls:
             msg["tool_calls"] = [{"id": c.id, "type": "function",
@@ -205,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", "-t", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=None)
     c.add_argument("--verbose", "-v", action="store_true")
+    c.add_argument("--python", action="store_true",
+                   help="give the model the built-in python tool (sandboxed; see README)")
+    c.add_argument("--python-timeout", type=float, default=120.0, help="seconds per python call")
+    c.add_argument("--python-sandbox", default="auto", choices=["auto", "unshare", "none"],
+                   help="'none' runs model-written code UNSANDBOXED")
+    c.add_argument("--browser-corpus", default=None, metavar="DIR",
+                   help="give the model the built-in browser over this folder of text, Markdown "
+                        "and HTML files")
+    c.add_argument("--max-tool-calls", type=int, default=8,
+                   help="built-in tool calls per turn at most")
+    c.add_argument("--test-forced-tokens", default=None, help=argparse.SUPPRESS)
     c.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")

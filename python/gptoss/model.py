@@ -247,15 +247,75 @@ class Model:
              max_tokens: int = 1024, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, seed: Optional[int] = None, stream: bool = True,
              current_date: Optional[str] = None, stop: Optional[Sequence[str]] = None,
-             tool_choice=None, forced_tokens: Optional[Sequence[int]] = None):
+             tool_choice=None, forced_tokens: Optional[Sequence[int]] = None,
+             builtin_tools=None, python_tool=None, browser=None, max_tool_calls: int = 8):
         """Chat in the Harmony format with OpenAI-style `messages` and `tools`.
 
         stream=True: an iterator of events (`chat_events.ReasoningDelta`, `TextDelta`,
         `ToolCall`, and a final `Done` with stop reason and usage). stream=False: a `ChatResult`.
+
+        Built-in tools (gptoss.tools): `builtin_tools` names them ("python", "browser") or is a
+        `gptoss.tools.BuiltinTools`; `python_tool` (a `PythonTool`) and `browser` (a `Browser`
+        or a corpus folder) give the instances (a default sandboxed PythonTool is made for
+        "python" if none is given, and closed at the end). The model's calls to them run, their
+        results join the conversation and generation goes on, up to `max_tool_calls` calls;
+        events `tools.loop.BuiltinToolCall` / `BuiltinToolResult` show each, and `Done.messages`
+        (`ChatResult.messages`) holds what the turn added to the conversation.
         """
         from . import chat_events
+        if builtin_tools is not None or python_tool is not None or browser is not None:
+            from .tools.loop import run_chat_with_tools
+            bt, own = _builtin_tools(builtin_tools, python_tool, browser)
+            it = run_chat_with_tools(self, messages, bt, tools=tools,
+                                     reasoning_effort=reasoning_effort, max_tokens=max_tokens,
+                                     temperature=temperature, top_p=top_p, top_k=top_k,
+                                     seed=seed, current_date=current_date, stop=stop,
+                                     tool_choice=tool_choice, forced_tokens=forced_tokens,
+                                     max_tool_calls=max_tool_calls)
+            if own:
+                it = _closing(it, bt)
+            return it if stream else chat_events.collect(it)
         it = chat_events.run_chat(self, messages, tools=tools, reasoning_effort=reasoning_effort,
                                   max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                   top_k=top_k, seed=seed, current_date=current_date, stop=stop,
                                   tool_choice=tool_choice, forced_tokens=forced_tokens)
         return it if stream else chat_events.collect(it)
+
+
+def _builtin_tools(builtin_tools, python_tool, browser):
+    """Model.chat's tool arguments as one BuiltinTools; whether the chat owns (closes) it."""
+    from .tools import Browser, BuiltinTools, PythonTool
+    if isinstance(builtin_tools, BuiltinTools):
+        if python_tool is not None or browser is not None:
+            raise ValueError("builtin_tools: a BuiltinTools already holds its tools; do not also "
+                             "pass python_tool= or browser=")
+        return builtin_tools, False
+    if isinstance(builtin_tools, str):
+        builtin_tools = (builtin_tools,)
+    names = set(builtin_tools or ())
+    if not names:
+        names = {n for n, v in (("python", python_tool), ("browser", browser)) if v is not None}
+    bad = names - {"python", "browser"}
+    if bad:
+        raise ValueError(f"builtin_tools: unknown tool(s) {sorted(bad)}; the built-in tools are "
+                         "'python' and 'browser'")
+    if python_tool is not None and not isinstance(python_tool, PythonTool):
+        raise ValueError("python_tool: must be a gptoss.tools.PythonTool")
+    if "python" not in names and python_tool is not None:
+        raise ValueError("python_tool is given but builtin_tools does not name 'python'")
+    if "browser" in names and browser is None:
+        raise ValueError("builtin_tools names 'browser': pass browser= (a gptoss.tools.Browser "
+                         "or a corpus folder)")
+    if "browser" not in names and browser is not None:
+        raise ValueError("browser is given but builtin_tools does not name 'browser'")
+    own_python = "python" in names and python_tool is None
+    bt = BuiltinTools(python=python_tool if python_tool is not None else ("python" in names),
+                      browser=browser if "browser" in names else None)
+    return bt, own_python
+
+
+def _closing(it, bt):
+    try:
+        yield from it
+    finally:
+        bt.close()
