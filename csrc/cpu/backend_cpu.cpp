@@ -49,6 +49,8 @@ class CpuBackend final : public Backend {
     for (auto& l : kv_) {
       std::free(l.k);
       std::free(l.v);
+      std::free(l.sk);
+      std::free(l.sv);
     }
   }
   std::string name() const override { return "cpu"; }
@@ -70,20 +72,44 @@ class CpuBackend final : public Backend {
     kv_.assign(size_t(g.layers), Pool{});
   }
   void kv_reserve(int pages, int slots) override {
-    for (int l = 0; l < geo_.layers; ++l) {
-      Pool& p = kv_[size_t(l)];
-      const size_t rows = geo_.rows(l, pages, slots);
-      if (rows <= p.rows) continue;
-      const size_t bytes = rows * geo_.kv_width * sizeof(float);
-      for (float** q : {&p.k, &p.v}) {
-        float* n = static_cast<float*>(alloc(bytes));
-        if (*q) std::memcpy(n, *q, p.rows * geo_.kv_width * sizeof(float));
+    const size_t width = size_t(geo_.kv_width) * sizeof(float);
+    auto grow = [&](float** k, float** v, size_t& have, size_t rows) {
+      if (rows <= have) return;
+      for (float** q : {k, v}) {
+        float* n = static_cast<float*>(alloc(rows * width));
+        if (*q) std::memcpy(n, *q, have * width);
         std::free(*q);
         *q = n;
       }
-      p.rows = rows;
+      have = rows;
+    };
+    for (int l = 0; l < geo_.layers; ++l) {
+      Pool& p = kv_[size_t(l)];
+      grow(&p.k, &p.v, p.rows, geo_.rows(l, pages, slots));
+      grow(&p.sk, &p.sv, p.snap_rows, geo_.snap_rows(l, pages));
     }
   }
+  void kv_snapshot(int slot, int first, int page, bool save) override {
+    const size_t width = size_t(geo_.kv_width);
+    for (int l = 0; l < geo_.layers; ++l) {
+      if (!geo_.ring_layer[size_t(l)]) continue;
+      Pool& p = kv_[size_t(l)];
+      GPTOSS_CHECK(size_t(page + 1) * geo_.snap <= p.snap_rows,
+                   "kv_snapshot: page " << page << " has no snapshot rows");
+      for (int i = 0; i < geo_.snap; ++i) {
+        const size_t ring = kv_row(l, slot, first + i) * width;
+        const size_t snap = (size_t(page) * geo_.snap + size_t(i)) * width;
+        if (save) {
+          std::memcpy(p.sk + snap, p.k + ring, width * sizeof(float));
+          std::memcpy(p.sv + snap, p.v + ring, width * sizeof(float));
+        } else {
+          std::memcpy(p.k + ring, p.sk + snap, width * sizeof(float));
+          std::memcpy(p.v + ring, p.sv + snap, width * sizeof(float));
+        }
+      }
+    }
+  }
+  int kv_elem_bytes() const override { return int(sizeof(float)); }
   void rope_table(const float* cos, const float* sin, int max_pos, int half) override {
     cos_.assign(cos, cos + size_t(max_pos) * half);
     sin_.assign(sin, sin + size_t(max_pos) * half);
@@ -273,6 +299,9 @@ class CpuBackend final : public Backend {
     float* k = nullptr;
     float* v = nullptr;
     size_t rows = 0;
+    float* sk = nullptr;  // snapshot rows (ring layers, prefix caching)
+    float* sv = nullptr;
+    size_t snap_rows = 0;
   };
   int levels_;
   KVGeometry geo_;

@@ -105,24 +105,54 @@ class CudaBackend final : public Backend {
     kv_.assign(size_t(g.layers), Pool{});
   }
   void kv_reserve(int pages, int slots) override {
-    for (int l = 0; l < geo_.layers; ++l) {
-      Pool& p = kv_[size_t(l)];
-      const size_t rows = geo_.rows(l, pages, slots);
-      if (rows <= p.rows) continue;
+    const size_t width = size_t(geo_.kv_width) * 2;
+    auto grow = [&](uint16_t** k, uint16_t** v, size_t& have, size_t rows) {
+      if (rows <= have) return;
       drop_graphs();
-      const size_t row_bytes = size_t(geo_.kv_width) * 2;
-      for (uint16_t** q : {&p.k, &p.v}) {
-        uint16_t* n = static_cast<uint16_t*>(raw_alloc(rows * row_bytes));
+      for (uint16_t** q : {k, v}) {
+        uint16_t* n = static_cast<uint16_t*>(raw_alloc(rows * width));
         if (*q) {
           GPTOSS_CUDA_CHECK(
-              cudaMemcpyAsync(n, *q, p.rows * row_bytes, cudaMemcpyDeviceToDevice, stream_));
+              cudaMemcpyAsync(n, *q, have * width, cudaMemcpyDeviceToDevice, stream_));
           raw_free(*q);
         }
         *q = n;
       }
-      p.rows = rows;
+      have = rows;
+    };
+    for (int l = 0; l < geo_.layers; ++l) {
+      Pool& p = kv_[size_t(l)];
+      grow(&p.k, &p.v, p.rows, geo_.rows(l, pages, slots));
+      grow(&p.sk, &p.sv, p.snap_rows, geo_.snap_rows(l, pages));
     }
   }
+  // Ring rows of a slot are contiguous modulo the ring: at most two copies per K and V per layer.
+  void kv_snapshot(int slot, int first, int page, bool save) override {
+    const size_t width = size_t(geo_.kv_width) * 2;
+    const int ring = geo_.ring;
+    for (int l = 0; l < geo_.layers; ++l) {
+      if (!geo_.ring_layer[size_t(l)]) continue;
+      Pool& p = kv_[size_t(l)];
+      GPTOSS_CHECK(size_t(page + 1) * geo_.snap <= p.snap_rows,
+                   "kv_snapshot: page " << page << " has no snapshot rows");
+      int done = 0;
+      while (done < geo_.snap) {
+        const int r = (first + done) % ring;
+        const int cnt = std::min(geo_.snap - done, ring - r);
+        const size_t ring_off = (size_t(slot) * ring + size_t(r)) * width;
+        const size_t snap_off = (size_t(page) * geo_.snap + size_t(done)) * width;
+        for (int kv = 0; kv < 2; ++kv) {
+          char* ring_p = reinterpret_cast<char*>(kv ? p.v : p.k) + ring_off;
+          char* snap_p = reinterpret_cast<char*>(kv ? p.sv : p.sk) + snap_off;
+          GPTOSS_CUDA_CHECK(cudaMemcpyAsync(save ? snap_p : ring_p, save ? ring_p : snap_p,
+                                            size_t(cnt) * width, cudaMemcpyDeviceToDevice,
+                                            stream_));
+        }
+        done += cnt;
+      }
+    }
+  }
+  int kv_elem_bytes() const override { return 2; }
   void rope_table(const float* cos, const float* sin, int max_pos, int half) override {
     const size_t bytes = size_t(max_pos) * half * sizeof(float);
     cos_ = static_cast<float*>(raw_alloc(bytes));
@@ -248,6 +278,9 @@ class CudaBackend final : public Backend {
     uint16_t* k = nullptr;
     uint16_t* v = nullptr;
     size_t rows = 0;
+    uint16_t* sk = nullptr;  // snapshot rows (ring layers, prefix caching)
+    uint16_t* sv = nullptr;
+    size_t snap_rows = 0;
   };
   struct Workspace {
     void* p = nullptr;

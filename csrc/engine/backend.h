@@ -15,6 +15,10 @@
 //   CPU); the engine only hands out integers: a sequence slot per sequence, and page ids for the
 //   paged (full-attention) layers. Paged layers: position p of slot s is row
 //   page_table[s][p / page] * page + p % page; ring (sliding-window) layers: row s * ring + p % ring.
+// - Prefix caching (engine.cpp) shares full pages between sequences; to resume a sequence at a
+//   page boundary B the ring layers also need positions B - snap .. B - 1, so each page id has a
+//   snapshot of `snap` rows per ring layer (kv_snapshot saves a slot's ring rows into it, or loads
+//   them back into another slot's ring).
 // This header includes nothing from cpu/ or cuda/.
 #pragma once
 #include <cstddef>
@@ -34,9 +38,14 @@ struct KVGeometry {
   int kv_width = 0;              // Hkv * d values per position
   int page = 0;                  // positions per page (paged layers)
   int ring = 0;                  // slots per ring (ring layers)
+  int snap = 0;                  // rows per page id in each ring layer's snapshot pool (0: none)
   // cache rows layer l needs for `pages` pages and `slots` sequences
   size_t rows(int l, int pages, int slots) const {
     return ring_layer[size_t(l)] ? size_t(slots) * ring : size_t(pages) * page;
+  }
+  // snapshot rows layer l needs for `pages` page ids (ring layers only)
+  size_t snap_rows(int l, int pages) const {
+    return ring_layer[size_t(l)] ? size_t(pages) * snap : 0;
   }
 };
 
@@ -76,6 +85,12 @@ class Backend {
   // KV cache: the geometry once, then room for at least `pages` pages and `slots` sequences.
   virtual void kv_init(const KVGeometry& g) = 0;
   virtual void kv_reserve(int pages, int slots) = 0;
+  // Every ring layer: positions first .. first + snap - 1 of `slot` (ring rows) copied into the
+  // snapshot of page id `page` (save), or from it into the slot's ring rows (load). Ordered on the
+  // backend's stream like a step.
+  virtual void kv_snapshot(int slot, int first, int page, bool save) = 0;
+  // Bytes of one element of the KV cache (4: float32, 2: bf16).
+  virtual int kv_elem_bytes() const = 0;
 
   // The RoPE table: cos, sin [max_pos, half], already scaled by the YaRN concentration.
   virtual void rope_table(const float* cos, const float* sin, int max_pos, int half) = 0;

@@ -89,6 +89,17 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
   g.kv_width = c.kv_width();
   g.page = kPage;
   g.ring = c.sliding_window + kChunk;
+  GPTOSS_CHECK(opts.prefix_cache_gb >= 0 && std::isfinite(opts.prefix_cache_gb),
+               "prefix_cache_gb = " << opts.prefix_cache_gb << ": must be >= 0 (0: off)");
+  // resuming at a page boundary needs the window's positions before it: one page's worth at most
+  prefix_on_ = opts.prefix_cache_gb > 0 && any_paged_ && c.sliding_window <= kPage;
+  g.snap = prefix_on_ ? c.sliding_window : 0;
+  for (int l = 0; l < g.layers; ++l)
+    page_bytes_ += size_t(g.ring_layer[size_t(l)] ? g.snap : kPage) * size_t(g.kv_width) * 2 *
+                   size_t(be_->kv_elem_bytes());
+  if (prefix_on_)
+    cache_max_idle_ = size_t(opts.prefix_cache_gb * 1e9 / double(std::max<size_t>(page_bytes_, 1)));
+  stats_.page_bytes = page_bytes_;
   be_->kv_init(g);
   max_pages_ = (max_context_ + kPage - 1) / kPage;
   new_sequence();
@@ -117,7 +128,7 @@ int Engine::new_sequence() {
 void Engine::free_sequence(int seq) {
   GPTOSS_CHECK(seq != 0, "sequence 0 always exists; reset it instead");
   Sequence& s = sequence(seq);
-  free_pages_.insert(free_pages_.end(), s.pages.begin(), s.pages.end());
+  release_pages(s);
   free_slots_.push_back(s.slot);
   seqs_[size_t(seq)].reset();
 }
@@ -136,9 +147,131 @@ const Engine::Sequence& Engine::sequence(int seq) const {
 
 void Engine::reset(int seq) {
   Sequence& s = sequence(seq);
+  release_pages(s);
   s.pos = 0;
-  free_pages_.insert(free_pages_.end(), s.pages.begin(), s.pages.end());
+  s.cached = 0;
+}
+
+// ------------------------------------------------------------------------------ prefix cache
+// A full page is cached under a key chaining the key of the page before it with its 256 tokens,
+// so equal keys mean equal prefixes (the tokens and parent key are compared too: a collision
+// never shares a page). Pages are reference-counted by the sequences holding them; a cached page
+// that no sequence holds is idle and evictable (LRU, at most cache_max_idle_ of them). With the
+// page goes a snapshot of the ring layers' last `window` positions before its end, taken when
+// the page fills, which is what a sequence resuming at that boundary needs of them.
+uint64_t Engine::page_key(uint64_t parent, const int32_t* tokens) {
+  auto mix = [](uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  uint64_t h = mix(parent + 0x9E3779B97F4A7C15ull);
+  for (int i = 0; i < kPage; ++i) h = mix(h ^ (uint64_t(uint32_t(tokens[i])) + 0x9E3779B97F4A7C15ull));
+  return h ? h : 1;  // 0 means "not cached"
+}
+
+void Engine::unref_page(int32_t p) {
+  if (--page_ref_[size_t(p)] > 0) return;
+  if (!page_key_[size_t(p)]) {
+    free_pages_.push_back(p);
+    return;
+  }
+  page_idle_since_[size_t(p)] = clock_;
+  idle_.insert({clock_++, p});
+  while (idle_.size() > cache_max_idle_) {
+    const int32_t q = idle_.begin()->second;
+    idle_.erase(idle_.begin());
+    cache_.erase(page_key_[size_t(q)]);
+    page_key_[size_t(q)] = 0;
+    free_pages_.push_back(q);
+    ++stats_.evictions;
+  }
+}
+
+void Engine::release_pages(Sequence& s) {
+  // the deepest pages first, so LRU eviction drops a chain's tail before its head
+  for (size_t i = s.pages.size(); i-- > 0;) unref_page(s.pages[i]);
   s.pages.clear();
+  s.tokens.clear();
+  s.keys.clear();
+}
+
+int Engine::reuse_prefix(Sequence& s, const int32_t* tokens, int n) {
+  ++stats_.lookups;
+  std::vector<int32_t> hit;
+  std::vector<uint64_t> keys;
+  uint64_t parent = 0;
+  // the last token is always computed: its logits are the point of the prefill
+  for (int k = 0; (k + 1) * kPage <= n - 1; ++k) {
+    const int32_t* t = tokens + size_t(k) * kPage;
+    const uint64_t key = page_key(parent, t);
+    auto it = cache_.find(key);
+    if (it == cache_.end() || it->second.parent != parent ||
+        !std::equal(t, t + kPage, it->second.tokens.begin()))
+      break;
+    hit.push_back(it->second.page);
+    keys.push_back(key);
+    parent = key;
+  }
+  const int P = int(hit.size()) * kPage;
+  stats_.hit_tokens += P;
+  stats_.miss_tokens += n - P;
+  s.cached = P;
+  if (hit.empty()) return 0;
+  for (size_t k = 0; k < hit.size(); ++k) {
+    const int32_t p = hit[k];
+    if (page_ref_[size_t(p)]++ == 0) idle_.erase({page_idle_since_[size_t(p)], p});
+    page_table_[size_t(s.slot) * max_pages_ + k] = p;
+    s.pages.push_back(p);
+  }
+  s.keys = keys;
+  s.tokens.assign(tokens, tokens + P);
+  be_->kv_snapshot(s.slot, P - ck_.config.sliding_window, hit.back(), false);
+  s.pos = P;
+  return P;
+}
+
+void Engine::cache_full_pages(Sequence& s, int old_pos) {
+  if (!prefix_on_) return;
+  for (int k = old_pos / kPage; k < s.pos / kPage; ++k) {
+    if (size_t(k) < s.keys.size()) continue;  // taken from the cache
+    const int32_t* t = s.tokens.data() + size_t(k) * kPage;
+    const uint64_t parent = k ? s.keys[size_t(k) - 1] : 0;
+    const uint64_t key = page_key(parent, t);
+    s.keys.push_back(key);
+    const int32_t p = s.pages[size_t(k)];
+    if (cache_.count(key)) continue;  // another sequence cached the same prefix first
+    be_->kv_snapshot(s.slot, (k + 1) * kPage - ck_.config.sliding_window, p, true);
+    CachedPage c;
+    c.parent = parent;
+    c.tokens.assign(t, t + kPage);
+    c.page = p;
+    cache_.emplace(key, std::move(c));
+    page_key_[size_t(p)] = key;
+  }
+}
+
+int Engine::cached_tokens(int seq) const { return sequence(seq).cached; }
+
+int Engine::start_from_cache(int seq, const int32_t* tokens, int n) {
+  Sequence& s = sequence(seq);
+  GPTOSS_CHECK(s.pos == 0, "start_from_cache: sequence " << seq << " is at position " << s.pos
+                                                          << "; reset it first");
+  const Config& c = ck_.config;
+  for (int i = 0; i < n; ++i)
+    GPTOSS_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size,
+                 "token id " << tokens[i] << " is out of range [0, " << c.vocab_size << ")");
+  GPTOSS_CHECK(n <= max_context_, "context limit: " << n << " tokens exceed max_context "
+                                                    << max_context_);
+  s.cached = 0;
+  return prefix_on_ && n > 0 ? reuse_prefix(s, tokens, n) : 0;
+}
+
+PrefixCacheStats Engine::prefix_cache_stats() const {
+  PrefixCacheStats r = stats_;
+  r.cached_pages = int(cache_.size());
+  r.idle_pages = int(idle_.size());
+  return r;
 }
 
 int Engine::position(int seq) const { return sequence(seq).pos; }
@@ -198,6 +331,13 @@ void Engine::ensure_pages(Sequence& s, int upto) {
       p = pages_total_++;
       grew = true;
     }
+    if (page_ref_.size() < size_t(pages_total_)) {
+      page_ref_.resize(size_t(pages_total_), 0);
+      page_key_.resize(size_t(pages_total_), 0);
+      page_idle_since_.resize(size_t(pages_total_), 0);
+    }
+    page_ref_[size_t(p)] = 1;
+    page_key_[size_t(p)] = 0;
     page_table_[size_t(s.slot) * max_pages_ + s.pages.size()] = p;
     s.pages.push_back(p);
   }
@@ -206,6 +346,9 @@ void Engine::ensure_pages(Sequence& s, int upto) {
     const int target = std::max(pages_total_, pages_total_ + pages_total_ / 2);
     for (int p = pages_total_; p < target; ++p) free_pages_.insert(free_pages_.begin(), p);
     pages_total_ = target;
+    page_ref_.resize(size_t(pages_total_), 0);
+    page_key_.resize(size_t(pages_total_), 0);
+    page_idle_since_.resize(size_t(pages_total_), 0);
     be_->kv_reserve(pages_total_, slots_total_);
   }
 }
@@ -220,11 +363,14 @@ void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logit
   GPTOSS_CHECK(int64_t(s.pos) + n <= max_context_,
                "context limit: " << s.pos << " cached + " << n << " new tokens exceeds max_context "
                                  << max_context_);
+  int st0 = 0;
+  if (s.pos == 0) s.cached = 0;
+  if (prefix_on_ && s.pos == 0 && !all_logits) st0 = reuse_prefix(s, tokens, n);
   // Sliding layers keep a ring of window + kChunk slots: a chunk's keys are written before its
   // queries attend, and the extra kChunk slots keep every key the chunk's first query still needs.
   // Longer prompts go through in chunks of kChunk tokens.
   std::vector<int> seq_of, pos_of;
-  for (int st = 0; st < n; st += kChunk) {
+  for (int st = st0; st < n; st += kChunk) {
     const int m = std::min(kChunk, n - st);
     const bool last = st + m == n;
     seq_of.assign(size_t(m), seq);
@@ -238,7 +384,12 @@ void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logit
     }
     float* out = all_logits ? logits + size_t(st) * c.vocab_size : logits;
     run(tokens + st, seq_of.data(), pos_of.data(), m, rows, out, nullptr, nullptr, m == 1);
+    const int old = s.pos;
     s.pos += m;
+    if (prefix_on_) {
+      s.tokens.insert(s.tokens.end(), tokens + st, tokens + st + m);
+      cache_full_pages(s, old);
+    }
   }
 }
 
@@ -274,7 +425,14 @@ void Engine::decode_batch_sample(const int32_t* seqs, const int32_t* tokens, int
     rows[size_t(i)] = i;
   }
   run(tokens, seq_of.data(), pos_of.data(), n, rows, logits, params, out, true);
-  for (int i = 0; i < n; ++i) sequence(seqs[i]).pos += 1;
+  for (int i = 0; i < n; ++i) {
+    Sequence& s = sequence(seqs[i]);
+    s.pos += 1;
+    if (prefix_on_) {
+      s.tokens.push_back(tokens[i]);
+      cache_full_pages(s, s.pos - 1);
+    }
+  }
 }
 
 void Engine::run(const int32_t* tokens, const int* seq_of, const int* pos_of, int n,
@@ -425,6 +583,12 @@ void Model::prefill_sequence(int seq, const int32_t* tokens, size_t n, float* lo
   impl_->forward(tokens, int(n), logits, all_logits, seq);
 }
 std::string Model::device() const { return impl_->backend().name(); }
+int Model::cached_tokens(int seq) const { return impl_->cached_tokens(seq); }
+int Model::start_from_cache(int seq, const int32_t* tokens, size_t n) {
+  GPTOSS_CHECK(n <= size_t(1) << 30, "start_from_cache: too many tokens (" << n << ")");
+  return impl_->start_from_cache(seq, tokens, int(n));
+}
+PrefixCacheStats Model::prefix_cache_stats() const { return impl_->prefix_cache_stats(); }
 void Model::decode_batch_sample(const int32_t* seqs, const int32_t* tokens, size_t n,
                                 const SampleParams* params, int32_t* out) {
   GPTOSS_CHECK(n <= size_t(1) << 20, "decode_batch: too many sequences (" << n << ")");

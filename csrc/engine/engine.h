@@ -2,8 +2,12 @@
 // their KV cache bookkeeping (integers only: slots and page ids; the storage is the backend's), and
 // the layer loop of backends/numpy.py over the Backend contract.
 #pragma once
+#include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "engine/backend.h"
@@ -46,6 +50,13 @@ class Engine {
   // Pages of the paged (full-attention) layers in use / allocated, for tests and reports.
   int pages_in_use() const;
   int pages_allocated() const { return pages_total_; }
+  // Positions of sequence `seq` taken from the prefix cache by its last prefill from position 0.
+  int cached_tokens(int seq) const;
+  // Start sequence `seq` (at position 0) from the longest cached prefix of tokens[0, n - 1):
+  // returns the positions taken, after which the caller feeds tokens[P, n) (in chunks if it
+  // likes). 0 when caching is off or nothing matches.
+  int start_from_cache(int seq, const int32_t* tokens, int n);
+  PrefixCacheStats prefix_cache_stats() const;
 
   static constexpr int kPage = 256;   // positions per KV page (full-attention layers)
   static constexpr int kChunk = 512;  // a step feeds at most this many tokens of one sequence
@@ -55,6 +66,16 @@ class Engine {
     int slot = 0;
     int pos = 0;
     std::vector<int32_t> pages;
+    std::vector<int32_t> tokens;   // every token fed (prefix caching)
+    std::vector<uint64_t> keys;    // the cache key of each full page, in order
+    int cached = 0;                // positions its last prefill took from the cache
+  };
+  // A full page in the prefix cache: its key chains the keys of the pages before it with its own
+  // tokens; the tokens and the parent key are kept so a hash collision can never share a page.
+  struct CachedPage {
+    uint64_t parent = 0;
+    std::vector<int32_t> tokens;
+    int32_t page = 0;
   };
   // rows: n tokens; row i belongs to sequence seq_of[i] at position pos_of[i]. logit_rows lists
   // the rows whose logits (or, with sample, sampled tokens) are written, in order.
@@ -63,6 +84,13 @@ class Engine {
            int32_t* tokens_out, bool graph);
   void ensure_workspace(int n);
   void ensure_pages(Sequence& s, int upto);
+  // prefix caching: reuse the longest cached prefix of tokens[0, n - 1) for a sequence at 0
+  // (returns the positions reused); cache the pages a step completed; give a sequence's pages back
+  int reuse_prefix(Sequence& s, const int32_t* tokens, int n);
+  void cache_full_pages(Sequence& s, int old_pos);
+  void release_pages(Sequence& s);
+  void unref_page(int32_t p);
+  static uint64_t page_key(uint64_t parent, const int32_t* tokens);
   Sequence& sequence(int seq);
   const Sequence& sequence(int seq) const;
   float* upload_f32(const Tensor& t);
@@ -84,6 +112,17 @@ class Engine {
   int pages_total_ = 0, slots_total_ = 0, max_pages_ = 0;
   bool any_paged_ = false;  // any full-attention layer (else no pages are ever needed)
   std::vector<int32_t> page_table_;  // [slots_total_, max_pages_]
+  // prefix cache (Options::prefix_cache_gb; off when 0 or without full-attention layers)
+  bool prefix_on_ = false;
+  size_t cache_max_idle_ = 0;                      // cached pages no sequence holds, at most
+  size_t page_bytes_ = 0;                          // KV bytes of one page with its snapshot
+  std::unordered_map<uint64_t, CachedPage> cache_;  // by key
+  std::vector<int32_t> page_ref_;                  // [pages]: sequences holding each page
+  std::vector<uint64_t> page_key_;                 // [pages]: its cache key, 0 if not cached
+  std::vector<uint64_t> page_idle_since_;          // [pages]: its place in idle_
+  std::set<std::pair<uint64_t, int32_t>> idle_;    // cached pages no sequence holds, LRU first
+  uint64_t clock_ = 0;
+  PrefixCacheStats stats_;
   std::vector<int32_t> step_tokens_, step_pos_, step_slot_, step_logit_rows_;
 
   // workspace sized for the largest n seen

@@ -324,8 +324,9 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Model>(m, "Engine", "the C++ engine on a device: 'cpu' or 'cuda'")
       .def(py::init([](const std::string& path, const std::string& layout, int max_context,
                        int threads, int activation_levels, const std::string& device,
-                       bool random_device_weights) {
+                       bool random_device_weights, double prefix_cache_gb) {
              Options o;
+             o.prefix_cache_gb = prefix_cache_gb;
              o.device = device;
              o.random_device_weights = random_device_weights;
              o.layout = layout;
@@ -337,7 +338,33 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("path"), py::arg("layout") = "", py::arg("max_context") = 0,
            py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu",
-           py::arg("random_device_weights") = false)
+           py::arg("random_device_weights") = false, py::arg("prefix_cache_gb") = 2.0)
+      .def("start_from_cache", [](Model& m, int seq, const carray<int64_t>& tokens64) {
+        auto tokens = ids32(tokens64);
+        need(tokens.ndim() == 1, "tokens must be a 1-D sequence of ids");
+        const int32_t* tp = tokens.data();
+        const size_t n = size_t(tokens.size());
+        py::gil_scoped_release nogil;
+        return m.start_from_cache(seq, tp, n);
+      }, py::arg("seq"), py::arg("tokens"),
+         "start a sequence at position 0 from the longest cached prefix of tokens[:-1]; returns "
+         "its length P (feed tokens[P:] next)")
+      .def("cached_tokens", &Model::cached_tokens, py::arg("seq") = 0,
+           "positions of the sequence its last prefill from position 0 took from the prefix cache")
+      .def("prefix_cache_stats", [](const Model& m) {
+        const PrefixCacheStats s = m.prefix_cache_stats();
+        py::dict d;
+        d["lookups"] = s.lookups;
+        d["hit_tokens"] = s.hit_tokens;
+        d["miss_tokens"] = s.miss_tokens;
+        d["evictions"] = s.evictions;
+        d["cached_pages"] = s.cached_pages;
+        d["idle_pages"] = s.idle_pages;
+        d["page_bytes"] = s.page_bytes;
+        d["bytes"] = size_t(s.cached_pages) * s.page_bytes;
+        return d;
+      }, "prefix cache counters: lookups, hit/miss tokens, evictions, cached and idle pages, "
+         "bytes per page and in all")
       .def_property_readonly("device", &Model::device)
       .def_property_readonly("position", &Model::position)
       .def_property_readonly("max_context", &Model::max_context)

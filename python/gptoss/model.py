@@ -72,17 +72,23 @@ class Model:
     def from_pretrained(cls, path: str, backend: str = "auto", layout: Optional[str] = None,
                         max_context: Optional[int] = None, progress: bool = False,
                         threads: Optional[int] = None,
-                        activation_levels: Optional[int] = None) -> "Model":
+                        activation_levels: Optional[int] = None,
+                        prefix_cache_gb: Optional[float] = None) -> "Model":
         """Open a checkpoint directory (either layout) or `random:PRESET`.
 
         backend: "auto" (fastest available), "cuda", "cpu" or "numpy".
         threads: CPU threads for the C++ engine (default: all cores).
         activation_levels: 2 (default, float32-class accuracy) or 1 (int8 activations for the
         MXFP4 experts: faster prefill, ~0.5% error per product) for the C++ CPU engine.
+        prefix_cache_gb: the C++ engines' prefix cache (default 2 GB of idle cached KV pages; 0
+        turns it off): a prompt that starts like an earlier one reuses its KV pages.
         """
+        if prefix_cache_gb is not None and not (prefix_cache_gb >= 0):
+            raise ValueError(f"prefix_cache_gb={prefix_cache_gb!r}: must be >= 0 (0: off)")
         weights = Weights(resolve_model_path(path, progress=progress), layout=layout)
         engine, note = make_engine(weights, backend, max_context=max_context, threads=threads,
-                                   activation_levels=activation_levels)
+                                   activation_levels=activation_levels,
+                                   prefix_cache_gb=prefix_cache_gb)
         return cls(weights, engine, note)
 
     @property

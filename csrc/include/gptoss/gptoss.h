@@ -66,6 +66,22 @@ struct Options {
   // device memory instead, never reading them from the files. Needed to run a hollow checkpoint
   // (gptoss.testing, hollow=True: those matrices are holes), which only this accepts.
   bool random_device_weights = false;
+  // Prefix caching: full KV pages (256 positions) of finished and running sequences are kept,
+  // keyed by their tokens and everything before them, and a new sequence's prefill starts from
+  // its longest cached prefix. At most this many GB of cached pages that no sequence holds (LRU
+  // eviction); 0 turns caching off. Each page also keeps a snapshot of the sliding-window
+  // layers' last 128 positions (half the page's own size for gpt-oss).
+  double prefix_cache_gb = 2.0;
+};
+
+struct PrefixCacheStats {
+  int64_t lookups = 0;      // prefills from position 0 that looked in the cache
+  int64_t hit_tokens = 0;   // prompt positions taken from the cache
+  int64_t miss_tokens = 0;  // prompt positions computed by those prefills
+  int64_t evictions = 0;    // pages dropped from the cache
+  int cached_pages = 0;     // pages in the cache (held by a sequence or idle)
+  int idle_pages = 0;       // cached pages no sequence holds
+  size_t page_bytes = 0;    // KV bytes per page, snapshot included
 };
 
 class Engine;  // the runtime behind Model (csrc/engine/)
@@ -104,6 +120,13 @@ class Model {
   void decode_batch_sample(const int32_t* seqs, const int32_t* tokens, size_t n,
                            const SampleParams* params, int32_t* out);
   std::string device() const;       // "cpu", "cuda" or "cuda (emulated)"
+  // Positions of a sequence taken from the prefix cache by its last prefill from position 0
+  // (only prefills that want the last token's logits, not all, look in the cache).
+  int cached_tokens(int seq = 0) const;
+  // Start sequence seq (at position 0) from the longest cached prefix of tokens[0, n - 1) and
+  // return its length P; then feed tokens[P, n) with prefill_sequence (in chunks if wanted).
+  int start_from_cache(int seq, const int32_t* tokens, size_t n);
+  PrefixCacheStats prefix_cache_stats() const;
 
   Engine& engine();
 

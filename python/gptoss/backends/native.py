@@ -14,7 +14,7 @@ class NativeEngine:
     """
 
     def __init__(self, weights, device: str = "cpu", max_context: Optional[int] = None,
-                 threads: int = 0, activation_levels: int = 2):
+                 threads: int = 0, activation_levels: int = 2, prefix_cache_gb: float = 2.0):
         from .. import _C
         self.name = device
         self.weights = weights
@@ -22,7 +22,8 @@ class NativeEngine:
         self._e = _C.Engine(weights.directory, layout=weights.layout,
                                max_context=int(max_context or 0), threads=int(threads),
                                activation_levels=int(activation_levels), device=device,
-                               random_device_weights=bool(getattr(weights, "hollow", None)))
+                               random_device_weights=bool(getattr(weights, "hollow", None)),
+                               prefix_cache_gb=float(prefix_cache_gb))
         self.max_context = self._e.max_context
 
     @property
@@ -66,6 +67,19 @@ class NativeEngine:
 
     def sequence_position(self, seq: int) -> int:
         return self._e.sequence_position(int(seq))
+
+    # -- prefix caching ------------------------------------------------------------------------
+    def start_from_cache(self, seq: int, tokens: Sequence[int]) -> int:
+        """Start sequence `seq` (at position 0) from the longest cached prefix of tokens[:-1] and
+        return its length P; feed tokens[P:] next (prefill_sequence, in chunks if wanted)."""
+        return self._e.start_from_cache(int(seq), np.asarray(tokens, dtype=np.int64))
+
+    def cached_tokens(self, seq: int = 0) -> int:
+        """Positions of `seq` its last prefill from position 0 took from the prefix cache."""
+        return self._e.cached_tokens(int(seq))
+
+    def prefix_cache_stats(self) -> dict:
+        return self._e.prefix_cache_stats()
 
     def prefill_sequence(self, seq: int, tokens: Sequence[int],
                          all_logits: bool = False) -> np.ndarray:

@@ -1,0 +1,199 @@
+"""Prefix caching in the C++ engine (csrc/engine/engine.cpp) and batch invariance.
+
+The CPU engine computes each row of a step in an order that does not depend on how many rows
+share the step or where a chunk starts, so a sequence's logits are asserted bit-identical (not
+within a tolerance) whether its prompt was prefilled at once, in chunks, from a cached prefix, or
+decoded in a batch with other sequences; on tiny checkpoints of both layouts. Under the CUDA
+backend (emulated or on a GPU) the prefill and decode paths round differently (bf16 activations in
+the tensor-core GEMMs for more than 8 rows), so there a cached prefix is checked against the
+uncached run with test_cuda_engine's derived bound instead.
+"""
+import numpy as np
+import pytest
+
+from gptoss import Model, Weights
+from gptoss.testing import write_random_checkpoint
+
+from conftest import rel_err
+
+C = pytest.importorskip("gptoss._C", reason="extension not built")
+from gptoss.backends.native import NativeEngine  # noqa: E402
+
+V = 4096
+PAGE = 256
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    base = tmp_path_factory.mktemp("prefix")
+    hf = write_random_checkpoint(str(base / "hf"), "tiny", layout="hf", seed=8, vocab_size=V)
+    orig = write_random_checkpoint(str(base / "orig"), "tiny", layout="original", seed=8,
+                                   vocab_size=V)
+    return {"hf": hf, "original": orig}
+
+
+def toks(seed, n):
+    return np.random.default_rng(seed).integers(0, V, n).astype(np.int64)
+
+
+def engine(path, **kw):
+    return C.Engine(path, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_chunked_and_decoded_prompts_are_bit_identical(ckpts, layout):
+    t = toks(1, 300)
+    ref = engine(ckpts[layout], prefix_cache_gb=0).prefill(t, True)
+    for chunks in ([150, 150], [7, 293], [256, 44], [299, 1], [290] + [1] * 10):
+        e = engine(ckpts[layout], prefix_cache_gb=0)
+        out, i = [], 0
+        for c in chunks:
+            out.append(e.decode(int(t[i]))[None] if c == 1 else e.prefill(t[i:i + c], True))
+            i += c
+        assert np.array_equal(np.concatenate(out), ref), chunks
+
+
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_cached_prefix_is_bit_identical(ckpts, layout):
+    system = toks(2, 2 * PAGE + 40)
+    e = engine(ckpts[layout])
+    ref = engine(ckpts[layout], prefix_cache_gb=0)
+    e.prefill(system, False)
+    assert e.cached_tokens() == 0
+    st = e.prefix_cache_stats()
+    assert st["cached_pages"] == 2 and st["hit_tokens"] == 0
+    # the next turn: the same start, new tokens after it
+    for extra, want_cached in ((toks(3, 100), 2 * PAGE), (np.zeros(0, np.int64), 2 * PAGE),
+                               (toks(4, 1), 2 * PAGE)):
+        turn = np.concatenate([system, extra])
+        e.reset()
+        got = e.prefill(turn, False)
+        assert e.cached_tokens() == want_cached
+        ref.reset()
+        assert np.array_equal(got, ref.prefill(turn, False))
+        for tok in (5, 17):  # decoding goes on identically from the shared pages
+            assert np.array_equal(e.decode(tok), ref.decode(tok))
+    # a prompt of exactly one page + 1: the page is reused, only the last token is computed
+    e.reset()
+    p = system[:PAGE + 1]
+    got = e.prefill(p, False)
+    assert e.cached_tokens() == PAGE
+    ref.reset()
+    assert np.array_equal(got, ref.prefill(p, False))
+    # a prompt that diverges inside the first page takes nothing
+    e.reset()
+    q = system.copy()
+    q[100] = (q[100] + 1) % V
+    got = e.prefill(q, False)
+    assert e.cached_tokens() == 0
+    ref.reset()
+    assert np.array_equal(got, ref.prefill(q, False))
+
+
+def test_sharing_between_running_sequences_and_batched_decode(ckpts):
+    path = ckpts["hf"]
+    e, ref = engine(path), engine(path, prefix_cache_gb=0)
+    common = toks(5, PAGE + 10)
+    a = e.add_sequence()
+    b = e.add_sequence()
+    ta = np.concatenate([common, toks(6, 30)])
+    tb = np.concatenate([common, toks(7, 50)])
+    la = e.prefill_sequence(a, ta, False)
+    lb = e.prefill_sequence(b, tb, False)       # shares a's first page while a still runs
+    assert e.cached_tokens(a) == 0 and e.cached_tokens(b) == PAGE
+    ra = ref.add_sequence()
+    rb = ref.add_sequence()
+    assert np.array_equal(la, ref.prefill_sequence(ra, ta, False))
+    assert np.array_equal(lb, ref.prefill_sequence(rb, tb, False))
+    # batched decode equals one sequence at a time (and the engine without the cache)
+    single = engine(path, prefix_cache_gb=0)
+    want_a = [single.prefill(ta, False)]
+    for step in range(PAGE):  # a crosses its second page boundary while decoding
+        tok_a, tok_b = int(step * 7 % V), int(step * 11 % V)
+        got = e.decode_batch(np.array([a, b]), np.array([tok_a, tok_b]))
+        assert np.array_equal(got, ref.decode_batch(np.array([ra, rb]), np.array([tok_a, tok_b])))
+        if step < 3:
+            assert np.array_equal(got[0], single.decode(tok_a))
+    # a page completed while decoding is cached too: a's prompt + its decoded tokens
+    e.remove_sequence(a)
+    c = e.add_sequence()
+    decoded = np.array([step * 7 % V for step in range(PAGE)], np.int64)
+    full = np.concatenate([ta, decoded])
+    e.prefill_sequence(c, full, False)
+    assert e.cached_tokens(c) == 2 * PAGE
+
+
+def test_start_from_cache_then_chunks(ckpts):
+    path = ckpts["hf"]
+    e, ref = engine(path), engine(path, prefix_cache_gb=0)
+    prompt = toks(9, 3 * PAGE + 77)
+    e.prefill(prompt[:2 * PAGE + 5], False)
+    s = e.add_sequence()
+    P = e.start_from_cache(s, prompt)
+    assert P == 2 * PAGE and e.sequence_position(s) == P
+    for i in range(P, len(prompt), 100):       # the rest in chunks, as a scheduler feeds it
+        out = e.prefill_sequence(s, prompt[i:i + 100], False)
+    assert np.array_equal(out, ref.prefill(prompt, False))
+    with pytest.raises(ValueError, match="is at position"):
+        e.start_from_cache(s, prompt)
+    with pytest.raises(ValueError, match="out of range"):
+        e.start_from_cache(e.add_sequence(), np.array([1, V]))
+    # all-logits prefills compute every position (the caller wants their logits)
+    e.reset()
+    e.prefill(prompt, True)
+    assert e.cached_tokens() == 0
+
+
+def test_eviction_is_lru_and_bounded(ckpts):
+    path = ckpts["hf"]
+    page_bytes = engine(path).prefix_cache_stats()["page_bytes"]
+    e = engine(path, prefix_cache_gb=2.5 * page_bytes / 1e9)   # two idle pages at most
+    ref = engine(path, prefix_cache_gb=0)
+    first, second = toks(10, 2 * PAGE + 1), toks(11, 2 * PAGE + 1)
+    e.prefill(first, False)
+    e.reset()                                  # first's two pages idle
+    e.prefill(second, False)
+    e.reset()                                  # second's two pages idle: first's are evicted
+    st = e.prefix_cache_stats()
+    assert st["idle_pages"] == 2 and st["evictions"] == 2 and st["cached_pages"] == 2
+    got = e.prefill(first, False)
+    assert e.cached_tokens() == 0              # evicted: recomputed, and still right
+    assert np.array_equal(got, ref.prefill(first, False))
+    e.reset()
+    got = e.prefill(first, False)
+    assert e.cached_tokens() == 2 * PAGE
+    ref.reset()
+    assert np.array_equal(got, ref.prefill(first, False))
+    with pytest.raises(ValueError, match="prefix_cache_gb"):
+        engine(path, prefix_cache_gb=-1)
+
+
+def test_model_api_reuses_prefixes(ckpts):
+    m = Model.from_pretrained(ckpts["hf"], backend="cpu")
+    p = toks(12, PAGE + 20).tolist()
+    a = m.generate(p, max_new_tokens=4, temperature=0).run().tokens
+    b = m.generate(p, max_new_tokens=4, temperature=0).run().tokens
+    assert len(a) == 4 and a == b and m.engine.cached_tokens() == PAGE
+    off = Model.from_pretrained(ckpts["hf"], backend="cpu", prefix_cache_gb=0)
+    assert off.generate(p, max_new_tokens=4, temperature=0).run().tokens == a
+    assert off.engine.cached_tokens() == 0
+    with pytest.raises(ValueError, match="prefix_cache_gb"):
+        Model.from_pretrained(ckpts["hf"], backend="cpu", prefix_cache_gb=-2)
+
+
+@pytest.mark.skipif(not C.build_info()["cuda_backend"] or
+                    (not C.build_info()["cuda_emulated"] and C.cuda_device_count()[0] == 0),
+                    reason="no CUDA backend here")
+def test_cuda_cached_prefix_within_bound(ckpts):
+    w = Weights(ckpts["hf"])
+    cu = NativeEngine(w, device="cuda")
+    ref = NativeEngine(w, device="cuda", prefix_cache_gb=0)
+    system = toks(13, PAGE + 30)
+    cu.prefill(system.tolist(), all_logits=False)
+    cu.reset()
+    turn = np.concatenate([system, toks(14, 20)]).tolist()
+    got = cu.prefill(turn, all_logits=False)
+    assert cu.cached_tokens() == PAGE
+    want = ref.prefill(turn, all_logits=False)
+    bound = 6 * w.config.num_layers * 2.0 ** -9 + 2.0 ** -9
+    assert rel_err(got, want) < bound, rel_err(got, want)
