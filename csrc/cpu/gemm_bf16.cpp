@@ -166,7 +166,7 @@ void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float*
                      const float* bias, float* out, int ldo) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const Isa isa = active_isa();
-  if (isa >= Isa::Avx512) return bf16w_gemm_rows_avx512(W, ldw, r0, r1, x, m, K, bias, out, ldo);
+  if (isa >= Isa::Avx512Bw) return bf16w_gemm_rows_avx512(W, ldw, r0, r1, x, m, K, bias, out, ldo);
   if (isa >= Isa::Avx2) return bf16w_gemm_rows_avx2(W, ldw, r0, r1, x, m, K, bias, out, ldo);
 #endif
   bf16w_gemm_rows_plain(W, ldw, r0, r1, x, m, K, bias, out, ldo);

@@ -7,7 +7,7 @@
 // 32-block into two int8 levels (Q8Act), and the products sum as
 //   sum(value * x) = (sum(u * q) - 12 * sum(q)) / 2, per level,
 // where the -12 * sum(q) correction is precomputed per 32-bit lane (Q8Act::c1/c2) and seeds the
-// accumulator. The AVX-512 VNNI version does this with vpdpbusd: one 64-byte load covers 4 blocks
+// accumulator. The AVX-512 version does this with vpdpbusd (VNNI; without it vpmaddubsw + vpmaddwd): one 64-byte load covers 4 blocks
 // (128 values), two vpshufb turn the low and high nibbles into bytes, and each int32 lane
 // accumulates 8 products of one block; the block's E8M0 scale is applied as a float multiply per
 // lane group. The plain version does the same integer arithmetic in scalar code, so the two agree
@@ -195,7 +195,21 @@ static void mf4w_q8_gemm_rows_plain(const uint8_t* blocks, const uint8_t* scales
 
 // ------------------------------------------------------------------------------------ AVX-512
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+// Compiled for AVX-512 F/BW/VL/DQ only, so the compiler never emits a VNNI instruction on its
+// own; the VNNI = true kernels issue vpdpbusd explicitly (dot_u8s8 below).
+#define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+// acc + per int32 lane the sum of 4 products u8 * s8. Exact either way (the 16-bit pair sums of
+// vpmaddubsw reach at most 2 * 24 * 127, far from saturating), so both give the same bits.
+template <bool VNNI>
+GPTOSS_AVX512 static inline __m512i dot_u8s8(__m512i acc, __m512i w, __m512i x) {
+  if (VNNI) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
+    return acc;
+  }
+  const __m512i p = _mm512_maddubs_epi16(w, x);
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
+}
 
 GPTOSS_AVX512 static inline __m512 expand_scales4(const uint8_t* s, int count) {
   // 4 E8M0 bytes -> 16 float lanes, each block's 2^(s-127) repeated for its 4 lanes
@@ -210,7 +224,7 @@ GPTOSS_AVX512 static inline __m512 expand_scales4(const uint8_t* s, int count) {
 // RB weight rows against TB activation rows at a time (RB * TB accumulators): decode uses
 // RB = 2, TB = 1 (two independent chains, activations loaded once for both rows); prefill uses
 // RB = 1, TB = 4 (each decoded weight vector serves 4 tokens). LV: activation levels (1 or 2).
-template <int RB, int TB, int LV>
+template <int RB, int TB, int LV, bool VNNI>
 GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* scales, int r,
                                           const Q8Act& q, int t0, const float* bias, float* out,
                                           int ldo) {
@@ -251,10 +265,10 @@ GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* 
         const __m512i c2 = _mm512_load_si512(q.c2 + tt * cs + b * 4);
         const __m512 st = _mm512_load_ps(q.step + tt * cs + b * 4);
         for (int i = 0; i < RB; ++i) {
-          __m512i a1 = _mm512_dpbusd_epi32(c1, wl[i], e1);
-          a1 = _mm512_dpbusd_epi32(a1, wh[i], o1);
-          __m512i a2 = _mm512_dpbusd_epi32(c2, wl[i], e2);
-          a2 = _mm512_dpbusd_epi32(a2, wh[i], o2);
+          __m512i a1 = dot_u8s8<VNNI>(c1, wl[i], e1);
+          a1 = dot_u8s8<VNNI>(a1, wh[i], o1);
+          __m512i a2 = dot_u8s8<VNNI>(c2, wl[i], e2);
+          a2 = dot_u8s8<VNNI>(a2, wh[i], o2);
           const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(254.0f),
                                            _mm512_cvtepi32_ps(a2));
           acc[i][t] = _mm512_fmadd_ps(f, _mm512_mul_ps(ws[i], st), acc[i][t]);
@@ -262,8 +276,8 @@ GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* 
       } else {
         const __m512 st = _mm512_load_ps(q.step1 + tt * cs + b * 4);
         for (int i = 0; i < RB; ++i) {
-          __m512i a1 = _mm512_dpbusd_epi32(c1, wl[i], e1);
-          a1 = _mm512_dpbusd_epi32(a1, wh[i], o1);
+          __m512i a1 = dot_u8s8<VNNI>(c1, wl[i], e1);
+          a1 = dot_u8s8<VNNI>(a1, wh[i], o1);
           acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(ws[i], st), acc[i][t]);
         }
       }
@@ -275,15 +289,15 @@ GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* 
   }
 }
 
-template <int LV>
+template <int LV, bool VNNI>
 GPTOSS_AVX512 static void mf4w_q8_gemm_rows_avx512(const uint8_t* blocks, const uint8_t* scales,
                                                    int r0, int r1, const Q8Act& q, int m,
                                                    const float* bias, float* out, int ldo) {
   if (m == 1) {  // decode: four rows at a time
     int r = r0;
-    for (; r + 4 <= r1; r += 4) mf4w_avx512_blk<4, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
-    for (; r + 2 <= r1; r += 2) mf4w_avx512_blk<2, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
-    if (r < r1) mf4w_avx512_blk<1, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
+    for (; r + 4 <= r1; r += 4) mf4w_avx512_blk<4, 1, LV, VNNI>(blocks, scales, r, q, 0, bias, out, ldo);
+    for (; r + 2 <= r1; r += 2) mf4w_avx512_blk<2, 1, LV, VNNI>(blocks, scales, r, q, 0, bias, out, ldo);
+    if (r < r1) mf4w_avx512_blk<1, 1, LV, VNNI>(blocks, scales, r, q, 0, bias, out, ldo);
     return;
   }
   // prefill: 2 rows x 4 tokens per tile; each decoded weight vector serves 4 tokens and each
@@ -291,13 +305,13 @@ GPTOSS_AVX512 static void mf4w_q8_gemm_rows_avx512(const uint8_t* blocks, const 
   int r = r0;
   for (; r + 2 <= r1; r += 2) {
     int t = 0;
-    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<2, 4, LV>(blocks, scales, r, q, t, bias, out, ldo);
-    for (; t < m; ++t) mf4w_avx512_blk<2, 1, LV>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<2, 4, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t < m; ++t) mf4w_avx512_blk<2, 1, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
   }
   for (; r < r1; ++r) {
     int t = 0;
-    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<1, 4, LV>(blocks, scales, r, q, t, bias, out, ldo);
-    for (; t < m; ++t) mf4w_avx512_blk<1, 1, LV>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<1, 4, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t < m; ++t) mf4w_avx512_blk<1, 1, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
   }
 }
 
@@ -372,8 +386,13 @@ void mf4w_q8_gemm_rows(const uint8_t* blocks, const uint8_t* scales, int r0, int
   GPTOSS_CHECK(levels == 1 || levels == 2, "mf4w_q8_gemm_rows: levels must be 1 or 2");
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if (active_isa() >= Isa::Avx512) {
-    if (levels == 2) mf4w_q8_gemm_rows_avx512<2>(blocks, scales, r0, r1, q, m, bias, out, ldo);
-    else mf4w_q8_gemm_rows_avx512<1>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    if (levels == 2) mf4w_q8_gemm_rows_avx512<2, true>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    else mf4w_q8_gemm_rows_avx512<1, true>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    return;
+  }
+  if (active_isa() >= Isa::Avx512Bw) {
+    if (levels == 2) mf4w_q8_gemm_rows_avx512<2, false>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    else mf4w_q8_gemm_rows_avx512<1, false>(blocks, scales, r0, r1, q, m, bias, out, ldo);
     return;
   }
   if (active_isa() >= Isa::Avx2) {
