@@ -30,24 +30,40 @@ class Steer:
     mask, off the critical path), e.g. structured.HarmonyConstraint. logprobs: None (off) or
     how many top alternatives to report per token (0..20)."""
 
-    def __init__(self, constraint=None, logprobs: Optional[int] = None):
+    def __init__(self, constraint=None, logprobs: Optional[int] = None,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 logit_bias: Optional[Dict[int, float]] = None):
         if logprobs is not None and not (isinstance(logprobs, int) and
                                          0 <= logprobs <= MAX_TOP_LOGPROBS):
             raise ValueError(f"logprobs={logprobs!r}: must be an integer in [0, "
                              f"{MAX_TOP_LOGPROBS}]")
         self.constraint = constraint
         self.logprobs = logprobs
+        # OpenAI's penalties over the tokens generated so far, and a fixed bias per token id
+        self.presence = float(presence_penalty)
+        self.frequency = float(frequency_penalty)
+        self.bias = dict(logit_bias or {})
+        self._counts: Dict[int, int] = {}
 
     def wants_logits(self) -> bool:
         """Whether the next token needs the engine's logits on the host."""
-        return self.logprobs is not None or (self.constraint is not None and
-                                             self.constraint.active())
+        return self.logprobs is not None or self.adjusts() or (
+            self.constraint is not None and self.constraint.active())
+
+    def adjusts(self) -> bool:
+        return bool(self.presence or self.frequency or self.bias)
 
     def choose(self, logits: np.ndarray, sampler, counter: int) -> int:
         """Sample the next token from a row of logits with `sampler`'s settings."""
         ids = None
         if self.constraint is not None and self.constraint.active():
             ids = self.constraint.allowed()
+        if self.adjusts():
+            logits = np.array(logits, dtype=np.float32).reshape(-1)
+            for t, c in self._counts.items():
+                logits[t] -= self.presence + self.frequency * c
+            for t, b in self.bias.items():
+                logits[t] += b
         return host_sample(logits, sampler, counter, ids)
 
     def observe(self, token: int, logits: Optional[np.ndarray] = None) -> Optional[Dict]:
@@ -56,6 +72,8 @@ class Steer:
         lp = None
         if self.logprobs is not None and logits is not None:
             lp = token_logprobs(logits, token, self.logprobs)
+        if self.presence or self.frequency:
+            self._counts[int(token)] = self._counts.get(int(token), 0) + 1
         if self.constraint is not None:
             self.constraint.observe(int(token))
             prep = getattr(self.constraint, "prepare", None)
