@@ -11,7 +11,7 @@ import uuid
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from . import chat as harmony
-from .tokenizer import CALL, RETURN, get_tokenizer
+from .tokenizer import CALL, END, RETURN, get_tokenizer
 
 
 @dataclasses.dataclass
@@ -174,15 +174,18 @@ def _events_of(gen, prompt, stops) -> Iterator[Any]:
         return pev
 
     for tok in gen:
+        cur = parser._cur
+        # a token of an answer's content (not its header, not the end token): its logprobs
+        # belong to the text it completes, which may come with a later token
+        in_answer = parser._state == "content" and cur.channel != "analysis" and not (
+            cur.recipient and cur.recipient != "assistant") and tok.id not in (END, RETURN, CALL)
         evs = route(count(parser.feed(tok.id)))
-        if tok.logprob is not None:
+        if tok.logprob is not None and in_answer:
             texts = [ev for ev in evs if isinstance(ev, TextDelta)]
-            cur = parser._cur
             if texts:
                 texts[0].logprobs = pending_lp + [(tok.id, tok.logprob)]
                 pending_lp = []
-            elif parser._state == "content" and cur.channel != "analysis" and not (
-                    cur.recipient and cur.recipient != "assistant"):
+            else:
                 pending_lp.append((tok.id, tok.logprob))
         for ev in evs:
             yield ev

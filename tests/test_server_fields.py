@@ -1,0 +1,177 @@
+"""Chat/completions fields beyond the basics: response_format, logprobs (against the NumPy
+engine's own logits), logit_bias and penalties, include_usage, and fields refused by name."""
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+from gptoss import Model, chat  # noqa: E402
+from test_server import force, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tiny_hf):
+    proc, base = start_server(tiny_hf, "--max-context", "4096")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_hf):
+    return Model.from_pretrained(tiny_hf, backend="numpy")
+
+
+def log_softmax(row):
+    row = np.asarray(row, dtype=np.float64)
+    m = row.max()
+    return row - (m + np.log(np.exp(row - m).sum()))
+
+
+def test_chat_logprobs_match_the_reference_engine(server, client, reference):
+    final = "Hello there!"
+    head = "<|channel|>final<|message|>"
+    force(server, head + final + "<|return|>")
+    msgs = [{"role": "user", "content": "Hi"}]
+    r = client.chat.completions.create(model="tiny", messages=msgs, logprobs=True,
+                                       top_logprobs=3)
+    items = r.choices[0].logprobs.content
+    enc = reference.tokenizer
+    prompt = chat.render(msgs)
+    out = enc.encode(head + final, allowed_special="all")
+    n_head = len(enc.encode(head, allowed_special="all"))
+    logits = reference.forward(prompt + out)
+    assert "".join(i.token for i in items) == final and len(items) == len(out) - n_head
+    for k, item in enumerate(items):
+        pos = len(prompt) + n_head + k          # the token at this position...
+        lp = log_softmax(logits[pos - 1])       # ...was drawn from the row before it
+        assert item.logprob == pytest.approx(lp[out[n_head + k]], abs=2e-3)
+        top = np.argsort(-lp)[:3]
+        assert [t.logprob for t in item.top_logprobs] == pytest.approx(list(lp[top]),
+                                                                        abs=2e-3)
+        assert bytes(item.bytes).decode() == item.token
+
+
+def test_streaming_logprobs_and_include_usage(server, client):
+    force(server, "<|channel|>final<|message|>Hi you<|return|>")
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "x"}], stream=True, logprobs=True,
+        stream_options={"include_usage": True}))
+    toks = [i.token for c in chunks if c.choices and c.choices[0].logprobs
+            for i in c.choices[0].logprobs.content]
+    assert "".join(toks) == "Hi you"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+    # without include_usage no usage is sent
+    force(server, "<|channel|>final<|message|>Hi<|return|>")
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "x"}], stream=True))
+    assert all(c.usage is None for c in chunks)
+
+
+def test_completion_logprobs(client, reference):
+    r = client.completions.create(model="tiny", prompt="Once upon", max_tokens=4,
+                                  temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    enc = reference.tokenizer
+    prompt = enc.encode("Once upon")
+    out = enc.encode(r.choices[0].text, allowed_special="all")
+    assert len(lp.tokens) == 4 and "".join(lp.tokens) == r.choices[0].text
+    logits = reference.forward(prompt + out)
+    for k in range(len(out)):
+        ref = log_softmax(logits[len(prompt) + k - 1])
+        assert lp.token_logprobs[k] == pytest.approx(ref[out[k]], abs=2e-3)
+        # greedy: the sampled token is the likeliest
+        assert max(lp.top_logprobs[k].values()) == pytest.approx(lp.token_logprobs[k],
+                                                                  abs=1e-6)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(4)]
+
+
+def test_logit_bias_is_honoured(client, reference):
+    plain = client.completions.create(model="tiny", prompt="Go", max_tokens=3, temperature=0)
+    greedy = reference.tokenizer.encode(plain.choices[0].text, allowed_special="all")
+    # banning the greedy first token changes the first token
+    r = client.completions.create(model="tiny", prompt="Go", max_tokens=1, temperature=0,
+                                  logit_bias={str(greedy[0]): -100})
+    assert reference.tokenizer.encode(r.choices[0].text, allowed_special="all")[0] != greedy[0]
+    # a strong bias picks a token
+    want = reference.tokenizer.encode(" banana")[0]
+    r = client.completions.create(model="tiny", prompt="Go", max_tokens=3, temperature=1.0,
+                                  seed=1, logit_bias={str(want): 100})
+    assert r.choices[0].text == reference.tokenizer.decode([want] * 3)
+
+
+def test_frequency_penalty_is_honoured(client):
+    kw = dict(model="tiny", prompt="la la la", max_tokens=24, temperature=0)
+    enc = chat.get_tokenizer()
+    plain = enc.encode(client.completions.create(**kw).choices[0].text, allowed_special="all")
+    pen = enc.encode(client.completions.create(frequency_penalty=2.0, presence_penalty=2.0,
+                                               **kw).choices[0].text, allowed_special="all")
+    # greedy on a random model repeats itself; penalised, it repeats less
+    assert len(set(pen)) > len(set(plain)) or len(set(plain)) == len(plain)
+
+
+def test_chat_response_format(server, client):
+    schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]},
+                                               "days": {"type": "integer", "minimum": 1,
+                                                        "maximum": 7}},
+              "required": ["city", "days"]}
+    force(server, "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant")
+    r = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Plan a trip."}], max_tokens=100,
+        response_format={"type": "json_schema", "json_schema": {"name": "trip",
+                                                                "schema": schema}})
+    v = json.loads(r.choices[0].message.content)
+    assert v["city"] in ("Paris", "Rome") and 1 <= v["days"] <= 7 and set(v) == set(schema[
+        "properties"])
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"frobnicate": True}, "frobnicate"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"audio": {"voice": "x"}}, "audio"),
+    ({"store": True}, "store"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"n": 2}, "n"),
+    ({"user": 5}, "user"),
+    ({"service_tier": "flex"}, "service_tier"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
+        "type": "object", "dependentRequired": {"a": ["b"]}}}}}, "response_format"),
+])
+def test_chat_fields_refused_by_name(server, extra, param):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], **extra}
+    r = httpx.post(server + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"echo": True}, "echo"), ({"best_of": 3}, "best_of"), ({"suffix": "x"}, "suffix"),
+    ({"logprobs": 9}, "logprobs"), ({"whatever": 1}, "whatever"),
+])
+def test_completion_fields_refused_by_name(server, extra, param):
+    r = httpx.post(server + "/v1/completions", json={"model": "tiny", "prompt": "x", **extra},
+                   timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_accepted_identifiers(client, server):
+    force(server, "<|channel|>final<|message|>ok<|return|>")
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                       user="u1", parallel_tool_calls=False, seed=3,
+                                       service_tier="auto")
+    assert r.choices[0].message.content == "ok"
