@@ -175,3 +175,48 @@ def test_accepted_identifiers(client, server):
                                        user="u1", parallel_tool_calls=False, seed=3,
                                        service_tier="auto")
     assert r.choices[0].message.content == "ok"
+
+
+def test_constrained_and_free_rows_share_the_batch(server, client):
+    """Free streams running next to constrained ones (which take their logits back and sample
+    on the host) get the tokens they get alone: same seed, same tokens."""
+    import threading
+    schema = {"type": "object", "properties": {"k": {"type": "array", "maxItems": 3, "items": {
+        "type": "integer", "minimum": 0, "maximum": 99}}}, "required": ["k"]}
+    prompts = [f"Story {i}:" for i in range(3)]
+
+    def free(p):
+        return client.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=1.0,
+                                         seed=5).choices[0].text
+
+    def constrained(i):
+        # a strict tool the request names: the call's header is forced, its arguments masked
+        tool = {"type": "function", "function": {"name": "keep", "parameters": schema,
+                                                 "strict": True}}
+        return client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"n{i}"}], max_tokens=150,
+            seed=i, tools=[tool], tool_choice={"type": "function", "function": {
+                "name": "keep"}}).choices[0]
+
+    alone = [free(p) for p in prompts]
+    got, answers = [None] * 3, [None] * 2
+
+    def run_free(i):
+        got[i] = free(prompts[i])
+
+    def run_constrained(i):
+        answers[i] = constrained(i)
+    threads = [threading.Thread(target=run_constrained, args=(i,)) for i in range(2)] + \
+        [threading.Thread(target=run_free, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert got == alone
+    for a in answers:
+        assert a.finish_reason == "tool_calls"
+        v = json.loads(a.message.tool_calls[0].function.arguments)
+        assert set(v) == {"k"} and all(0 <= x <= 99 for x in v["k"]) and len(v["k"]) <= 3
+    h = httpx.get(server + "/health").json()
+    if h["batching"]:
+        assert h["max_batch_seen"] >= 2
