@@ -201,3 +201,51 @@ def test_agents_sdk_runs_a_function_tool(server):
                         {"role": "tool", "tool_call_id": "c", "content": '{"temp_c": 21}'}],
                        tools=[tool])
     assert res.raw_responses[-1].usage.input_tokens == len(want)
+
+
+def test_builtin_tool_seam(tiny_hf):
+    """A registered built-in tool: the request may name its type, its section reaches the system
+    message, a call to its namespace goes to its runner (not to the caller), the runner's items
+    are reported and its answer joins the prompt before generation goes on."""
+    from gptoss import Model, responses
+    from gptoss.server import fit_context, sampling_args
+
+    seen = []
+
+    class Echo(responses.BuiltinTool):
+        tool_type, namespace = "echo_test", "echo"
+
+        def system_section(self):
+            return "## echo\n\nRepeats its input."
+
+        def run(self, message):
+            seen.append((message.recipient, message.content))
+            return responses.BuiltinOutcome(
+                items=[{"type": "echo_call", "id": "ec_1", "input": message.content}],
+                messages=[chat.HarmonyMessage("echo", "said: " + message.content,
+                                              channel="commentary", recipient="assistant")])
+
+    responses.register_builtin("echo_test", lambda spec: Echo())
+    try:
+        model = Model.from_pretrained(tiny_hf)
+        prompt, args, resp, conv, steer, builtins, forced = responses.prepare(
+            {"input": "Say hi", "tools": [{"type": "echo_test"}], "max_output_tokens": 40,
+             "temperature": 0}, model, responses.ResponseStore(), sampling_args, fit_context)
+        sys_text = chat.get_tokenizer().decode(prompt)
+        assert "# Tools\n\n## echo\n\nRepeats its input.\n\n# Valid channels" in sys_text
+        call = model.tokenizer.encode("<|channel|>commentary to=echo<|message|>hi<|call|>",
+                                      allowed_special="all")
+        events = list(responses.drive(model.generate, prompt, args, resp, builtins, steer,
+                                      call))
+    finally:
+        del responses.BUILTIN_TOOLS["echo_test"]
+    assert seen == [("echo", "hi")]
+    final = events[-1]["response"]
+    assert final["output"][0] == {"type": "echo_call", "id": "ec_1", "input": "hi",
+                                  "status": "completed"}
+    # the second generation's prompt: the first, the call, the tool's answer, a new turn
+    second = prompt + call + chat.encode_messages(
+        [chat.HarmonyMessage("echo", "said: hi", channel="commentary", recipient="assistant")]) \
+        + model.tokenizer.encode("<|start|>assistant", allowed_special="all")
+    assert final["usage"]["input_tokens"] == len(prompt) + len(second)
+    assert final["usage"]["output_tokens"] == 40

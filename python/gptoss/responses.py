@@ -15,8 +15,11 @@ recipient namespace the model addresses (e.g. "python"), the system-message sect
 describes it, and `run(message)` which executes one call and returns the output items to report
 and the Harmony messages (the tool's answer) to append before generation goes on. `drive()`
 hands every parsed message addressed to a recipient other than a user function to
-`run_builtin()`, which finds the tool for that recipient; a request naming a tool type no
-registered tool serves gets a 400 naming it.
+`run_builtin()`, which finds the tool for that recipient; the call itself is not reported as
+an item (the tool's items are), the call and the tool's answer are appended to the prompt and the
+model goes on within the same response and `max_output_tokens`. The tools' sections go into the
+system message's `# Tools` part. A request naming a tool type no registered tool serves gets a
+400 naming it.
 """
 
 import collections
@@ -239,6 +242,8 @@ class _Emitter:
     def open(self, item: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
         self.item = item
         self.text = []
+        if item["type"] == "_builtin":          # a built-in tool call: its tool reports it
+            return
         self.output.append(item)
         idx = len(self.output) - 1
         yield {"type": "response.output_item.added", "output_index": idx,
@@ -248,7 +253,7 @@ class _Emitter:
                    "output_index": idx, "content_index": 0, "part": _part(item["type"], "")}
 
     def delta(self, text: str) -> Iterator[Dict[str, Any]]:
-        if not text or self.item is None:
+        if not text or self.item is None or self.item["type"] == "_builtin":
             return
         self.text.append(text)
         idx = len(self.output) - 1
@@ -265,7 +270,7 @@ class _Emitter:
 
     def close(self, status: str = "completed") -> Iterator[Dict[str, Any]]:
         item, self.item = self.item, None
-        if item is None:
+        if item is None or item["type"] == "_builtin":
             return
         text = "".join(self.text)
         idx = len(self.output) - 1
@@ -337,10 +342,10 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
                 for e in parser.feed(tok):
                     m = e.message
                     if e.kind == "start":
-                        yield from em.open(_item_for(m))
+                        yield from em.open(_item_for(m, builtins))
                     elif e.kind == "delta":
                         if em.item is None:        # content of a header that never finished
-                            yield from em.open(_item_for(m))
+                            yield from em.open(_item_for(m, builtins))
                         yield from em.delta(e.text)
                     elif e.kind == "stray":
                         if em.item is None or em.item["type"] != "message":
@@ -353,7 +358,7 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
                             n_reasoning += n_msg
                         n_msg = 0
                         if em.item is None and m.content:
-                            yield from em.open(_item_for(m))
+                            yield from em.open(_item_for(m, builtins))
                             yield from em.delta(m.content)
                         yield from em.close("completed" if m.end else "incomplete")
                         if m.end == "call" and m.recipient and \
@@ -403,8 +408,11 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
         yield {"type": "response.completed", "response": response}
 
 
-def _item_for(m: harmony.ParsedMessage) -> Dict[str, Any]:
+def _item_for(m: harmony.ParsedMessage, builtins: Sequence[BuiltinTool] = ()
+              ) -> Dict[str, Any]:
     rec = m.recipient if m.recipient and m.recipient != "assistant" else None
+    if rec and any(t.namespace == rec.split(".", 1)[0] for t in builtins):
+        return {"type": "_builtin", "id": ""}
     if rec and rec.startswith("functions."):
         return {"type": "function_call", "id": _id("fc"), "call_id": _id("call"),
                 "name": rec[len("functions."):], "arguments": ""}
@@ -493,12 +501,14 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
     conversation = history + msgs
     chat_msgs = ([{"role": "developer", "content": instructions}] if instructions else []) + \
         conversation
-    if builtins:
-        raise ResponsesError("built-in tools are registered but their system section is "
-                             "not rendered yet", "tools")
     try:
-        prompt = harmony.render(chat_msgs, tools=None if tool_choice == "none" else funcs,
+        hm = harmony.to_harmony(chat_msgs, tools=None if tool_choice == "none" else funcs,
                                 reasoning_effort=effort)
+        if builtins:      # their sections go in the system message, before the channels line
+            sections = "\n\n".join(t.system_section() for t in builtins)
+            hm[0].content = hm[0].content.replace(
+                "# Valid channels", f"# Tools\n\n{sections}\n\n# Valid channels", 1)
+        prompt = harmony.encode_messages(hm) + [START] + get_tokenizer().encode("assistant")
     except harmony.ChatFormatError as e:
         raise ResponsesError(str(e), "input") from None
     try:
