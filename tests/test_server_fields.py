@@ -126,10 +126,13 @@ def test_chat_response_format(server, client):
                                                         "maximum": 7}},
               "required": ["city", "days"]}
     force(server, "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant")
-    r = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Plan a trip."}], max_tokens=100,
-        response_format={"type": "json_schema", "json_schema": {"name": "trip",
-                                                                "schema": schema}})
+    rf = {"type": "json_schema", "json_schema": {"name": "trip", "schema": schema}}
+    msgs = [{"role": "user", "content": "Plan a trip."}]
+    r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=100,
+                                       response_format=rf)
+    # the schema is in the developer message too (Harmony's "# Response Formats")
+    assert r.usage.prompt_tokens == len(chat.render(msgs, response_format=rf)) > len(
+        chat.render(msgs))
     v = json.loads(r.choices[0].message.content)
     assert v["city"] in ("Paris", "Rome") and 1 <= v["days"] <= 7 and set(v) == set(schema[
         "properties"])

@@ -77,6 +77,9 @@ def make_steer(response_format=None, tools=None, tool_choice=None, logprobs=None
     schemas, and `logprobs` top alternatives per token. Raises structured.SchemaError (a
     ValueError naming the field) for a schema that cannot be enforced."""
     use_tools = None if tool_choice == "none" else tools
+    if isinstance(response_format, dict) and response_format.get("type") == "text" and \
+            set(response_format) == {"type"}:
+        response_format = None                 # plain text: nothing to enforce
     constraint = None
     final = None
     strict = {}
@@ -112,7 +115,7 @@ def run_chat(model, messages, tools=None, reasoning_effort="medium", max_tokens=
         steer = make_steer(response_format, tools, tool_choice, logprobs)
     if prompt is None:
         prompt = harmony.render(messages, tools=use_tools, reasoning_effort=reasoning_effort,
-                                current_date=current_date)
+                                current_date=current_date, response_format=response_format)
     forced = list(forced_tokens or []) or forced_prefix(tool_choice, use_tools)
     stops = [s for s in (stop or []) if s]
     extra = {"steer": steer} if steer is not None else {}

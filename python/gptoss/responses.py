@@ -503,7 +503,7 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
         conversation
     try:
         hm = harmony.to_harmony(chat_msgs, tools=None if tool_choice == "none" else funcs,
-                                reasoning_effort=effort)
+                                reasoning_effort=effort, response_format=text_cfg.get("format"))
         if builtins:      # their sections go in the system message, before the channels line
             sections = "\n\n".join(t.system_section() for t in builtins)
             hm[0].content = hm[0].content.replace(

@@ -225,7 +225,8 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
             args = sampling_args(body, model)
             tool_choice = body.get("tool_choice")
             prompt = harmony.render(messages, tools=None if tool_choice == "none" else tools,
-                                    reasoning_effort=effort)
+                                    reasoning_effort=effort,
+                                    response_format=body.get("response_format"))
             fit_context(len(prompt), args, model.max_context, "messages")
             from .chat_events import forced_prefix
             forced_prefix(tool_choice, tools)        # validates tool_choice
