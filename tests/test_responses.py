@@ -158,6 +158,9 @@ def test_structured_text_format(server, client):
     ({"input": "x", "text": {"format": {"type": "json_schema", "name": "s", "schema": {
         "type": "object", "dependentRequired": {"a": ["b"]}}}}}, "text.format"),
     ({"input": "x", "temperature": 5}, "temperature"),
+    ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+    ({"input": "x", "truncation": "auto"}, "truncation"),
+    ({"input": "x", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
 ])
 def test_bad_requests_name_the_field(server, payload, param):
     r = httpx.post(server + "/v1/responses", json={"model": "tiny", **payload}, timeout=60)

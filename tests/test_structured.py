@@ -125,3 +125,11 @@ def test_unsupported_schemas_are_named(bad, word):
     with pytest.raises(SchemaError) as e:
         grammar_for_format(bad, "response_format")
     assert word in str(e.value) and "response_format" in str(e.value)
+
+
+def test_missing_extra_is_named(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "llguidance", None)
+    with pytest.raises(ImportError) as e:
+        grammar_for_format({"type": "json_object"}, "response_format")
+    assert "gptoss[structured]" in str(e.value)

@@ -495,6 +495,10 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
         raise ResponsesError("stream_options: only include_obfuscation: false is supported",
                              "stream_options")
     mt = body.get("max_output_tokens")
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or
+                           not 1 <= mt <= model.max_context):
+        raise ResponsesError(f"'max_output_tokens' must be an integer between 1 and "
+                             f"{model.max_context}", "max_output_tokens")
     args = sampling_args({"max_tokens": mt if mt is not None else 4096,
                           "temperature": body.get("temperature"), "top_p": body.get("top_p"),
                           "seed": body.get("seed")}, model)
@@ -592,10 +596,15 @@ def install(app, srv, sampling_args, fit_context, error_response):
                 skeleton = json.loads(json.dumps(response))
                 yield ev({"type": "response.created", "response": skeleton})
                 yield ev({"type": "response.in_progress", "response": skeleton})
-                async for d in srv._events(request, make_iter):
-                    if d["type"] in ("response.completed", "response.incomplete"):
-                        finish(d["response"])
-                    yield ev(d)
+                try:
+                    async for d in srv._events(request, make_iter):
+                        if d["type"] in ("response.completed", "response.incomplete"):
+                            finish(d["response"])
+                        yield ev(d)
+                except Exception as e:   # noqa: BLE001 - the stream ends with OpenAI's failure
+                    response["status"] = "failed"
+                    response["error"] = {"code": "server_error", "message": str(e)}
+                    yield ev({"type": "response.failed", "response": response})
             return StreamingResponse(sse(), media_type="text/event-stream")
 
         final = None
