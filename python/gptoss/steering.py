@@ -107,8 +107,8 @@ def host_sample(logits: np.ndarray, sampler, counter: int, ids=None) -> int:
             masked = np.full_like(row, -np.inf)
             masked[ids] = row[ids]
             row = masked
-        return int(ref(row, sampler.temperature, sampler.top_k, sampler.top_p,
-                       np.uint64(sampler.seed), np.uint64(int(counter))))
+        return int(ref(row, float(sampler.temperature), int(sampler.top_k),
+                       float(sampler.top_p), int(sampler.seed), int(counter)))
     return sample_gumbel(row, sampler.temperature, sampler.top_k, sampler.top_p, sampler.seed,
                          int(counter), ids=ids)
 
