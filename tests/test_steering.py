@@ -69,3 +69,20 @@ def test_host_sample_matches_device_sampler(model):
         assert steering.host_sample(logits, s, pos + 1) == dev
     finally:
         eng.remove_sequence(seq)
+
+
+@pytest.mark.parametrize("trial", range(24))
+def test_masked_draw_is_the_draw_with_minus_inf(trial):
+    """sample_gumbel(ids=) equals the full-row draw with every other logit at -inf."""
+    rng = np.random.default_rng(trial)
+    V = 3000
+    logits = (rng.normal(size=V) * 3).astype(np.float32)
+    ids = np.sort(rng.choice(V, size=int(rng.integers(1, V)), replace=False))
+    masked = np.full_like(logits, -np.inf)
+    masked[ids] = logits[ids]
+    T = [0.0, 1.0, 0.7][trial % 3]
+    k = [0, 5, 50, 10000][trial % 4]
+    p = [1.0, 0.9, 0.5][(trial // 3) % 3]
+    got = sample_gumbel(logits, T, k, p, 11, trial, ids=ids)
+    assert got in set(ids.tolist())
+    assert got == sample_gumbel(masked, T, k, p, 11, trial)
