@@ -54,7 +54,19 @@ class Steer:
         return bool(self.presence or self.frequency or self.bias)
 
     def choose(self, logits: np.ndarray, sampler, counter: int) -> int:
-        """Sample the next token from a row of logits with `sampler`'s settings."""
+        """Sample the next token from a row of logits with `sampler`'s settings. Never raises
+        for the steering's sake (it runs on the batch thread): a failure is kept in `error` and
+        the token is drawn unsteered."""
+        try:
+            return self._choose(logits, sampler, counter)
+        except Exception as e:   # noqa: BLE001
+            self.error = f"steering failed: {e}"
+            self.constraint = None
+            return sampler(logits, counter=counter)
+
+    error: Optional[str] = None
+
+    def _choose(self, logits: np.ndarray, sampler, counter: int) -> int:
         ids = None
         if self.constraint is not None and self.constraint.active():
             ids = self.constraint.allowed()
@@ -71,7 +83,10 @@ class Steer:
         Returns its log-probabilities ({"logprob", "top": [(id, logprob), ...]}) when asked."""
         lp = None
         if self.logprobs is not None and logits is not None:
-            lp = token_logprobs(logits, token, self.logprobs)
+            try:
+                lp = token_logprobs(logits, token, self.logprobs)
+            except Exception as e:   # noqa: BLE001 - see choose()
+                self.error = f"logprobs failed: {e}"
         if self.presence or self.frequency:
             self._counts[int(token)] = self._counts.get(int(token), 0) + 1
         if self.constraint is not None:
