@@ -57,6 +57,9 @@ def test_create_non_streaming(server, client):
     # stored: retrievable by id
     got = client.responses.retrieve(r.id)
     assert got.output_text == "Hello there!"
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
 
 
 def test_streaming_events_in_order(server, client):

@@ -1,4 +1,4 @@
-"""The Responses API (`POST /v1/responses`, `GET /v1/responses/{id}`) on top of the server.
+"""The Responses API (`POST /v1/responses`, `GET`/`DELETE /v1/responses/{id}`) on the server.
 
 A request's `input` (a string, or items: messages, `function_call`, `function_call_output`,
 `reasoning`), `instructions` and function `tools` become a chat conversation that chat.render
@@ -223,6 +223,10 @@ class ResponseStore:
     def get(self, rid: str) -> Optional[Dict[str, Any]]:
         with self._lock:
             return self._d.get(rid)
+
+    def delete(self, rid: str) -> bool:
+        with self._lock:
+            return self._d.pop(rid, None) is not None
 
 
 # ------------------------------------------------------------------------------ generation
@@ -615,6 +619,13 @@ def install(app, srv, sampling_args, fit_context, error_response):
             return error_response("client disconnected", None, None, 499)
         finish(final)
         return final
+
+    @app.delete("/v1/responses/{rid}")
+    async def delete_response(rid: str):
+        if not store.delete(rid):
+            return error_response(f"response {rid!r} is not found (not stored, or evicted)",
+                                  "response_id", None, 404)
+        return {"id": rid, "object": "response.deleted", "deleted": True}
 
     @app.get("/v1/responses/{rid}")
     async def get_response(rid: str):
