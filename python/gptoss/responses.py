@@ -553,7 +553,7 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
 def install(app, srv, sampling_args, fit_context, error_response):
     """Add the Responses routes to the FastAPI app of server.create_app."""
     from fastapi import Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import StreamingResponse
 
     store = ResponseStore()
     srv.responses = store

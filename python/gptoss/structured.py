@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import functools
-import json
 import threading
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -35,7 +34,7 @@ from .tokenizer import CALL, CHANNEL, END, MESSAGE, RETURN, START, get_tokenizer
 # separators of the generated JSON: compact, one space after ',' and ':', no other whitespace
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
-# JSON-schema keywords llguidance leaves unimplemented, named in our error (it names them too)
+# the workers that compute next masks while the engine runs a step (llguidance drops the GIL)
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gptoss-mask")
 
 
@@ -301,8 +300,3 @@ def make_constraint(final: Optional[Grammar], tools: Optional[Dict[str, Grammar]
     if final is None and not tools:
         return None
     return HarmonyConstraint(final, tools, tool_names)
-
-
-def check_json_object(text: str) -> Any:
-    """Parse a constrained answer (for callers that want the value)."""
-    return json.loads(text)
