@@ -211,47 +211,67 @@ def test_agents_sdk_runs_a_function_tool(server):
 
 def test_builtin_tool_seam(tiny_hf):
     """A registered built-in tool: the request may name its type, its section reaches the system
-    message, a call to its namespace goes to its runner (not to the caller), the runner's items
-    are reported and its answer joins the prompt before generation goes on."""
+    message (rendered by chat.render), a call to its namespace goes to its runner (not to the
+    caller), the runner's events and items are reported, and the conversation with the call and
+    the runner's answer is rendered again before generation goes on."""
     from gptoss import Model, responses
     from gptoss.server import fit_context, sampling_args
 
-    seen = []
+    seen, finished = [], []
 
     class Echo(responses.BuiltinTool):
-        tool_type, namespace = "echo_test", "echo"
+        tool_type, namespace = "echo_test", "python"
 
-        def system_section(self):
-            return "## echo\n\nRepeats its input."
+        def system_entry(self):
+            return "python"
 
-        def run(self, message):
-            seen.append((message.recipient, message.content))
-            return responses.BuiltinOutcome(
-                items=[{"type": "echo_call", "id": "ec_1", "input": message.content}],
-                messages=[chat.HarmonyMessage("echo", "said: " + message.content,
-                                              channel="commentary", recipient="assistant")])
+        def run(self, message, output_index):
+            seen.append((message.recipient, message.content, output_index))
+            item = {"type": "echo_call", "id": "ec_1", "input": message.content}
+            yield {"type": "response.output_item.done", "output_index": output_index,
+                   "item": item}
+            return responses.BuiltinOutcome(items=[item], messages=[
+                {"role": "assistant", "tool_calls": [{
+                    "id": "ec_1", "type": "builtin", "recipient": message.recipient,
+                    "arguments": message.content, "channel": message.channel}]},
+                {"role": "tool", "tool_call_id": "ec_1", "content": "said: " + message.content}])
+
+        def finish(self, response):
+            finished.append(response["status"])
 
     responses.register_builtin("echo_test", lambda spec: Echo())
     try:
         model = Model.from_pretrained(tiny_hf)
-        prompt, args, resp, conv, steer, builtins, forced = responses.prepare(
+        p = responses.prepare(
             {"input": "Say hi", "tools": [{"type": "echo_test"}], "max_output_tokens": 40,
              "temperature": 0}, model, responses.ResponseStore(), sampling_args, fit_context)
-        sys_text = chat.get_tokenizer().decode(prompt)
-        assert "# Tools\n\n## echo\n\nRepeats its input.\n\n# Valid channels" in sys_text
-        call = model.tokenizer.encode("<|channel|>commentary to=echo<|message|>hi<|call|>",
+        assert p.prompt == chat.render([{"role": "user", "content": "Say hi"}],
+                                       builtin_tools=["python"])
+        call = model.tokenizer.encode("<|channel|>analysis to=python<|message|>hi<|call|>",
                                       allowed_special="all")
-        events = list(responses.drive(model.generate, prompt, args, resp, builtins, steer,
-                                      call))
+        prompts = []
+
+        def spy(prompt, **kw):
+            prompts.append(list(prompt))
+            return model.generate(prompt, **kw)
+        added = []
+        events = list(responses.drive(spy, p.prompt, p.args, p.response, p.builtins, p.steer,
+                                      call, p.render, added))
     finally:
         del responses.BUILTIN_TOOLS["echo_test"]
-    assert seen == [("echo", "hi")]
+    assert seen == [("python", "hi", 0)] and finished == ["incomplete"]
     final = events[-1]["response"]
-    assert final["output"][0] == {"type": "echo_call", "id": "ec_1", "input": "hi",
-                                  "status": "completed"}
-    # the second generation's prompt: the first, the call, the tool's answer, a new turn
-    second = prompt + call + chat.encode_messages(
-        [chat.HarmonyMessage("echo", "said: hi", channel="commentary", recipient="assistant")]) \
-        + model.tokenizer.encode("<|start|>assistant", allowed_special="all")
-    assert final["usage"]["input_tokens"] == len(prompt) + len(second)
+    assert final["output"][0] == {"type": "echo_call", "id": "ec_1", "input": "hi"}
+    assert events[0] == {"type": "response.output_item.done", "output_index": 0,
+                         "item": final["output"][0]}
+    # the second generation's prompt: the conversation, the call and its answer, rendered
+    conv = [{"role": "user", "content": "Say hi"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "builtin",
+                                                  "recipient": "python", "arguments": "hi"}]},
+            {"role": "tool", "tool_call_id": "c", "content": "said: hi"}]
+    assert prompts[1] == chat.render(conv, builtin_tools=["python"])
+    assert final["usage"]["input_tokens"] == len(p.prompt) + len(prompts[1])
     assert final["usage"]["output_tokens"] == 40
+    assert added[:2] == [conv[1] | {"tool_calls": [dict(conv[1]["tool_calls"][0], id="ec_1",
+                                                         channel="analysis")]},
+                         dict(conv[2], tool_call_id="ec_1")]

@@ -206,7 +206,8 @@ def cmd_serve(args) -> int:
     serve(model, host=args.host, port=args.port, model_name=args.model_name or
           os.path.basename(os.path.normpath(args.model)), api_key=args.api_key or
           os.environ.get("GPTOSS_API_KEY"), enable_test_hooks=args.enable_test_hooks,
-          log_level=args.log_level)
+          log_level=args.log_level, python_tool=args.python_tool,
+          browser_corpus=args.browser_corpus)
     return 0
 
 
@@ -270,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info")
     s.add_argument("--max-context", type=int, default=None,
                    help="serve at most this many positions per request (default: the model's)")
+    s.add_argument("--python-tool", default="off", choices=["sandbox", "off"],
+                   help="offer the code_interpreter tool on /v1/responses: the built-in python "
+                        "tool, sandboxed (default off)")
+    s.add_argument("--browser-corpus", default=None, metavar="DIR",
+                   help="offer the web_search / browser_search tool on /v1/responses: the "
+                        "built-in browser over this folder of text, Markdown and HTML files")
     s.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(fn=cmd_serve)
 

@@ -9,17 +9,19 @@ events in OpenAI's order (response.created, response.in_progress, then for each 
 output_item.added, content_part.added, *.delta..., *.done, content_part.done,
 output_item.done, and last response.completed or response.incomplete).
 
-Built-in tools (run by the server, not the caller) plug in through `BUILTIN_TOOLS`: a
-`BuiltinTool` names the Responses tool type it serves (e.g. "code_interpreter"), the Harmony
-recipient namespace the model addresses (e.g. "python"), the system-message section that
-describes it, and `run(message)` which executes one call and returns the output items to report
-and the Harmony messages (the tool's answer) to append before generation goes on. `drive()`
-hands every parsed message addressed to a recipient other than a user function to
-`run_builtin()`, which finds the tool for that recipient; the call itself is not reported as
-an item (the tool's items are), the call and the tool's answer are appended to the prompt and the
-model goes on within the same response and `max_output_tokens`. The tools' sections go into the
-system message's `# Tools` part. A request naming a tool type no registered tool serves gets a
-400 naming it.
+Built-in tools (run by the server, not the caller) plug in through a registry of factories,
+`tool type -> factory(tool_spec) -> BuiltinTool`: `BUILTIN_TOOLS` (filled by
+`register_builtin`) and the server's own (responses_tools.ToolHost: `code_interpreter`,
+`web_search` / `browser_search`). A `BuiltinTool` names the Responses tool type it serves, the
+Harmony recipient namespace the model addresses (`python`, `browser`), its entry for
+`chat.render`'s `builtin_tools` (so its system-message section is rendered by chat.py, the one
+rendering path, as openai-harmony renders it), and `run(message, output_index)`: a generator
+that yields the tool's streaming events and returns a `BuiltinOutcome` (the output items and
+the chat messages, call and answer, that join the conversation). `drive()` hands every parsed
+message addressed to a recipient other than a user function to `run_builtin()`; the call
+itself is not reported as an item (the tool's items are); the conversation so far, the call and
+the tool's answer included, is rendered again and the model goes on within the same response
+and `max_output_tokens`. A request naming a tool type nobody serves gets a 400 naming it.
 """
 
 import collections
@@ -28,7 +30,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence
 
 from . import chat as harmony
 from .tokenizer import CALL, RETURN, START, get_tokenizer
@@ -44,8 +46,8 @@ class ResponsesError(ValueError):
 # ------------------------------------------------------------------------------ built-in tools
 @dataclasses.dataclass
 class BuiltinOutcome:
-    items: List[Dict[str, Any]]                 # output items to report (e.g. a web_search_call)
-    messages: List[harmony.HarmonyMessage]      # the tool's answer, appended to the prompt
+    items: List[Dict[str, Any]]          # output items to report (e.g. a web_search_call)
+    messages: List[Dict[str, Any]]       # chat messages (chat.render's form): the call, the answer
 
 
 class BuiltinTool:
@@ -54,11 +56,17 @@ class BuiltinTool:
     tool_type: str = ""
     namespace: str = ""
 
-    def system_section(self) -> str:
+    def system_entry(self) -> Any:
+        """This tool's entry of `chat.render(..., builtin_tools=...)`."""
         raise NotImplementedError
 
-    def run(self, message: harmony.ParsedMessage) -> BuiltinOutcome:
+    def run(self, message: harmony.ParsedMessage, output_index: int
+            ) -> Generator[Dict[str, Any], None, BuiltinOutcome]:
+        """Run one call: yield its events (its items at `output_index` on), return the outcome."""
         raise NotImplementedError
+
+    def finish(self, response: Dict[str, Any]) -> None:
+        """The response is over (completed, incomplete, failed or abandoned)."""
 
 
 BUILTIN_TOOLS: Dict[str, Callable[[Dict[str, Any]], BuiltinTool]] = {}
@@ -69,13 +77,13 @@ def register_builtin(tool_type: str, factory: Callable[[Dict[str, Any]], Builtin
 
 
 def run_builtin(message: harmony.ParsedMessage, tools: Sequence[BuiltinTool]
-                ) -> Optional[BuiltinOutcome]:
-    """The seam: a parsed message addressed to `message.recipient` (not functions.*) goes to
-    the built-in tool of that namespace, if the request has one; None if none serves it."""
+                ) -> Optional[BuiltinTool]:
+    """The seam: the built-in tool of the namespace `message.recipient` (not functions.*)
+    addresses, if the request has one; None if none serves it."""
     ns = (message.recipient or "").split(".", 1)[0]
     for t in tools:
         if t.namespace == ns:
-            return t.run(message)
+            return t
     return None
 
 
@@ -164,13 +172,17 @@ def output_to_messages(output: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                               ("message", "reasoning", "function_call")], "output")
 
 
-def check_tools(tools: Any):
-    """-> (chat-style function tools, built-in tools); 400 for tool types nobody serves."""
+def check_tools(tools: Any, served: Optional[Dict[str, Callable]] = None,
+                off: Optional[Dict[str, str]] = None):
+    """-> (chat-style function tools, built-in tools); 400 for tool types nobody serves.
+    served: this server's own factories (tool type -> factory(spec)), besides BUILTIN_TOOLS;
+    off: tool types this server has but was started without (-> why, for the 400)."""
     if tools is None:
         return [], []
     if not isinstance(tools, list):
         raise ResponsesError("'tools' must be a list", "tools")
-    funcs, builtins, unserved = [], [], []
+    registry = {**BUILTIN_TOOLS, **(served or {})}
+    funcs, builtins, unserved, disabled = [], [], [], []
     for i, t in enumerate(tools):
         if not isinstance(t, dict) or not isinstance(t.get("type"), str):
             raise ResponsesError(f"tools[{i}]: must be an object with a 'type'", "tools")
@@ -182,13 +194,26 @@ def check_tools(tools: Any):
                 raise ResponsesError(f"tools[{i}]: unsupported field(s) {sorted(extra)}", "tools")
             funcs.append({"type": "function", "function": {
                 k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}})
-        elif t["type"] in BUILTIN_TOOLS:
-            builtins.append(BUILTIN_TOOLS[t["type"]](t))
+        elif t["type"] in registry:
+            try:
+                tool = registry[t["type"]](t)
+            except ValueError as e:          # a field of the tool's spec it cannot honour
+                raise ResponsesError(f"tools[{i}] ({t['type']}): {e}", "tools") from None
+            # two types may serve one namespace (web_search and browser_search): one tool
+            if not any(b.namespace == tool.namespace for b in builtins):
+                builtins.append(tool)
+        elif off and t["type"] in off:
+            disabled.append(f"{t['type']!r} ({off[t['type']]})")
         else:
             unserved.append(t["type"])
+    if disabled:
+        raise ResponsesError(f"tool type(s) {', '.join(disabled)} are off on this server",
+                             "tools")
     if unserved:
         raise ResponsesError(f"tool type(s) {', '.join(map(repr, unserved))} are not supported "
-                             "by this server (function tools are)", "tools")
+                             "by this server (function tools are"
+                             f"{', and ' + ', '.join(sorted(registry)) if registry else ''})",
+                             "tools")
     return funcs, builtins
 
 
@@ -237,8 +262,9 @@ def _id(prefix: str) -> str:
 class _Emitter:
     """Builds the output items and the event stream of one response."""
 
-    def __init__(self, response: Dict[str, Any]):
+    def __init__(self, response: Dict[str, Any], annotate=None):
         self.response = response
+        self.annotate = annotate        # text -> url_citation annotations (with a browser)
         self.output: List[Dict[str, Any]] = response["output"]
         self.item: Optional[Dict[str, Any]] = None
         self.text: List[str] = []
@@ -282,6 +308,10 @@ class _Emitter:
         t = item["type"]
         if t == "message":
             part = _part("message", text)
+            for k, a in enumerate(self.annotate(text) if self.annotate else []):
+                part["annotations"].append(a)
+                yield {"type": "response.output_text.annotation.added", **base,
+                       "content_index": 0, "annotation_index": k, "annotation": a}
             item["content"] = [part]
             yield {"type": "response.output_text.done", **base, "content_index": 0, "text": text,
                    "logprobs": []}
@@ -318,98 +348,128 @@ def _in_progress(item: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[str, Any],
-          builtins: Sequence[BuiltinTool] = (), steer=None, forced=None
-          ) -> Iterator[Dict[str, Any]]:
+          builtins: Sequence[BuiltinTool] = (), steer=None, forced=None,
+          render: Optional[Callable[[List[Dict[str, Any]]], List[int]]] = None,
+          added: Optional[List[Dict[str, Any]]] = None) -> Iterator[Dict[str, Any]]:
     """The events of one response (without sequence numbers), the last one
-    response.completed / response.incomplete carrying the finished response."""
-    em = _Emitter(response)
+    response.completed / response.incomplete carrying the finished response.
+
+    forced: the first generation's forced tokens (a list of ids), or one list per generation
+    (a list of lists: the test hook for runs with built-in tool calls). render(added): the
+    prompt of the conversation with `added` (chat messages) after it; needed with builtins.
+    added: filled with the chat messages this response adds to the conversation (reasoning,
+    messages, function calls, built-in calls and their answers), in order."""
+    if added is None:
+        added = []
+    if forced and all(isinstance(f, (list, tuple)) for f in forced):
+        rounds = [list(f) for f in forced]
+    else:
+        rounds = [forced] if forced else []
+    annotate = None
+    for t in builtins:
+        if hasattr(t, "annotations"):
+            annotate = t.annotations
+    em = _Emitter(response, annotate)
     budget = gen_args["max_tokens"]
     n_out = n_reasoning = 0
     n_in = 0
     incomplete = None
-    first = True
-    while True:
-        extra = {"steer": steer} if steer is not None else {}
-        gen = generate(prompt, max_new_tokens=budget, temperature=gen_args["temperature"],
-                       top_p=gen_args["top_p"], seed=gen_args.get("seed"),
-                       stop_tokens=[RETURN, CALL], forced_tokens=(forced if first else None),
-                       **extra)
-        first = False
-        n_in += len(prompt)
-        parser = harmony.HarmonyParser()
-        n_msg = 0
-        last_call = None
-        try:
-            def feed(tok):
-                nonlocal n_msg, n_reasoning, last_call
-                n_msg += 1
-                for e in parser.feed(tok):
-                    m = e.message
-                    if e.kind == "start":
-                        yield from em.open(_item_for(m, builtins))
-                    elif e.kind == "delta":
-                        if em.item is None:        # content of a header that never finished
+    flushed = 0                     # output items already turned into chat messages in `added`
+    rnd = 0
+    try:
+        while True:
+            extra = {"steer": steer} if steer is not None else {}
+            gen = generate(prompt, max_new_tokens=budget, temperature=gen_args["temperature"],
+                           top_p=gen_args["top_p"], seed=gen_args.get("seed"),
+                           stop_tokens=[RETURN, CALL],
+                           forced_tokens=(rounds[rnd] if rnd < len(rounds) else None), **extra)
+            rnd += 1
+            n_in += len(prompt)
+            parser = harmony.HarmonyParser()
+            n_msg = 0
+            last_call = None
+            try:
+                def feed(tok):
+                    nonlocal n_msg, n_reasoning, last_call
+                    n_msg += 1
+                    for e in parser.feed(tok):
+                        m = e.message
+                        if e.kind == "start":
                             yield from em.open(_item_for(m, builtins))
-                        yield from em.delta(e.text)
-                    elif e.kind == "stray":
-                        if em.item is None or em.item["type"] != "message":
-                            yield from em.close()
-                            yield from em.open({"type": "message", "id": _id("msg"),
-                                                "role": "assistant", "content": []})
+                        elif e.kind == "delta":
+                            if em.item is None:        # content of a header that never finished
+                                yield from em.open(_item_for(m, builtins))
+                            yield from em.delta(e.text)
+                        elif e.kind == "stray":
+                            if em.item is None or em.item["type"] != "message":
+                                yield from em.close()
+                                yield from em.open({"type": "message", "id": _id("msg"),
+                                                    "role": "assistant", "content": []})
+                            yield from em.delta(e.text)
+                        elif e.kind == "end":
+                            if m.channel == "analysis":
+                                n_reasoning += n_msg
+                            n_msg = 0
+                            if em.item is None and m.content:
+                                yield from em.open(_item_for(m, builtins))
+                                yield from em.delta(m.content)
+                            yield from em.close("completed" if m.end else "incomplete")
+                            if m.end == "call" and m.recipient and \
+                                    not m.recipient.startswith("functions."):
+                                last_call = m
+                for t in gen:
+                    yield from feed(t.id)
+                if gen.stop_reason == "stop_token" and gen.stop_token is not None:
+                    yield from feed(gen.stop_token)
+                for e in parser.close():
+                    if e.kind == "delta":
                         yield from em.delta(e.text)
                     elif e.kind == "end":
-                        if m.channel == "analysis":
+                        if e.message.channel == "analysis":
                             n_reasoning += n_msg
-                        n_msg = 0
-                        if em.item is None and m.content:
-                            yield from em.open(_item_for(m, builtins))
-                            yield from em.delta(m.content)
-                        yield from em.close("completed" if m.end else "incomplete")
-                        if m.end == "call" and m.recipient and \
-                                not m.recipient.startswith("functions."):
-                            last_call = m
-            for t in gen:
-                yield from feed(t.id)
-            if gen.stop_reason == "stop_token" and gen.stop_token is not None:
-                yield from feed(gen.stop_token)
-            for e in parser.close():
-                if e.kind == "delta":
-                    yield from em.delta(e.text)
-                elif e.kind == "end":
-                    if e.message.channel == "analysis":
-                        n_reasoning += n_msg
-            yield from em.close("incomplete")
-        finally:
-            gen.close()
-        used = len(gen.tokens) + (1 if gen.stop_reason == "stop_token" else 0)
-        n_out += used
-        budget -= used
-        if gen.stop_reason in ("max_new_tokens", "context_limit"):
-            incomplete = "max_output_tokens"
-            break
-        if last_call is None:
-            break
-        outcome = run_builtin(last_call, builtins)
-        if outcome is None or budget <= 0:
-            break
-        for item in outcome.items:
-            yield from em.open(item)
-            yield from em.close()
-        # the call and the tool's answer join the conversation; the model goes on
-        prompt = prompt + list(gen.tokens) + [CALL] + harmony.encode_messages(
-            outcome.messages) + [START] + get_tokenizer().encode("assistant")
-    response["usage"] = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0},
-                         "output_tokens": n_out,
-                         "output_tokens_details": {"reasoning_tokens": n_reasoning},
-                         "total_tokens": n_in + n_out}
-    if incomplete:
-        response["status"] = "incomplete"
-        response["incomplete_details"] = {"reason": incomplete}
-        yield {"type": "response.incomplete", "response": response}
-    else:
-        response["status"] = "completed"
-        response["completed_at"] = int(time.time())
-        yield {"type": "response.completed", "response": response}
+                yield from em.close("incomplete")
+            finally:
+                gen.close()
+            used = len(gen.tokens) + (1 if gen.stop_reason == "stop_token" else 0)
+            n_out += used
+            budget -= used
+            if gen.stop_reason in ("max_new_tokens", "context_limit"):
+                incomplete = "max_output_tokens"
+                break
+            if last_call is None:
+                break
+            tool = run_builtin(last_call, builtins)
+            if tool is None or budget <= 0 or render is None:
+                break
+            added += output_to_messages(em.output[flushed:])
+            outcome = yield from tool.run(last_call, len(em.output))
+            em.output.extend(outcome.items)
+            flushed = len(em.output)
+            added += outcome.messages
+            # the conversation so far, the call and the tool's answer included, rendered again
+            # (as openai-harmony renders it); the model goes on
+            prompt = render(added)
+            if gen_args.get("max_context"):
+                budget = min(budget, gen_args["max_context"] - len(prompt))
+                if budget <= 0:
+                    incomplete = "max_output_tokens"
+                    break
+        added += output_to_messages(em.output[flushed:])
+        response["usage"] = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0},
+                             "output_tokens": n_out,
+                             "output_tokens_details": {"reasoning_tokens": n_reasoning},
+                             "total_tokens": n_in + n_out}
+        if incomplete:
+            response["status"] = "incomplete"
+            response["incomplete_details"] = {"reason": incomplete}
+            yield {"type": "response.incomplete", "response": response}
+        else:
+            response["status"] = "completed"
+            response["completed_at"] = int(time.time())
+            yield {"type": "response.completed", "response": response}
+    finally:
+        for t in builtins:
+            t.finish(response)
 
 
 def _item_for(m: harmony.ParsedMessage, builtins: Sequence[BuiltinTool] = ()
@@ -428,9 +488,24 @@ def _item_for(m: harmony.ParsedMessage, builtins: Sequence[BuiltinTool] = ()
 
 
 # ------------------------------------------------------------------------------ the endpoint
-def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fit_context):
-    """Validate a request; -> (prompt tokens, generation args, response skeleton, context for
-    storing, steer, builtins). Raises ResponsesError naming the field."""
+@dataclasses.dataclass
+class Prepared:
+    """A validated request: what `drive` needs, and what storing the response needs."""
+    prompt: List[int]
+    args: Dict[str, Any]
+    response: Dict[str, Any]
+    conversation: List[Dict[str, Any]]       # the chat messages before this response's output
+    steer: Any
+    builtins: List[BuiltinTool]
+    forced: Optional[List[int]]
+    render: Callable[[List[Dict[str, Any]]], List[int]]
+
+
+def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fit_context,
+            served: Optional[Dict[str, Callable]] = None,
+            off: Optional[Dict[str, str]] = None) -> Prepared:
+    """Validate a request; -> Prepared. Raises ResponsesError naming the field. served, off:
+    the server's own built-in tool factories, and the tool types it has switched off."""
     unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
         raise ResponsesError(f"unsupported field(s): {', '.join(unknown)}", unknown[0])
@@ -461,7 +536,7 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ResponsesError("'instructions' must be a string", "instructions")
-    funcs, builtins = check_tools(body.get("tools"))
+    funcs, builtins = check_tools(body.get("tools"), served, off)
     tool_choice = chat_tool_choice(body.get("tool_choice"), funcs)
     reasoning = body.get("reasoning") or {}
     if not isinstance(reasoning, dict):
@@ -509,20 +584,23 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
     conversation = history + msgs
     chat_msgs = ([{"role": "developer", "content": instructions}] if instructions else []) + \
         conversation
+    use_funcs = None if tool_choice == "none" else funcs
+    entries = [t.system_entry() for t in builtins]
+
+    def render(added: List[Dict[str, Any]]) -> List[int]:
+        # one rendering path: chat.render puts the built-in tools' sections in the system
+        # message as openai-harmony does
+        return harmony.render(chat_msgs + list(added), tools=use_funcs, reasoning_effort=effort,
+                              builtin_tools=entries, response_format=text_cfg.get("format"))
     try:
-        hm = harmony.to_harmony(chat_msgs, tools=None if tool_choice == "none" else funcs,
-                                reasoning_effort=effort, response_format=text_cfg.get("format"))
-        if builtins:      # their sections go in the system message, before the channels line
-            sections = "\n\n".join(t.system_section() for t in builtins)
-            hm[0].content = hm[0].content.replace(
-                "# Valid channels", f"# Tools\n\n{sections}\n\n# Valid channels", 1)
-        prompt = harmony.encode_messages(hm) + [START] + get_tokenizer().encode("assistant")
+        prompt = render([])
     except harmony.ChatFormatError as e:
         raise ResponsesError(str(e), "input") from None
     try:
         fit_context(len(prompt), args, model.max_context, "input")
     except ValueError as e:
         raise ResponsesError(str(e), "input", code=getattr(e, "code", None)) from None
+    args["max_context"] = model.max_context
     from .chat_events import forced_prefix, make_steer
     try:
         forced = forced_prefix(tool_choice, funcs)
@@ -547,16 +625,45 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "top_p": args["top_p"], "truncation": "disabled", "usage": None,
         "user": body.get("user"), "metadata": meta or {}}
-    return prompt, args, response, conversation, steer, builtins, forced
+    return Prepared(prompt, args, response, conversation, steer, builtins, forced, render)
 
 
-def install(app, srv, sampling_args, fit_context, error_response):
-    """Add the Responses routes to the FastAPI app of server.create_app."""
+def install(app, srv, sampling_args, fit_context, error_response, tool_host=None):
+    """Add the Responses routes to the FastAPI app of server.create_app. tool_host: a
+    responses_tools.ToolHost (the built-in tools this server offers), or None for none."""
     from fastapi import Request
     from fastapi.responses import StreamingResponse
 
     store = ResponseStore()
     srv.responses = store
+    srv.tool_host = tool_host
+    generate = srv.generate
+    forced_rounds: List[List[int]] = []
+    seen_prompts: List[List[int]] = []
+    if srv.enable_test_hooks:
+        def generate(prompt, **kw):        # noqa: F811 - records the prompts (a test hook)
+            seen_prompts.append(list(prompt))
+            return srv.generate(prompt, **kw)
+
+        @app.post("/v1/_test/force_rounds")
+        async def force_rounds(request: Request):
+            """Test hook: the next response's generations start with these (Harmony texts, one
+            per generation: before and after each built-in tool call)."""
+            try:
+                body = json.loads(await request.body())
+                rounds = [srv.model.tokenizer.encode(t, allowed_special="all")
+                          for t in body["rounds"]]
+            except (ValueError, KeyError, TypeError) as e:
+                return error_response(f"bad force_rounds body: {e}")
+            forced_rounds[:] = rounds
+            return {"rounds": [len(r) for r in rounds]}
+
+        @app.get("/v1/_test/prompts")
+        async def prompts():
+            """Test hook: the prompts of the generations since the last call."""
+            out = list(seen_prompts)
+            seen_prompts.clear()
+            return {"prompts": out}
 
     @app.post("/v1/responses")
     async def responses(request: Request):
@@ -568,25 +675,32 @@ def install(app, srv, sampling_args, fit_context, error_response):
                 raise ResponsesError(f"request body is not valid JSON: {e}")
             if not isinstance(body, dict):
                 raise ResponsesError("request body must be a JSON object")
-            prompt, args, response, conversation, steer, builtins, forced = prepare(
-                body, srv.model, store, sampling_args, fit_context)
+            served, off = (tool_host.for_request(body.get("previous_response_id"))
+                           if tool_host is not None else (None, None))
+            p = prepare(body, srv.model, store, sampling_args, fit_context, served, off)
         except ResponsesError as e:
             return error_response(str(e), e.param, e.code, e.status)
         except ValueError as e:           # server.RequestError from sampling_args
             return error_response(str(e), getattr(e, "param", None), getattr(e, "code", None),
                                   getattr(e, "status", 400))
+        response = p.response
         response["model"] = srv.model_name
         hook = srv.take_forced()
-        forced = hook or forced or None
+        forced = hook or p.forced or None
+        if forced_rounds:
+            forced = list(forced_rounds)
+            forced_rounds.clear()
+        added: List[Dict[str, Any]] = []
 
         def make_iter():
-            return drive(srv.generate, prompt, args, response, builtins, steer, forced)
+            return drive(generate, p.prompt, p.args, response, p.builtins, p.steer, forced,
+                         p.render, added)
 
         def finish(resp):
             if resp.get("store"):
-                store.put(resp["id"], {"response": resp,
-                                       "conversation": conversation +
-                                       output_to_messages(resp["output"])})
+                store.put(resp["id"], {"response": resp, "conversation": p.conversation + added})
+                if tool_host is not None and not p.builtins:
+                    tool_host.move(body.get("previous_response_id"), resp["id"])
 
         if body.get("stream"):
             async def sse():
@@ -622,6 +736,8 @@ def install(app, srv, sampling_args, fit_context, error_response):
 
     @app.delete("/v1/responses/{rid}")
     async def delete_response(rid: str):
+        if tool_host is not None:
+            tool_host.drop(rid)
         if not store.delete(rid):
             return error_response(f"response {rid!r} is not found (not stored, or evicted)",
                                   "response_id", None, 404)

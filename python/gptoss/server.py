@@ -129,7 +129,7 @@ class _Nothing:
 
 
 def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None,
-               enable_test_hooks: bool = False):
+               enable_test_hooks: bool = False, tool_host=None):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -188,7 +188,8 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
         return JSONResponse(_error_body(message, param, code), status_code=status)
 
     from . import responses as responses_api
-    responses_api.install(app, srv, sampling_args, fit_context, error_response)
+    # tool_host: the built-in tools /v1/responses runs (responses_tools.ToolHost), or None
+    responses_api.install(app, srv, sampling_args, fit_context, error_response, tool_host)
 
     def steer_error(e: Exception, where: str) -> JSONResponse:
         if isinstance(e, ImportError):
@@ -407,7 +408,15 @@ def _finish(done: Done) -> str:
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, model_name: str = "gpt-oss",
           api_key: Optional[str] = None, enable_test_hooks: bool = False,
-          log_level: str = "info") -> None:
+          log_level: str = "info", python_tool: str = "off",
+          browser_corpus: Optional[str] = None) -> None:
+    """python_tool ("sandbox" or "off") and browser_corpus (a folder, or None): the built-in
+    tools the Responses API offers (code_interpreter; web_search / browser_search)."""
     import uvicorn
-    app = create_app(model, model_name, api_key, enable_test_hooks)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from .responses_tools import ToolHost
+    host_tools = ToolHost(python=python_tool, browser_corpus=browser_corpus)
+    app = create_app(model, model_name, api_key, enable_test_hooks, tool_host=host_tools)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        host_tools.close()

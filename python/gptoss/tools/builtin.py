@@ -72,6 +72,11 @@ class BuiltinTools:
         return self._python
 
     @property
+    def python_started(self) -> Optional[PythonTool]:
+        """The python session, if one is given or was started (None before first use)."""
+        return self._python
+
+    @property
     def names(self) -> tuple:
         return tuple(n for n, on in (("browser", self.browser is not None),
                                      ("python", self.has_python)) if on)
