@@ -187,7 +187,8 @@ def test_tools_stream_openais_events(server, client, corpus, henc):  # noqa: F81
     check_prompts(seen_prompts(server), henc, conv)
 
 
-def test_chain_keeps_python_state_and_renders_history(server, client, corpus, henc, outside):  # noqa: F811,E501
+def test_chain_keeps_python_state_and_renders_history(server, client, corpus, henc,  # noqa: F811
+                                                      outside):
     """previous_response_id continues the conversation, tool calls and answers included, with
     the chain's python session (its variables); the sandbox holds in the server."""
     force_rounds(server, ROUNDS)

@@ -160,6 +160,11 @@ def items_to_messages(items: Any, where: str = "input") -> List[Dict[str, Any]]:
             o = it.get("output", "")
             out.append({"role": "tool", "tool_call_id": it["call_id"],
                         "content": o if isinstance(o, str) else _text(o, w)})
+        elif t in ("code_interpreter_call", "web_search_call"):
+            raise ResponsesError(f"{w}.type = {t!r}: built-in tool calls cannot be sent back as "
+                                 "input (the item does not hold everything the model was "
+                                 "shown); continue the conversation with previous_response_id",
+                                 "input")
         else:
             raise ResponsesError(f"{w}.type = {t!r}: input items must be message, reasoning, "
                                  "function_call or function_call_output", "input")
@@ -515,9 +520,12 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
                                  f"{', '.join(repr(a) for a in allowed if a is not None)} "
                                  "or absent)".replace("( or", "(absent only; or"), k)
     include = body.get("include") or []
-    if not isinstance(include, list) or include:
+    # what these ask for is always in the output; anything else is not available
+    always = ("code_interpreter_call.outputs", "web_search_call.action.sources")
+    if not isinstance(include, list) or any(i not in always for i in include):
         raise ResponsesError(f"'include' = {include!r}: no extra output is available "
-                             "(reasoning text is always in the output)", "include")
+                             "(reasoning text, code_interpreter_call outputs and web_search_call "
+                             "sources are always in the output)", "include")
     if "input" not in body:
         raise ResponsesError("'input' is required", "input")
     msgs = items_to_messages(body["input"])

@@ -35,7 +35,7 @@ from .tools import Browser, BuiltinTools, sandbox_problem
 from .tools.browser import CorpusBackend
 
 PYTHON_TYPES = ("code_interpreter",)
-BROWSER_TYPES = ("web_search", "browser_search", "web_search_preview")
+BROWSER_TYPES = ("web_search", "browser_search", "web_search_preview", "web_search_2025_08_26")
 PYTHON_MODES = ("sandbox", "off")
 
 
@@ -210,10 +210,15 @@ class _RequestTools:
             self.session.close()
 
 
-def _spec_check(spec: Dict[str, Any], allowed: Tuple[str, ...]) -> None:
-    extra = sorted(set(spec) - {"type", *allowed})
+def _spec_check(spec: Dict[str, Any], allowed: Dict[str, Tuple[Any, ...]]) -> None:
+    """Fields other than `allowed` (field -> accepted values; None: any) are refused by name,
+    unless null."""
+    extra = sorted(k for k, v in spec.items() if k != "type" and v is not None and (
+        k not in allowed or (allowed[k] is not None and v not in allowed[k])))
     if extra:
-        raise ValueError(f"unsupported field(s) {extra}")
+        raise ValueError(f"unsupported field(s) {', '.join(f'{k}={spec[k]!r}' for k in extra)}"
+                         " (a local tool: the server's own sandboxed python session, the "
+                         "browser over the server's corpus)")
 
 
 def _call_messages(m: harmony.ParsedMessage, call_id: str, channel: str, text: str
@@ -229,13 +234,12 @@ class _CodeInterpreter(BuiltinTool):
     tool_type, namespace = "code_interpreter", "python"
 
     def __init__(self, req: _RequestTools, spec: Dict[str, Any]):
-        _spec_check(spec, ("container",))
+        _spec_check(spec, {"container": None})
         c = spec.get("container")
-        if c is not None and not (c == "auto" or isinstance(c, str) or
-                                  (isinstance(c, dict) and c.get("type") == "auto"
-                                   and set(c) <= {"type"})):
-            raise ValueError("container: only {'type': 'auto'} is supported (the server's own "
-                             "sandboxed session)")
+        if c is not None and not (isinstance(c, dict) and c.get("type") == "auto" and
+                                  all(v in (None, []) for k, v in c.items() if k != "type")):
+            raise ValueError(f"container={c!r}: only {{'type': 'auto'}} is supported (the "
+                             "python session follows the response chain: previous_response_id)")
         self.req = req
         req.wants_python = True
 
@@ -275,8 +279,8 @@ class _WebSearch(BuiltinTool):
 
     def __init__(self, req: _RequestTools, spec: Dict[str, Any]):
         # the fields OpenAI's web_search tool has that say nothing to a local corpus are
-        # refused by name rather than ignored
-        _spec_check(spec, ())
+        # refused by name rather than ignored (the default context size changes nothing)
+        _spec_check(spec, {"search_context_size": ("medium",)})
         self.req = req
         req.wants_browser = True
 
@@ -304,6 +308,7 @@ class _WebSearch(BuiltinTool):
             action = dict(run.data["action"])
             if action["type"] == "find":          # OpenAI's name for it
                 action["type"] = "find_in_page"
+                action["url"] = action.get("url") or ""
             item["action"] = action
         item["status"] = run.data.get("status", "failed")
         yield {"type": "response.web_search_call.completed", **base}
@@ -327,4 +332,6 @@ def _announced(fn: str, arguments: str) -> Dict[str, Any]:
     if fn == "open":
         u = a.get("id")
         return {"type": "open_page", "url": u if isinstance(u, str) else None}
-    return {"type": "find_in_page", "pattern": str(a.get("pattern", "")), "url": None}
+    if fn == "find":
+        return {"type": "find_in_page", "pattern": str(a.get("pattern", "")), "url": ""}
+    return {"type": "search", "query": ""}        # a browser function that does not exist
