@@ -246,3 +246,56 @@ def test_tools_that_are_off_get_a_400_naming_them(tmp_path):
     assert "'browser_search'" in str(e.value) and "--browser-corpus" in str(e.value)
     with pytest.raises(ValueError, match="python tool"):
         ToolHost(python="docker")
+
+
+def _run(tool, code, index=0):
+    """Run one python call through a request's code_interpreter tool; -> the item."""
+    from gptoss.chat import ParsedMessage
+    m = ParsedMessage(channel="analysis", recipient="python", content_type="code", content=code,
+                      end="call")
+    gen = tool.run(m, index)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value.items[0]
+
+
+def test_chains_never_share_a_python_session():
+    """A response hands its session to the one continuing it; a second continuation of the
+    same response (running at the same time) gets a fresh one; a response that is not stored
+    closes its session; the oldest chains' sessions are closed past max_sessions."""
+    from gptoss.responses_tools import ToolHost
+    host = ToolHost(python="sandbox", max_sessions=2)
+    spec = {"type": "code_interpreter", "container": {"type": "auto"}}
+
+    def tool(prev):
+        return host.for_request(prev)[0]["code_interpreter"](spec)
+    try:
+        t1 = tool(None)
+        assert _run(t1, "x = 5\nx")["outputs"][0]["logs"] == "5\n"
+        py1 = t1.req.tools.python_started
+        t1.finish({"id": "r1", "store": True, "status": "completed"})
+        a, b = tool("r1"), tool("r1")             # two continuations of r1, both in flight
+        assert _run(a, "x + 1")["outputs"][0]["logs"] == "6\n"
+        got = _run(b, "x")
+        assert "NameError" in got["outputs"][0]["logs"] and got["status"] == "failed"
+        assert a.req.tools.python_started is py1
+        py_b = b.req.tools.python_started
+        assert py_b is not None and py_b is not py1
+        b.finish({"id": "r2b", "store": False, "status": "completed"})
+        assert py_b._closed and not py1._closed
+        a.finish({"id": "r2", "store": True, "status": "completed"})
+        # a response continuing r2 without tools passes the session on (host.move)
+        host.move("r2", "r3")
+        c = tool("r3")
+        assert _run(c, "x * 10")["outputs"][0]["logs"] == "50\n"
+        c.finish({"id": "r4", "store": True, "status": "completed"})
+        for k in range(2):                        # two newer chains: r4's session is evicted
+            t = tool(None)
+            _run(t, "1")
+            t.finish({"id": f"n{k}", "store": True, "status": "completed"})
+        assert py1._closed
+        host.drop("n0")
+    finally:
+        host.close()
