@@ -20,7 +20,7 @@ from test_server import start_server  # noqa: E402
 from test_tools import bcall, henc, ref_render, result  # noqa: E402,F401 - henc: a fixture
 
 PROBLEM = sandbox_problem()
-pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"no sandbox here: {PROBLEM}")
+needs_sandbox = pytest.mark.skipif(PROBLEM is not None, reason=f"no sandbox here: {PROBLEM}")
 
 QUESTION = "What is 21*2, and what colour are bananas?"
 CODE = "n = 21\nn * 2"
@@ -129,6 +129,7 @@ def check_prompts(prompts, henc, conv):  # noqa: F811
         assert prompt == ref_render(henc, conv[:cut], ("browser", "python")), f"prompt {k}"
 
 
+@needs_sandbox
 def test_tools_run_non_streaming(server, client, corpus, henc):  # noqa: F811
     force_rounds(server, ROUNDS)
     r = client.responses.create(model="tiny", input=QUESTION, tools=TOOLS, temperature=0,
@@ -143,6 +144,7 @@ def test_tools_run_non_streaming(server, client, corpus, henc):  # noqa: F811
         t, allowed_special="all")) for t in ROUNDS)
 
 
+@needs_sandbox
 def test_tools_stream_openais_events(server, client, corpus, henc):  # noqa: F811
     force_rounds(server, ROUNDS)
     events = list(client.responses.create(model="tiny", input=QUESTION, tools=TOOLS,
@@ -187,6 +189,7 @@ def test_tools_stream_openais_events(server, client, corpus, henc):  # noqa: F81
     check_prompts(seen_prompts(server), henc, conv)
 
 
+@needs_sandbox
 def test_chain_keeps_python_state_and_renders_history(server, client, corpus, henc,  # noqa: F811
                                                       outside):
     """previous_response_id continues the conversation, tool calls and answers included, with
@@ -213,6 +216,7 @@ def test_chain_keeps_python_state_and_renders_history(server, client, corpus, he
     assert p2 == ref_render(henc, conv, ("browser", "python"))
 
 
+@needs_sandbox
 def test_store_false_and_unsupported_tool_fields(server, client):
     force_rounds(server, [f"<|channel|>analysis to=python code<|message|>{CODE}<|call|>",
                           "<|channel|>final<|message|>42<|return|>"])
@@ -261,6 +265,7 @@ def _run(tool, code, index=0):
             return stop.value.items[0]
 
 
+@needs_sandbox
 def test_chains_never_share_a_python_session():
     """A response hands its session to the one continuing it; a second continuation of the
     same response (running at the same time) gets a fresh one; a response that is not stored
@@ -299,3 +304,24 @@ def test_chains_never_share_a_python_session():
         host.drop("n0")
     finally:
         host.close()
+
+
+def test_tool_choice_with_builtin_tools(tiny_hf, tmp_path):
+    """tool_choice 'none' offers no tool (the system message has no # Tools); 'required' with
+    only built-in tools is refused by name."""
+    from gptoss import Model, responses
+    from gptoss.responses_tools import ToolHost
+    from gptoss.server import fit_context, sampling_args
+    model = Model.from_pretrained(tiny_hf)
+    host = ToolHost(python="off", browser_corpus=str(write_corpus(tmp_path / "c")))
+    body = {"input": "hi", "tools": [{"type": "web_search"}]}
+    p = responses.prepare(dict(body), model, responses.ResponseStore(), sampling_args,
+                          fit_context, *host.for_request(None))
+    assert p.prompt == chat.render([{"role": "user", "content": "hi"}], builtin_tools=["browser"])
+    p = responses.prepare(dict(body, tool_choice="none"), model, responses.ResponseStore(),
+                          sampling_args, fit_context, *host.for_request(None))
+    assert p.prompt == chat.render([{"role": "user", "content": "hi"}]) and p.builtins == []
+    with pytest.raises(responses.ResponsesError) as e:
+        responses.prepare(dict(body, tool_choice="required"), model, responses.ResponseStore(),
+                          sampling_args, fit_context, *host.for_request(None))
+    assert e.value.param == "tool_choice"

@@ -546,6 +546,12 @@ def prepare(body: Dict[str, Any], model, store: ResponseStore, sampling_args, fi
         raise ResponsesError("'instructions' must be a string", "instructions")
     funcs, builtins = check_tools(body.get("tools"), served, off)
     tool_choice = chat_tool_choice(body.get("tool_choice"), funcs)
+    if tool_choice == "none":        # no tool at all: the built-in ones are not offered either
+        builtins = []
+    if tool_choice == "required" and builtins and not funcs:
+        raise ResponsesError("tool_choice 'required' forces a function call, and there are no "
+                             "function tools (a built-in tool's call cannot be forced; use "
+                             "'auto')", "tool_choice")
     reasoning = body.get("reasoning") or {}
     if not isinstance(reasoning, dict):
         raise ResponsesError("'reasoning' must be an object", "reasoning")
