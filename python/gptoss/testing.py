@@ -238,7 +238,9 @@ def random_checkpoint(preset: str, layout: str = "hf", seed: int = 0,
 
 
 def resolve_model_path(name: str, progress: bool = False) -> str:
-    """`random:PRESET[:LAYOUT]` -> a cached random checkpoint; anything else is a path."""
+    """`random:PRESET[:LAYOUT]` -> a cached random checkpoint; `owner/name[@rev]` that is not a
+    directory -> its snapshot in the local Hugging Face cache (gptoss.hub; never the network);
+    anything else is a path."""
     if name.startswith("random:"):
         parts = name.split(":")
         preset = parts[1]
@@ -247,4 +249,7 @@ def resolve_model_path(name: str, progress: bool = False) -> str:
             raise ValueError(f"model {name!r}: unknown preset {preset!r} "
                              f"(choose from {', '.join(sorted(PRESETS))})")
         return random_checkpoint(preset, layout=layout, progress=progress)
+    from . import hub
+    if hub.looks_like_repo_id(name):
+        return hub.resolve_repo_id(name)
     return name
