@@ -107,6 +107,8 @@ class Ops:
         from prometheus_client.core import GaugeMetricFamily
         self.server = server
         self.limits = limits
+        self.app = None
+        self._paths = None
         self.in_flight = 0                     # generation requests in the server (event loop)
         self.draining = False
         self.stop_at: Optional[float] = None   # time.monotonic() at which generations are ended
@@ -167,6 +169,12 @@ class Ops:
              lim.max_batch if s is not None else 1),
             ("gptoss_draining", "1 while shutting down", 1 if self.draining else 0),
         ]
+
+    def endpoint_of(self, path: str) -> str:
+        """The metrics label of a request the router did not see: its route, or "other"."""
+        if self._paths is None:
+            self._paths = {getattr(r, "path", None) for r in self.app.routes} - {None}
+        return path if path in self._paths else "other"
 
     @property
     def capacity(self) -> int:
@@ -334,15 +342,30 @@ class OpsMiddleware:
             if generation:
                 ops.in_flight += 1
                 counted = True
-            seen = [0]
+            # the body is read here, up to the limit (bodies are JSON requests, small): past it
+            # a 413 before the app sees anything; the app then reads the same body
+            receive_w = receive
+            if method in ("POST", "PUT", "PATCH"):
+                parts, size = [], 0
+                while True:
+                    msg = await receive()
+                    if msg["type"] != "http.request":
+                        break
+                    size += len(msg.get("body", b""))
+                    if size > lim.max_body_bytes:
+                        ops.rejected.labels("body_size").inc()
+                        await _send_json(send_w, 413, error_json(BodyTooLarge(lim.max_body_bytes)),
+                                         [(b"connection", b"close")])
+                        return
+                    parts.append(msg.get("body", b""))
+                    if not msg.get("more_body", False):
+                        break
+                replay = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+                if msg["type"] != "http.request":
+                    replay = [msg]
 
-            async def receive_w():
-                msg = await receive()
-                if msg["type"] == "http.request":
-                    seen[0] += len(msg.get("body", b""))
-                    if seen[0] > lim.max_body_bytes:
-                        raise BodyTooLarge(lim.max_body_bytes)
-                return msg
+                async def receive_w():
+                    return replay.pop(0) if replay else await receive()
             try:
                 await self.app(scope, receive_w, send_w)
                 if st.get("final"):
@@ -364,8 +387,8 @@ class OpsMiddleware:
             if counted:
                 ops.in_flight -= 1
                 ops.note_duration(time.monotonic() - t0)
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "other"
+            route = scope.get("route")      # set by the router; refused requests never got there
+            endpoint = getattr(route, "path", None) or ops.endpoint_of(path)
             status = st["status"] or 500
             ops.requests.labels(endpoint, str(status)).inc()
             client = scope.get("client") or ("-", 0)
@@ -396,6 +419,7 @@ def install(app, server, limits: Optional[Limits] = None) -> Ops:
     from fastapi.responses import Response
     limits = (limits or Limits()).check()
     ops = Ops(server, limits)
+    ops.app = app
     if server.scheduler is not None:
         server.scheduler.max_batch = limits.max_batch
         server.scheduler.prefill_chunk = limits.prefill_chunk
