@@ -197,8 +197,10 @@ class Ops:
         self.stop_at = time.monotonic() + self.limits.shutdown_grace
         if self.server.scheduler is not None:
             self.server.scheduler.shutdown_at(self.stop_at)
-        log.warning("shutting down: no new requests; running generations get %g s",
-                    self.limits.shutdown_grace)
+        # called from a signal handler: the logging lock may be held by the interrupted code
+        threading.Thread(target=log.warning, daemon=True, args=(
+            "shutting down: no new requests; running generations get %g s",
+            self.limits.shutdown_grace)).start()
 
     def stopping(self) -> bool:
         return self.stop_at is not None and time.monotonic() >= self.stop_at
