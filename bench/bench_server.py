@@ -29,6 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, write_json  # noqa: E402
 
+THREADS = None      # --threads: the C++ engine's threads, in the server and the engine run
 MID = dict(num_layers=8, hidden_size=1024, num_heads=16, num_kv_heads=2, head_dim=64,
            num_experts=32, experts_per_token=4, intermediate_size=1024)
 
@@ -61,9 +62,10 @@ class Server:
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
         s.close()
+        threads = ["--threads", str(THREADS)] if THREADS else []
         self.proc = subprocess.Popen([sys.executable, "-m", "gptoss", "serve", "--model", model,
                                       "--port", str(self.port), "--log-level", "warning",
-                                      *extra])
+                                      *threads, *extra])
         self.base = f"http://127.0.0.1:{self.port}"
         for _ in range(36000):
             if self.proc.poll() is not None:
@@ -200,7 +202,7 @@ def engine_rate(model, batches, steps):
     """decode_batch_sample tokens per second at each batch size, in this process."""
     from gptoss import Model
     from gptoss.sampling import Sampler
-    m = Model.from_pretrained(model, max_context=4096)
+    m = Model.from_pretrained(model, max_context=4096, threads=THREADS)
     eng = m.engine
     if not hasattr(eng, "decode_batch_sample"):
         return {}
@@ -233,10 +235,14 @@ def main():
     p.add_argument("--engine-steps", type=int, default=20)
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="C++ engine threads (default: all cores)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    global THREADS
+    THREADS = a.threads
     model = resolve(a.model)
-    result = {"model": a.model, "path": model, "machine": machine()}
+    result = {"model": a.model, "path": model, "machine": machine(), "threads": a.threads}
     if not a.skip_latency:
         ctx = a.long_prompt + 4096
         result["latency"] = [latency(model, c, a.streams, a.long_prompt, a.warm_tokens, ctx)

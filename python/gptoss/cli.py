@@ -165,7 +165,7 @@ def cmd_serve(args) -> int:
                     request_timeout=args.request_timeout or None,
                     shutdown_grace=args.shutdown_grace, prefill_chunk=args.prefill_chunk).check()
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
-                                  max_context=args.max_context)
+                                  max_context=args.max_context, threads=args.threads)
     print(f"[gptoss serve: {model.backend_note}; http://{args.host}:{args.port}/v1]",
           file=sys.stderr)
     serve(model, host=args.host, port=args.port, model_name=args.model_name or
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info")
     s.add_argument("--max-context", type=int, default=None,
                    help="serve at most this many positions per request (default: the model's)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the C++ engine (default: all cores)")
     s.add_argument("--max-batch", type=int, default=16,
                    help="sequences decoding together at most (C++ engine; default 16)")
     s.add_argument("--max-waiting", type=int, default=64,
