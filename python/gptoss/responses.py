@@ -651,14 +651,16 @@ def install(app, srv, sampling_args, fit_context, error_response, tool_host=None
     store = ResponseStore()
     srv.responses = store
     srv.tool_host = tool_host
-    generate = srv.generate
     forced_rounds: List[List[int]] = []
     seen_prompts: List[List[int]] = []
-    if srv.enable_test_hooks:
-        def generate(prompt, **kw):        # noqa: F811 - records the prompts (a test hook)
-            seen_prompts.append(list(prompt))
-            return srv.generate(prompt, **kw)
 
+    def generate(prompt, **kw):
+        # srv.generate looked up per call (serve_ops wraps it after this install)
+        if srv.enable_test_hooks:
+            seen_prompts.append(list(prompt))      # a test hook: GET /v1/_test/prompts
+        return srv.generate(prompt, **kw)
+
+    if srv.enable_test_hooks:
         @app.post("/v1/_test/force_rounds")
         async def force_rounds(request: Request):
             """Test hook: the next response's generations start with these (Harmony texts, one

@@ -129,7 +129,9 @@ class _Nothing:
 
 
 def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None,
-               enable_test_hooks: bool = False, tool_host=None):
+               enable_test_hooks: bool = False, limits=None, tool_host=None):
+    """limits: a serve_ops.Limits (batch, queue, body size, timeout, shutdown grace).
+    tool_host: a responses_tools.ToolHost (the built-in tools /v1/responses runs), or None."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -160,7 +162,9 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
     async def auth(request: Request, call_next):
         if srv.api_key and request.url.path.startswith("/v1/"):
             got = request.headers.get("authorization", "")
-            if not secrets.compare_digest(got, f"Bearer {srv.api_key}"):
+            # constant time, on bytes (a str with non-ASCII characters is refused by compare_digest)
+            if not secrets.compare_digest(got.encode("latin-1", "replace"),
+                                          f"Bearer {srv.api_key}".encode()):
                 return JSONResponse(_error_body("invalid or missing API key", code="invalid_api_key",
                                                 kind="authentication_error"), status_code=401)
         return await call_next(request)
@@ -399,6 +403,8 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
                              if want_lp else None}],
                 "usage": usage(n)}
 
+    from . import serve_ops
+    serve_ops.install(app, srv, limits)
     return app
 
 
@@ -408,15 +414,16 @@ def _finish(done: Done) -> str:
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, model_name: str = "gpt-oss",
           api_key: Optional[str] = None, enable_test_hooks: bool = False,
-          log_level: str = "info", python_tool: str = "off",
+          log_level: str = "info", limits=None, python_tool: str = "off",
           browser_corpus: Optional[str] = None) -> None:
     """python_tool ("sandbox" or "off") and browser_corpus (a folder, or None): the built-in
     tools the Responses API offers (code_interpreter; web_search / browser_search)."""
-    import uvicorn
+    from . import serve_ops
     from .responses_tools import ToolHost
     host_tools = ToolHost(python=python_tool, browser_corpus=browser_corpus)
-    app = create_app(model, model_name, api_key, enable_test_hooks, tool_host=host_tools)
+    app = create_app(model, model_name, api_key, enable_test_hooks, limits,
+                     tool_host=host_tools)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        serve_ops.run(app, host=host, port=port, log_level=log_level)
     finally:
         host_tools.close()
