@@ -377,7 +377,7 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
     em = _Emitter(response, annotate)
     budget = gen_args["max_tokens"]
     n_out = n_reasoning = 0
-    n_in = 0
+    n_in = n_cached = 0
     incomplete = None
     flushed = 0                     # output items already turned into chat messages in `added`
     rnd = 0
@@ -436,6 +436,7 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
             finally:
                 gen.close()
             used = len(gen.tokens) + (1 if gen.stop_reason == "stop_token" else 0)
+            n_cached += int(getattr(gen, "cached_tokens", 0))   # known once the prompt was fed
             n_out += used
             budget -= used
             if gen.stop_reason in ("max_new_tokens", "context_limit"):
@@ -460,7 +461,8 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
                     incomplete = "max_output_tokens"
                     break
         added += output_to_messages(em.output[flushed:])
-        response["usage"] = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0},
+        response["usage"] = {"input_tokens": n_in,
+                             "input_tokens_details": {"cached_tokens": n_cached},
                              "output_tokens": n_out,
                              "output_tokens_details": {"reasoning_tokens": n_reasoning},
                              "total_tokens": n_in + n_out}
