@@ -252,6 +252,14 @@ def test_tools_that_are_off_get_a_400_naming_them(tmp_path):
         ToolHost(python="docker")
 
 
+def test_serve_refuses_to_start_a_python_tool_without_its_sandbox(monkeypatch):
+    from gptoss import responses_tools
+    monkeypatch.setattr(responses_tools, "sandbox_problem", lambda: "util-linux unshare is "
+                        "missing")
+    with pytest.raises(RuntimeError, match="unshare is missing.*--python-tool off"):
+        responses_tools.ToolHost(python="sandbox")
+
+
 def _run(tool, code, index=0):
     """Run one python call through a request's code_interpreter tool; -> the item."""
     from gptoss.chat import ParsedMessage
