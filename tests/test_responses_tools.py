@@ -200,7 +200,7 @@ def test_chain_keeps_python_state_and_renders_history(server, client, corpus, he
     ids = check_output(r1, corpus)
     code2 = f"import os\nprint(n + 1)\nos.path.exists({outside!r})"
     force_rounds(server, [f"<|channel|>analysis to=python code<|message|>{code2}<|call|>",
-                          "<|channel|>final<|message|>22.<|return|>"])
+                          "<|channel|>final<|message|>22; see 【1†L1】.<|return|>"])
     r2 = client.responses.create(model="tiny", previous_response_id=r1.id, input="And n+1?",
                                  tools=TOOLS, temperature=0, max_output_tokens=400)
     assert [o.type for o in r2.output] == ["code_interpreter_call", "message"]
@@ -208,6 +208,16 @@ def test_chain_keeps_python_state_and_renders_history(server, client, corpus, he
     # n is still defined (the chain's session); the host's file is not there in the sandbox
     assert ci.outputs[0].logs == "22\nFalse\n"
     assert ci.container_id == r1.output[1].container_id
+    # a citation of a page the chain opened in the earlier response resolves
+    ann = r2.output[1].content[0].annotations
+    ref = BuiltinTools(browser=Browser(corpus=str(corpus)))
+    ref.run("browser.search", SEARCH)
+    ref.run("browser.open", '{"id": 0}')
+    (want,) = ref.citations("【1†L1】")
+    assert want.url == "fruit/bananas.html"
+    assert [(a.url, a.model_extra["path"], a.model_extra["start_line"],
+             a.model_extra["end_line"]) for a in ann] == \
+        [(want.url, want.path, want.start_line, want.end_line)]
     first = conversation(ids, "42\n", reference_results(corpus)) + \
         [{"role": "assistant", "content": FINAL}, {"role": "user", "content": "And n+1?"}]
     conv = first + [bcall(ci.id, "python", code2, "code"), result(ci.id, "22\nFalse\n")]

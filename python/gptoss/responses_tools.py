@@ -288,7 +288,10 @@ class _WebSearch(BuiltinTool):
         return "browser"
 
     def annotations(self, text: str) -> List[Dict[str, Any]]:
-        return self.req.get().annotations(text) if self.req.session is not None else []
+        # citations may name pages opened earlier in the chain, before this response
+        if self.req.session is None and not Browser.CITATION.search(text):
+            return []
+        return self.req.get().annotations(text)
 
     def run(self, m, output_index):
         tools = self.req.get()
