@@ -400,6 +400,10 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
         # the call and the tool's answer join the conversation; the model goes on
         prompt = prompt + list(gen.tokens) + [CALL] + harmony.encode_messages(
             outcome.messages) + [START] + get_tokenizer().encode("assistant")
+    from .steering import SteeringError, steering_failure
+    why = steering_failure(steer)
+    if why:
+        raise SteeringError(f"the request's output constraints could not be applied: {why}")
     response["usage"] = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": n_cached},
                          "output_tokens": n_out,
                          "output_tokens_details": {"reasoning_tokens": n_reasoning},
