@@ -538,12 +538,18 @@ def run(model: str, address: Optional[str], replicas: int, host: str = "127.0.0.
         port: int = 8000, **kwargs) -> None:
     """`gptoss serve --ray`: connect to (address) or start (None) a Ray cluster, run the app
     until Ctrl-C, then remove it (and stop the cluster this started)."""
+    import signal
     ray, serve = require_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    def _stop(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _stop)     # a service manager's stop: clean up as on Ctrl-C
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
+    else:           # a cluster of this machine alone, on the loopback address
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(model, replicas=replicas, **kwargs), name=APP_NAME,
