@@ -152,13 +152,20 @@ def test_killing_a_replica_loses_no_request_and_ray_restarts_it(cluster):
 
         def one(i):
             return httpx.post(cluster + "/v1/completions", timeout=180,
-                              json={"prompt": f"Request {i} says", "max_tokens": 48,
+                              json={"prompt": f"Request {i} says", "max_tokens": 160,
                                     "temperature": 0})
         with cf.ThreadPoolExecutor(10) as ex:
             futs = [ex.submit(one, i) for i in range(10)]
-            time.sleep(1.0)
+            deadline = time.monotonic() + 60      # kill it once requests besides the stream run there
+            while time.monotonic() < deadline:
+                loads = {r["name"]: r["in_flight"] for r in _health(cluster)["replicas"]}
+                if loads[victim] >= 3:
+                    break
+                time.sleep(0.05)
             os.kill(pids[victim], signal.SIGKILL)
             rs = [f.result() for f in futs]
+        retried = {r["name"]: r["ingress_retried"] for r in _health(cluster)["replicas"]}
+        assert retried[victim] >= 1, retried      # some were in flight there when it died
         assert [r.status_code for r in rs] == [200] * 10, [r.text for r in rs if
                                                            r.status_code != 200]
         for r in rs:

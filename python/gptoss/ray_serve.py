@@ -206,6 +206,7 @@ class Router:
         self.n = n
         self.in_flight = [0] * n
         self.served = [0] * n
+        self.retried = [0] * n        # requests that failed on replica i and went elsewhere
         self.down_until = [0.0] * n
         self.keys: "collections.OrderedDict[str, int]" = collections.OrderedDict()
         self.max_keys = max_keys
@@ -373,7 +374,8 @@ class GptossIngress:
         for i, st in enumerate(stats):
             reps.append({"name": self.names[i], "up": st is not None,
                          "ingress_in_flight": self.router.in_flight[i],
-                         "ingress_served": self.router.served[i], **(st or {})})
+                         "ingress_served": self.router.served[i],
+                         "ingress_retried": self.router.retried[i], **(st or {})})
         n_up = sum(r["up"] for r in reps)
         return JSONResponse({"status": "ok" if n_up == self.router.n else
                              ("degraded" if n_up else "down"),
@@ -413,6 +415,7 @@ class GptossIngress:
             except Exception as e:  # noqa: BLE001 - the replica died or is restarting
                 router.in_flight[i] -= 1
                 router.mark_down(i)
+                router.retried[i] += 1
                 tried.append(i)
                 last_error = f"{type(e).__name__}: {e}"
                 continue
