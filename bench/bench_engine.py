@@ -51,14 +51,21 @@ def main():
                    help="C++ engine: 2 (float32-class, default) or 1 (int8 activations)")
     p.add_argument("--batch", type=int, default=0,
                    help="C++ engine: also time decode steps of this many sequences at once")
+    p.add_argument("--simd", default=None,
+                   help="pin the CPU kernels' SIMD level (plain, avx2, avx512bw, avx512, avx512bf16)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
     import gptoss
     from gptoss import Model
     t0 = time.perf_counter()
+    if a.simd:
+        from gptoss import _C
+        _C.force_simd(a.simd)
+    # the prefill repeats feed the same prompt: the prefix cache would serve it, so it is off
     model = Model.from_pretrained(a.model, backend=a.backend, progress=True, threads=a.threads,
-                                  activation_levels=a.activation_levels)
+                                  activation_levels=a.activation_levels,
+                                  prefix_cache_gb=None if a.backend == "numpy" else 0)
     # the first pass over a freshly written checkpoint may come from disk: touch every page once
     # so the timings measure the engine, not the disk (a hollow checkpoint's matrices are made in
     # device memory: nothing to touch)
@@ -124,6 +131,7 @@ def main():
         "decode_steps": a.decode, "decode_s_median": dec, "decode_tok_s": 1.0 / dec,
         "decode_times": decode_times, "batched_decode": batch, "memory": mem,
         "machine_read_gb_s": bw,
+        "simd": (a.simd or gptoss._C.build_info()["simd_best"]) if model.backend == "cpu" else None,
     }
     if preset in FLOOR_BYTES_PER_TOKEN:
         floor = FLOOR_BYTES_PER_TOKEN[preset]
@@ -134,6 +142,8 @@ def main():
                                 f"engine_{model.backend}_{(preset or 'ckpt')}"
                                 f"{'_lv%d' % a.activation_levels if a.activation_levels else ''}.json")
     write_json(out, res)
+    if res["simd"]:
+        print(f"SIMD level: {res['simd']}")
     print(f"{a.model} on {model.backend}: load {load_s:.1f} s, prefill {a.prompt} tokens "
           f"{a.prompt / pre:.2f} tok/s, decode {1 / dec:.3f} tok/s (median of {a.decode})")
     if batch:

@@ -17,10 +17,11 @@ Isa detect_isa() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  // the AVX-512 kernels also use DQ and VNNI (vpdpbusd for the MXFP4 integer dot products)
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vnni");
+  // the AVX-512 kernels use F, BW, DQ and VL; with VNNI the MXFP4 integer dot products take
+  // vpdpbusd, without it vpmaddubsw + vpmaddwd
+  const bool avx512bw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  const bool avx512 = avx512bw && __builtin_cpu_supports("avx512vnni");
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
   const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
 #else
@@ -28,6 +29,7 @@ Isa detect_isa() {
 #endif
   if (bf16) return Isa::Avx512Bf16;
   if (avx512) return Isa::Avx512;
+  if (avx512bw) return Isa::Avx512Bw;
   if (avx2) return Isa::Avx2;
 #endif
   return Isa::Plain;
@@ -35,7 +37,7 @@ Isa detect_isa() {
 
 static std::atomic<int> g_forced{-1};
 
-// GPTOSS_SIMD=plain|avx2|avx512|avx512bf16 in the environment pins the kernels for a process
+// GPTOSS_SIMD=plain|avx2|avx512bw|avx512|avx512bf16 in the environment pins the kernels for a process
 // (tests, or a user comparing variants). Kernels may first ask from inside a parallel region,
 // where nothing may throw, so a bad value falls back to the best level here and is reported by
 // check_simd_env(), which the engine calls when it is created.
@@ -45,7 +47,7 @@ static Isa initial_isa() {
   const Isa best = detect_isa();
   const char* env = std::getenv("GPTOSS_SIMD");
   if (!env || !*env) return best;
-  for (Isa i : {Isa::Plain, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16}) {
+  for (Isa i : kIsas) {
     if (std::strcmp(env, isa_name(i)) == 0) {
       if (int(i) <= int(best)) return i;
       g_env_error = std::string("GPTOSS_SIMD=") + env + ": this processor supports at most " +
@@ -53,7 +55,7 @@ static Isa initial_isa() {
       return best;
     }
   }
-  g_env_error = std::string("GPTOSS_SIMD=") + env + ": must be plain, avx2, avx512 or avx512bf16";
+  g_env_error = std::string("GPTOSS_SIMD=") + env + ": must be " + kIsaNames;
   return best;
 }
 
@@ -79,6 +81,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Plain: return "plain";
     case Isa::Avx2: return "avx2";
+    case Isa::Avx512Bw: return "avx512bw";
     case Isa::Avx512: return "avx512";
     case Isa::Avx512Bf16: return "avx512bf16";
   }

@@ -5,7 +5,11 @@
 namespace gptoss {
 namespace cpu {
 
-enum class Isa { Plain = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
+// Each level includes the ones before it. avx512bw: AVX-512 F/BW/DQ/VL (e.g. Skylake-SP);
+// avx512: those plus VNNI (vpdpbusd); avx512bf16: plus BF16.
+enum class Isa { Plain = 0, Avx2 = 1, Avx512Bw = 2, Avx512 = 3, Avx512Bf16 = 4 };
+constexpr Isa kIsas[] = {Isa::Plain, Isa::Avx2, Isa::Avx512Bw, Isa::Avx512, Isa::Avx512Bf16};
+constexpr const char* kIsaNames = "plain, avx2, avx512bw, avx512 or avx512bf16";
 
 Isa detect_isa();                   // the best this processor supports
 Isa active_isa();                   // what the kernels use now (detect_isa() unless forced)

@@ -136,28 +136,55 @@ GPTOSS_AVX2 static inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// RB weight rows x TB activation rows, two 8-lane accumulators each: decode takes RB = 4, TB = 1
+// (four independent chains per activation load), prefill RB = 1, TB = 4 (each widened weight
+// vector serves four tokens; tokens outermost so a band of rows stays in L2). Each accumulator
+// sees the same operations in the same order whatever the tile.
+template <int RB, int TB>
+GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, const float* x,
+                                        int t0, int K, const float* bias, float* out, int ldo) {
+  __m256 a0[RB][TB], a1[RB][TB];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < TB; ++t) a0[i][t] = a1[i][t] = _mm256_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= K; k += 16) {
+    for (int i = 0; i < RB; ++i) {
+      const uint16_t* w = W + size_t(r + i) * ldw + k;
+      if (TB == 1 && (k & 31) == 0)  // decode: one prefetch per 64-byte line, RB rows ahead
+        _mm_prefetch(reinterpret_cast<const char*>(w + size_t(RB) * ldw), _MM_HINT_T0);
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+      const __m256 w0 = _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16));
+      const __m256 w1 = _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16));
+      for (int t = 0; t < TB; ++t) {
+        const float* xt = x + size_t(t0 + t) * K + k;
+        a0[i][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt), a0[i][t]);
+        a1[i][t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt + 8), a1[i][t]);
+      }
+    }
+  }
+  for (int i = 0; i < RB; ++i) {
+    const uint16_t* w = W + size_t(r + i) * ldw;
+    for (int t = 0; t < TB; ++t) {
+      const float* xt = x + size_t(t0 + t) * K;
+      float sum = hsum256(_mm256_add_ps(a0[i][t], a1[i][t]));
+      for (int kk = k; kk < K; ++kk) sum += bf16_to_f32(w[kk]) * xt[kk];
+      out[size_t(t0 + t) * ldo + r + i] = sum + (bias ? bias[r + i] : 0.f);
+    }
+  }
+}
+
 GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int r0, int r1,
                                              const float* x, int m, int K, const float* bias,
                                              float* out, int ldo) {
-  for (int r = r0; r < r1; ++r) {
-    const uint16_t* w = W + size_t(r) * ldw;
-    for (int t = 0; t < m; ++t) {
-      const float* xt = x + size_t(t) * K;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      int k = 0;
-      for (; k + 16 <= K; k += 16) {
-        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-        const __m256 w0 = _mm256_castsi256_ps(
-            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16));
-        const __m256 w1 = _mm256_castsi256_ps(
-            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16));
-        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt + k), a0);
-        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt + k + 8), a1);
-      }
-      float s = hsum256(_mm256_add_ps(a0, a1));
-      for (; k < K; ++k) s += bf16_to_f32(w[k]) * xt[k];
-      out[size_t(t) * ldo + r] = s + (bias ? bias[r] : 0.f);
-    }
+  int t = 0;
+  for (; t + 4 <= m; t += 4)
+    for (int r = r0; r < r1; ++r) bf16w_tile_avx2<1, 4>(W, ldw, r, x, t, K, bias, out, ldo);
+  for (; t < m; ++t) {
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) bf16w_tile_avx2<4, 1>(W, ldw, r, x, t, K, bias, out, ldo);
+    for (; r < r1; ++r) bf16w_tile_avx2<1, 1>(W, ldw, r, x, t, K, bias, out, ldo);
   }
 }
 #endif
@@ -166,7 +193,7 @@ void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float*
                      const float* bias, float* out, int ldo) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const Isa isa = active_isa();
-  if (isa >= Isa::Avx512) return bf16w_gemm_rows_avx512(W, ldw, r0, r1, x, m, K, bias, out, ldo);
+  if (isa >= Isa::Avx512Bw) return bf16w_gemm_rows_avx512(W, ldw, r0, r1, x, m, K, bias, out, ldo);
   if (isa >= Isa::Avx2) return bf16w_gemm_rows_avx2(W, ldw, r0, r1, x, m, K, bias, out, ldo);
 #endif
   bf16w_gemm_rows_plain(W, ldw, r0, r1, x, m, K, bias, out, ldo);

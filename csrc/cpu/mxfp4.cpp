@@ -7,7 +7,7 @@
 // 32-block into two int8 levels (Q8Act), and the products sum as
 //   sum(value * x) = (sum(u * q) - 12 * sum(q)) / 2, per level,
 // where the -12 * sum(q) correction is precomputed per 32-bit lane (Q8Act::c1/c2) and seeds the
-// accumulator. The AVX-512 VNNI version does this with vpdpbusd: one 64-byte load covers 4 blocks
+// accumulator. The AVX-512 version does this with vpdpbusd (VNNI; without it vpmaddubsw + vpmaddwd): one 64-byte load covers 4 blocks
 // (128 values), two vpshufb turn the low and high nibbles into bytes, and each int32 lane
 // accumulates 8 products of one block; the block's E8M0 scale is applied as a float multiply per
 // lane group. The plain version does the same integer arithmetic in scalar code, so the two agree
@@ -195,7 +195,21 @@ static void mf4w_q8_gemm_rows_plain(const uint8_t* blocks, const uint8_t* scales
 
 // ------------------------------------------------------------------------------------ AVX-512
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+// Compiled for AVX-512 F/BW/VL/DQ only, so the compiler never emits a VNNI instruction on its
+// own; the VNNI = true kernels issue vpdpbusd explicitly (dot_u8s8 below).
+#define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+// acc + per int32 lane the sum of 4 products u8 * s8. Exact either way (the 16-bit pair sums of
+// vpmaddubsw reach at most 2 * 24 * 127, far from saturating), so both give the same bits.
+template <bool VNNI>
+GPTOSS_AVX512 static inline __m512i dot_u8s8(__m512i acc, __m512i w, __m512i x) {
+  if (VNNI) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
+    return acc;
+  }
+  const __m512i p = _mm512_maddubs_epi16(w, x);
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
+}
 
 GPTOSS_AVX512 static inline __m512 expand_scales4(const uint8_t* s, int count) {
   // 4 E8M0 bytes -> 16 float lanes, each block's 2^(s-127) repeated for its 4 lanes
@@ -210,7 +224,7 @@ GPTOSS_AVX512 static inline __m512 expand_scales4(const uint8_t* s, int count) {
 // RB weight rows against TB activation rows at a time (RB * TB accumulators): decode uses
 // RB = 2, TB = 1 (two independent chains, activations loaded once for both rows); prefill uses
 // RB = 1, TB = 4 (each decoded weight vector serves 4 tokens). LV: activation levels (1 or 2).
-template <int RB, int TB, int LV>
+template <int RB, int TB, int LV, bool VNNI>
 GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* scales, int r,
                                           const Q8Act& q, int t0, const float* bias, float* out,
                                           int ldo) {
@@ -251,10 +265,10 @@ GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* 
         const __m512i c2 = _mm512_load_si512(q.c2 + tt * cs + b * 4);
         const __m512 st = _mm512_load_ps(q.step + tt * cs + b * 4);
         for (int i = 0; i < RB; ++i) {
-          __m512i a1 = _mm512_dpbusd_epi32(c1, wl[i], e1);
-          a1 = _mm512_dpbusd_epi32(a1, wh[i], o1);
-          __m512i a2 = _mm512_dpbusd_epi32(c2, wl[i], e2);
-          a2 = _mm512_dpbusd_epi32(a2, wh[i], o2);
+          __m512i a1 = dot_u8s8<VNNI>(c1, wl[i], e1);
+          a1 = dot_u8s8<VNNI>(a1, wh[i], o1);
+          __m512i a2 = dot_u8s8<VNNI>(c2, wl[i], e2);
+          a2 = dot_u8s8<VNNI>(a2, wh[i], o2);
           const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(254.0f),
                                            _mm512_cvtepi32_ps(a2));
           acc[i][t] = _mm512_fmadd_ps(f, _mm512_mul_ps(ws[i], st), acc[i][t]);
@@ -262,8 +276,8 @@ GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* 
       } else {
         const __m512 st = _mm512_load_ps(q.step1 + tt * cs + b * 4);
         for (int i = 0; i < RB; ++i) {
-          __m512i a1 = _mm512_dpbusd_epi32(c1, wl[i], e1);
-          a1 = _mm512_dpbusd_epi32(a1, wh[i], o1);
+          __m512i a1 = dot_u8s8<VNNI>(c1, wl[i], e1);
+          a1 = dot_u8s8<VNNI>(a1, wh[i], o1);
           acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(ws[i], st), acc[i][t]);
         }
       }
@@ -275,15 +289,15 @@ GPTOSS_AVX512 static void mf4w_avx512_blk(const uint8_t* blocks, const uint8_t* 
   }
 }
 
-template <int LV>
+template <int LV, bool VNNI>
 GPTOSS_AVX512 static void mf4w_q8_gemm_rows_avx512(const uint8_t* blocks, const uint8_t* scales,
                                                    int r0, int r1, const Q8Act& q, int m,
                                                    const float* bias, float* out, int ldo) {
   if (m == 1) {  // decode: four rows at a time
     int r = r0;
-    for (; r + 4 <= r1; r += 4) mf4w_avx512_blk<4, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
-    for (; r + 2 <= r1; r += 2) mf4w_avx512_blk<2, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
-    if (r < r1) mf4w_avx512_blk<1, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
+    for (; r + 4 <= r1; r += 4) mf4w_avx512_blk<4, 1, LV, VNNI>(blocks, scales, r, q, 0, bias, out, ldo);
+    for (; r + 2 <= r1; r += 2) mf4w_avx512_blk<2, 1, LV, VNNI>(blocks, scales, r, q, 0, bias, out, ldo);
+    if (r < r1) mf4w_avx512_blk<1, 1, LV, VNNI>(blocks, scales, r, q, 0, bias, out, ldo);
     return;
   }
   // prefill: 2 rows x 4 tokens per tile; each decoded weight vector serves 4 tokens and each
@@ -291,13 +305,13 @@ GPTOSS_AVX512 static void mf4w_q8_gemm_rows_avx512(const uint8_t* blocks, const 
   int r = r0;
   for (; r + 2 <= r1; r += 2) {
     int t = 0;
-    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<2, 4, LV>(blocks, scales, r, q, t, bias, out, ldo);
-    for (; t < m; ++t) mf4w_avx512_blk<2, 1, LV>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<2, 4, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t < m; ++t) mf4w_avx512_blk<2, 1, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
   }
   for (; r < r1; ++r) {
     int t = 0;
-    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<1, 4, LV>(blocks, scales, r, q, t, bias, out, ldo);
-    for (; t < m; ++t) mf4w_avx512_blk<1, 1, LV>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t + 4 <= m; t += 4) mf4w_avx512_blk<1, 4, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t < m; ++t) mf4w_avx512_blk<1, 1, LV, VNNI>(blocks, scales, r, q, t, bias, out, ldo);
   }
 }
 
@@ -313,56 +327,100 @@ GPTOSS_AVX2_FMA static inline __m256i dot_u8s8_avx2(__m256i acc, __m256i w, __m2
   return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-GPTOSS_AVX2_FMA static void mf4w_q8_gemm_rows_avx2(const uint8_t* blocks, const uint8_t* scales,
-                                                   int r0, int r1, const Q8Act& q, int m,
-                                                   const float* bias, float* out, int ldo,
-                                                   int levels) {
+// RB weight rows against TB activation rows, as mf4w_avx512_blk does with 512-bit vectors: decode
+// takes RB = 2, TB = 1 (each activation load serves two rows), prefill RB = 1, TB = 4 (each
+// decoded weight vector serves four tokens); sized to the 16 ymm registers. Every accumulator
+// sees the same operations in the same order whatever the tile, so the results do not depend on
+// how rows and tokens are grouped.
+template <int RB, int TB, int LV>
+GPTOSS_AVX2_FMA static void mf4w_avx2_blk(const uint8_t* blocks, const uint8_t* scales, int r,
+                                          const Q8Act& q, int t0, const float* bias, float* out,
+                                          int ldo) {
   const int nb = q.nb, nbp = q.nbp;
   const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8Lut)));
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const size_t xs = size_t(nbp) * 16, cs = size_t(nbp) * 4;
-  for (int r = r0; r < r1; ++r) {
-    const uint8_t* wr = blocks + size_t(r) * nb * 16;
-    const uint8_t* sr = scales + size_t(r) * nb;
-    _mm_prefetch(reinterpret_cast<const char*>(wr + size_t(kPrefetchRows) * nb * 16), _MM_HINT_T0);
-    for (int t = 0; t < m; ++t) {
-      __m256 acc = _mm256_setzero_ps();
-      for (int b = 0; b < nb; b += 2) {
-        const int nblk = std::min(2, nb - b);
-        __m256i w;
-        if (nblk == 2) {
-          w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + b * 16));
-        } else {
-          w = _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + b * 16)));
-          w = _mm256_inserti128_si256(w, _mm_setzero_si128(), 1);
-        }
-        const __m256i wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
-        const __m256i wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
-        // 2 scales -> 8 lanes (4 per block) as 2^(s-127)
-        const int s0 = sr[b], s1 = nblk == 2 ? sr[b + 1] : 127;
-        const __m256 ws = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1), 23));
-        const size_t xo = size_t(t) * xs + size_t(b) * 16, co = size_t(t) * cs + size_t(b) * 4;
-        __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.c1 + co));
-        a1 = dot_u8s8_avx2(a1, wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.e1 + xo)));
-        a1 = dot_u8s8_avx2(a1, wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.o1 + xo)));
-        if (levels == 2) {
-          __m256i a2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.c2 + co));
-          a2 = dot_u8s8_avx2(a2, wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.e2 + xo)));
-          a2 = dot_u8s8_avx2(a2, wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.o2 + xo)));
+  __m256 acc[RB][TB];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < TB; ++t) acc[i][t] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; b += 2) {
+    const int nblk = std::min(2, nb - b);
+    __m256i wl[RB], wh[RB];
+    __m256 ws[RB];
+    for (int i = 0; i < RB; ++i) {
+      const uint8_t* wr = blocks + size_t(r + i) * nb * 16 + size_t(b) * 16;
+      if ((b & 3) == 0)
+        _mm_prefetch(reinterpret_cast<const char*>(wr + size_t(kPrefetchRows) * nb * 16), _MM_HINT_T0);
+      __m256i w;
+      if (nblk == 2) {
+        w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
+      } else {
+        w = _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr)));
+        w = _mm256_inserti128_si256(w, _mm_setzero_si128(), 1);
+      }
+      wl[i] = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+      wh[i] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+      // 2 scales -> 8 lanes (4 per block) as 2^(s-127)
+      const uint8_t* sr = scales + size_t(r + i) * nb;
+      const int s0 = sr[b], s1 = nblk == 2 ? sr[b + 1] : 127;
+      ws[i] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1), 23));
+    }
+    for (int t = 0; t < TB; ++t) {
+      const size_t tt = size_t(t0 + t);
+      const size_t xo = tt * xs + size_t(b) * 16, co = tt * cs + size_t(b) * 4;
+      const __m256i e1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.e1 + xo));
+      const __m256i o1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.o1 + xo));
+      const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.c1 + co));
+      if (LV == 2) {
+        const __m256i e2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.e2 + xo));
+        const __m256i o2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.o2 + xo));
+        const __m256i c2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.c2 + co));
+        const __m256 st = _mm256_loadu_ps(q.step + co);
+        for (int i = 0; i < RB; ++i) {
+          __m256i a1 = dot_u8s8_avx2(c1, wl[i], e1);
+          a1 = dot_u8s8_avx2(a1, wh[i], o1);
+          __m256i a2 = dot_u8s8_avx2(c2, wl[i], e2);
+          a2 = dot_u8s8_avx2(a2, wh[i], o2);
           const __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_set1_ps(254.0f),
                                            _mm256_cvtepi32_ps(a2));
-          acc = _mm256_fmadd_ps(f, _mm256_mul_ps(ws, _mm256_loadu_ps(q.step + co)), acc);
-        } else {
-          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1),
-                                _mm256_mul_ps(ws, _mm256_loadu_ps(q.step1 + co)), acc);
+          acc[i][t] = _mm256_fmadd_ps(f, _mm256_mul_ps(ws[i], st), acc[i][t]);
+        }
+      } else {
+        const __m256 st = _mm256_loadu_ps(q.step1 + co);
+        for (int i = 0; i < RB; ++i) {
+          __m256i a1 = dot_u8s8_avx2(c1, wl[i], e1);
+          a1 = dot_u8s8_avx2(a1, wh[i], o1);
+          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_mul_ps(ws[i], st), acc[i][t]);
         }
       }
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    }
+  }
+  for (int i = 0; i < RB; ++i) {
+    const float bb = bias ? bias[r + i] : 0.f;
+    for (int t = 0; t < TB; ++t) {
+      const __m256 v = acc[i][t];
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
       h = _mm_add_ps(h, _mm_movehl_ps(h, h));
       h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-      out[size_t(t) * ldo + r] = _mm_cvtss_f32(h) + (bias ? bias[r] : 0.f);
+      out[size_t(t0 + t) * ldo + r + i] = _mm_cvtss_f32(h) + bb;
     }
+  }
+}
+
+template <int LV>
+GPTOSS_AVX2_FMA static void mf4w_q8_gemm_rows_avx2(const uint8_t* blocks, const uint8_t* scales,
+                                                   int r0, int r1, const Q8Act& q, int m,
+                                                   const float* bias, float* out, int ldo) {
+  if (m == 1) {  // decode: two rows per activation load
+    int r = r0;
+    for (; r + 2 <= r1; r += 2) mf4w_avx2_blk<2, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
+    if (r < r1) mf4w_avx2_blk<1, 1, LV>(blocks, scales, r, q, 0, bias, out, ldo);
+    return;
+  }
+  for (int r = r0; r < r1; ++r) {  // prefill: each decoded weight vector serves 4 tokens
+    int t = 0;
+    for (; t + 4 <= m; t += 4) mf4w_avx2_blk<1, 4, LV>(blocks, scales, r, q, t, bias, out, ldo);
+    for (; t < m; ++t) mf4w_avx2_blk<1, 1, LV>(blocks, scales, r, q, t, bias, out, ldo);
   }
 }
 #endif
@@ -372,12 +430,18 @@ void mf4w_q8_gemm_rows(const uint8_t* blocks, const uint8_t* scales, int r0, int
   GPTOSS_CHECK(levels == 1 || levels == 2, "mf4w_q8_gemm_rows: levels must be 1 or 2");
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if (active_isa() >= Isa::Avx512) {
-    if (levels == 2) mf4w_q8_gemm_rows_avx512<2>(blocks, scales, r0, r1, q, m, bias, out, ldo);
-    else mf4w_q8_gemm_rows_avx512<1>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    if (levels == 2) mf4w_q8_gemm_rows_avx512<2, true>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    else mf4w_q8_gemm_rows_avx512<1, true>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    return;
+  }
+  if (active_isa() >= Isa::Avx512Bw) {
+    if (levels == 2) mf4w_q8_gemm_rows_avx512<2, false>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    else mf4w_q8_gemm_rows_avx512<1, false>(blocks, scales, r0, r1, q, m, bias, out, ldo);
     return;
   }
   if (active_isa() >= Isa::Avx2) {
-    mf4w_q8_gemm_rows_avx2(blocks, scales, r0, r1, q, m, bias, out, ldo, levels);
+    if (levels == 2) mf4w_q8_gemm_rows_avx2<2>(blocks, scales, r0, r1, q, m, bias, out, ldo);
+    else mf4w_q8_gemm_rows_avx2<1>(blocks, scales, r0, r1, q, m, bias, out, ldo);
     return;
   }
 #endif

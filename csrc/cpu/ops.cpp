@@ -233,7 +233,7 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
   const float scale = 1.0f / std::sqrt(float(d));
   const long long items = (long long)n * Hkv;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  const bool fast = d == 64 && G == 8 && active_isa() >= Isa::Avx512;
+  const bool fast = d == 64 && G == 8 && active_isa() >= Isa::Avx512Bw;
 #else
   const bool fast = false;
 #endif

@@ -267,9 +267,9 @@ py::array_t<float> prefill_into(Model& m, int seq, const carray<int64_t>& tokens
 }
 
 cpu::Isa isa_from(const std::string& s) {
-  for (cpu::Isa i : {cpu::Isa::Plain, cpu::Isa::Avx2, cpu::Isa::Avx512, cpu::Isa::Avx512Bf16})
+  for (cpu::Isa i : cpu::kIsas)
     if (s == cpu::isa_name(i)) return i;
-  throw py::value_error("unknown SIMD level '" + s + "' (plain, avx2, avx512, avx512bf16)");
+  throw py::value_error("unknown SIMD level '" + s + "' (" + cpu::kIsaNames + ")");
 }
 
 }  // namespace
@@ -310,7 +310,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   m.def("force_simd", [](const std::string& s) { cpu::force_isa(isa_from(s)); }, py::arg("level"),
-        "pin the CPU kernels to one SIMD level (plain, avx2, avx512, avx512bf16) for tests");
+        "pin the CPU kernels to one SIMD level (plain, avx2, avx512bw, avx512, avx512bf16) for "
+        "tests");
   m.def("simd_levels", [] {
     std::vector<std::string> out;
     for (int i = 0; i <= int(cpu::detect_isa()); ++i) out.push_back(cpu::isa_name(cpu::Isa(i)));

@@ -29,9 +29,10 @@ class BatchStream(Generation):
 
     def _receive(self):
         while True:
-            kind, a, b = self._q.get()
+            item = self._q.get()
+            kind, a, b = item[:3]
             if kind == "token":
-                yield GeneratedToken(a, b)
+                yield GeneratedToken(a, b, item[3] if len(item) > 3 else None)
             elif kind == "error":
                 raise a
             else:
@@ -45,7 +46,7 @@ class BatchStream(Generation):
 
 class _Active:
     __slots__ = ("stream", "seq", "sampler", "logits", "sampled", "next", "forced", "n", "max_new", "stops",
-                 "dec")
+                 "dec", "steer")
 
 
 class BatchScheduler:
@@ -62,8 +63,10 @@ class BatchScheduler:
     def generate(self, prompt, max_new_tokens: int = 256, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, seed: Optional[int] = None,
                  stop_tokens: Optional[Iterable[int]] = None,
-                 forced_tokens: Optional[Sequence[int]] = None) -> BatchStream:
-        """Like `Model.generate`, but joins the running batch. Bad arguments raise here."""
+                 forced_tokens: Optional[Sequence[int]] = None, steer=None) -> BatchStream:
+        """Like `Model.generate`, but joins the running batch. Bad arguments raise here.
+        A `steer` (steering.Steer) row takes its logits back from the engine while it needs
+        them (a constraint's mask, log-probabilities) and is sampled on the host."""
         m = self.model
         toks = m._request(prompt, max_new_tokens)
         a = _Active()
@@ -74,6 +77,7 @@ class BatchScheduler:
         a.max_new = max_new_tokens
         a.n = 0
         a.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        a.steer = steer
         self._pending.put(a)
         return a.stream
 
@@ -124,14 +128,18 @@ class BatchScheduler:
                 if a.n < len(a.forced):
                     nxt = a.forced[a.n]
                 elif a.logits is not None:
-                    nxt = a.sampler(a.logits, counter=eng.sequence_position(a.seq))
+                    pos = eng.sequence_position(a.seq)
+                    nxt = a.steer.choose(a.logits, a.sampler, pos) if a.steer else \
+                        a.sampler(a.logits, counter=pos)
                 else:
                     nxt = a.sampled
+                lp = a.steer.observe(nxt, a.logits) if a.steer else None
                 if nxt in a.stops:
                     self._finish(a, "stop_token", nxt)
                     continue
                 a.n += 1
-                a.stream._q.put(("token", nxt, a.dec.decode(enc.decode_single_token_bytes(nxt))))
+                a.stream._q.put(("token", nxt, a.dec.decode(enc.decode_single_token_bytes(nxt)),
+                                 lp))
                 if a.n >= a.max_new:
                     self._finish(a, "max_new_tokens")
                 elif eng.sequence_position(a.seq) >= self.model.max_context:
@@ -144,6 +152,10 @@ class BatchScheduler:
                 continue
             self.max_batch_seen = max(self.max_batch_seen, len(active))
             try:
+                if any(a.steer is not None and a.steer.wants_logits() for a in active):
+                    from .steering import decode_step_with_logits
+                    decode_step_with_logits(eng, active)
+                    continue
                 ids = eng.decode_batch_sample([a.seq for a in active], [a.next for a in active],
                                               [a.sampler for a in active])
             except Exception as e:   # noqa: BLE001

@@ -245,11 +245,30 @@ def system_text(reasoning_effort: str = "medium", current_date: Optional[str] = 
     return s
 
 
+def response_format_text(fmt: Any) -> str:
+    """The developer message's `# Response Formats` section for an OpenAI json_schema response
+    format (chat's nested or responses' flat shape); "" for anything else. It tells the model
+    the schema; structured.py is what enforces it."""
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return ""
+    spec = fmt.get("json_schema", fmt)
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        return ""
+    name = spec.get("name") if isinstance(spec.get("name"), str) else "response"
+    desc = spec.get("description")
+    text = f"# Response Formats\n\n## {name}\n\n"
+    if isinstance(desc, str) and desc:
+        text += "".join(f"// {line}\n" for line in desc.split("\n"))
+    return text + json.dumps(spec["schema"], separators=(",", ":"), ensure_ascii=False)
+
+
 def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict]] = None,
                reasoning_effort: str = "medium",
                current_date: Optional[str] = None,
-               builtin_tools: Sequence[Any] = ()) -> List[HarmonyMessage]:
+               builtin_tools: Sequence[Any] = (),
+               response_format: Any = None) -> List[HarmonyMessage]:
     """OpenAI chat-completions messages -> Harmony messages (as openai-harmony renders it).
+    A json_schema `response_format` adds its schema to the developer message.
 
     Besides OpenAI's shapes, an assistant message's `tool_calls` may hold built-in tool calls,
     `{"id": ..., "type": "builtin", "recipient": "python" | "browser.search" | ...,
@@ -317,12 +336,15 @@ def to_harmony(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict
         else:
             raise ChatFormatError(f"{where}.role = {role!r}: must be system, developer, user, "
                                   "assistant or tool")
-    if instructions or tools:
+    formats = response_format_text(response_format)
+    if instructions or tools or formats:
         dev = ""
         if instructions:
             dev = "# Instructions\n\n" + "\n".join(instructions)
         if tools:
             dev += ("\n\n" if dev else "") + "# Tools\n\n" + tools_namespace(tools)
+        if formats:
+            dev += ("\n\n" if dev else "") + formats
         out.append(HarmonyMessage("developer", dev))
     # openai-harmony's rule: when the conversation's last assistant message is a final answer,
     # the analysis-channel messages (built-in tool calls and results on it too) before the
@@ -375,15 +397,16 @@ def encode_messages(msgs: Iterable[HarmonyMessage]) -> List[int]:
 
 def render(messages: Sequence[Dict[str, Any]], tools: Optional[Sequence[Dict]] = None,
            reasoning_effort: str = "medium", current_date: Optional[str] = None,
-           builtin_tools: Sequence[Any] = ()) -> List[int]:
+           builtin_tools: Sequence[Any] = (), response_format: Any = None) -> List[int]:
     """Token ids of the conversation, ending with `<|start|>assistant` for the model to continue.
 
     builtin_tools: any of "browser" and "python" (or the tool objects of gptoss.tools), put in
-    the system message as openai-harmony's SystemContent puts them.
+    the system message as openai-harmony's SystemContent puts them. response_format: a
+    json_schema format's schema goes into the developer message.
     """
     enc = get_tokenizer()
     return encode_messages(to_harmony(messages, tools, reasoning_effort, current_date,
-                                      builtin_tools)) + [START] + enc.encode("assistant")
+                                      builtin_tools, response_format)) + [START] + enc.encode("assistant")
 
 
 # ------------------------------------------------------------------------------ parsing

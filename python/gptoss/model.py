@@ -20,6 +20,7 @@ DEFAULT_STOP_TOKENS = (ENDOFTEXT, RETURN)
 class GeneratedToken:
     id: int
     text: str           # the text this token completes (may be "" mid UTF-8 sequence)
+    logprob: Optional[dict] = None   # when a steering.Steer asked for log-probabilities
 
 
 class Generation:
@@ -133,7 +134,7 @@ class Model:
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                  seed: Optional[int] = None,
                  stop_tokens: Optional[Iterable[int]] = None,
-                 forced_tokens: Optional[Sequence[int]] = None) -> Generation:
+                 forced_tokens: Optional[Sequence[int]] = None, steer=None) -> Generation:
         """Stream tokens after `prompt` (text, special tokens allowed, or token ids).
 
         Greedy at temperature 0; reproducible for a given seed. Stops at any of `stop_tokens`
@@ -141,17 +142,18 @@ class Model:
         `max_new_tokens`, or at the context limit. `forced_tokens`, if given, replace the first
         sampled tokens (the model still runs on them): constrained prefixes such as a required
         tool call, and the test hook that drives a random model down a chosen path.
+        `steer` (a steering.Steer) constrains tokens and/or reports their log-probabilities.
         """
         toks = self._request(prompt, max_new_tokens)
         sampler = Sampler(temperature, top_p, top_k, seed)
         stops = set(DEFAULT_STOP_TOKENS if stop_tokens is None else (int(t) for t in stop_tokens))
         forced = self._as_tokens(list(forced_tokens)) if forced_tokens else []
         gen = Generation(iter(()), toks)
-        gen._it = self._stream(toks, max_new_tokens, sampler, stops, gen, forced)
+        gen._it = self._stream(toks, max_new_tokens, sampler, stops, gen, forced, steer)
         return gen
 
     def _stream(self, toks, max_new_tokens, sampler, stops, gen,
-                forced=()) -> Iterator[GeneratedToken]:
+                forced=(), steer=None) -> Iterator[GeneratedToken]:
         eng = self.engine
         dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
         eng.reset()
@@ -166,18 +168,20 @@ class Model:
             if i < len(forced):
                 nxt = forced[i]
             elif logits is not None:
-                nxt = sampler(logits, counter=eng.position)
+                nxt = steer.choose(logits, sampler, eng.position) if steer else \
+                    sampler(logits, counter=eng.position)
+            lp = steer.observe(nxt, logits) if steer else None
             if nxt in stops:
                 gen.stop_reason, gen.stop_token = "stop_token", nxt
                 return
             text = dec.decode(self.tokenizer.decode_single_token_bytes(nxt))
-            yield GeneratedToken(nxt, text)
+            yield GeneratedToken(nxt, text, lp)
             if i + 1 == max_new_tokens:
                 break
             if eng.position >= self.max_context:
                 gen.stop_reason = "context_limit"
                 return
-            if on_device and i + 1 >= len(forced):
+            if on_device and i + 1 >= len(forced) and not (steer and steer.wants_logits()):
                 logits, nxt = None, eng.decode_sample(nxt, sampler)
             else:
                 logits = eng.decode(nxt)
@@ -254,7 +258,8 @@ class Model:
              top_k: int = 0, seed: Optional[int] = None, stream: bool = True,
              current_date: Optional[str] = None, stop: Optional[Sequence[str]] = None,
              tool_choice=None, forced_tokens: Optional[Sequence[int]] = None,
-             builtin_tools=None, python_tool=None, browser=None, max_tool_calls: int = 8):
+             builtin_tools=None, python_tool=None, browser=None, max_tool_calls: int = 8,
+             response_format=None, logprobs: Optional[int] = None):
         """Chat in the Harmony format with OpenAI-style `messages` and `tools`.
 
         stream=True: an iterator of events (`chat_events.ReasoningDelta`, `TextDelta`,
@@ -267,9 +272,18 @@ class Model:
         results join the conversation and generation goes on, up to `max_tool_calls` calls;
         events `tools.loop.BuiltinToolCall` / `BuiltinToolResult` show each, and `Done.messages`
         (`ChatResult.messages`) holds what the turn added to the conversation.
+        response_format: OpenAI's {"type": "json_schema", "json_schema": {"schema": ...}} or
+        {"type": "json_object"}: the final answer follows it (reasoning stays free; needs the
+        `structured` extra); tools with "strict": true get arguments that follow their schema.
+        logprobs: report log-probabilities of the answer's tokens with this many alternatives
+        (on each TextDelta's `logprobs`).
         """
         from . import chat_events
         if builtin_tools is not None or python_tool is not None or browser is not None:
+            for name, v in (("response_format", response_format), ("logprobs", logprobs)):
+                if v is not None:
+                    raise ValueError(f"{name} is not supported together with built-in tools "
+                                     "(builtin_tools / python_tool / browser)")
             from .tools.loop import run_chat_with_tools
             bt, own = _builtin_tools(builtin_tools, python_tool, browser)
             it = run_chat_with_tools(self, messages, bt, tools=tools,
@@ -284,7 +298,8 @@ class Model:
         it = chat_events.run_chat(self, messages, tools=tools, reasoning_effort=reasoning_effort,
                                   max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                   top_k=top_k, seed=seed, current_date=current_date, stop=stop,
-                                  tool_choice=tool_choice, forced_tokens=forced_tokens)
+                                  tool_choice=tool_choice, forced_tokens=forced_tokens,
+                                  response_format=response_format, logprobs=logprobs)
         return it if stream else chat_events.collect(it)
 
 

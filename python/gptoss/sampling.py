@@ -136,18 +136,35 @@ def gumbel(u: np.ndarray) -> np.ndarray:
 
 
 def sample_gumbel(logits, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                  seed: int = 0, counter: int = 0) -> int:
+                  seed: int = 0, counter: int = 0, ids=None) -> int:
     """One token from a row of logits, as the CUDA and C++ samplers draw it.
 
     temperature <= 0: argmax (lowest index on ties). Otherwise Gumbel-max over the top_k largest
     logits (0: all), cut to the shortest prefix whose probability mass reaches top_p, with the
     noise of (seed, counter) from common/rng.h. See csrc/common/sample_ref.h for the definition.
+
+    ids: if given, the token ids allowed (ascending), and `logits` the full row; the draw is the
+    one the full row would give with every other logit at -inf (a token outside `ids` can never
+    win, and none of them changes the top_k / top_p cut), at the cost of len(ids) entries only.
     """
     l = np.ascontiguousarray(logits, dtype=np.float32).reshape(-1)
     V = l.size
     if not 1 <= V < (1 << 21):
         raise ValueError(f"logits: vocabulary size {V} must be in [1, 2^21)")
-    idx = np.arange(V, dtype=np.uint64)
+    if ids is not None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            raise ValueError("ids: no token is allowed")
+        return int(ids[_sample_gumbel(l[ids], temperature, top_k, top_p, seed, counter, ids)])
+    return _sample_gumbel(l, temperature, top_k, top_p, seed, counter, None)
+
+
+def _sample_gumbel(l, temperature, top_k, top_p, seed, counter, vocab_ids) -> int:
+    """sample_gumbel on row `l`; `vocab_ids[i]` is the vocabulary id of l[i] (None: i itself).
+    Returns a position in `l`."""
+    V = l.size
+    idx = np.arange(V, dtype=np.uint64) if vocab_ids is None else \
+        np.asarray(vocab_ids, dtype=np.uint64)
     key = _key(l, idx)
     first = int(np.argmax(key))
     kmax = key[first]
@@ -176,5 +193,5 @@ def sample_gumbel(logits, temperature: float, top_k: int = 0, top_p: float = 1.0
                 run = np.cumsum(w[order], dtype=np.uint64).astype(np.float64)
                 kp = key[order[int(np.searchsorted(run, thr, side="left"))]]
         kept = np.flatnonzero(key >= kp)
-        s = (z[kept] + gumbel(rng_uniform(seed, counter, kept))).astype(np.float32)
-    return int(kept[int(np.argmax(_key(s, kept.astype(np.uint64))))])
+        s = (z[kept] + gumbel(rng_uniform(seed, counter, idx[kept]))).astype(np.float32)
+    return int(kept[int(np.argmax(_key(s, idx[kept])))])

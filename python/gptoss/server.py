@@ -15,7 +15,9 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from . import chat as harmony
+from . import openai_fields as fields
 from .chat_events import Done, ReasoningDelta, TextDelta, ToolCall, run_chat
+from .steering import chat_logprob_item, completion_logprobs
 
 
 class RequestError(ValueError):
@@ -182,6 +184,17 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
         return {"object": "list", "data": [{"id": srv.model_name, "object": "model",
                                             "created": srv.created, "owned_by": "gptoss"}]}
 
+    def error_response(message, param=None, code=None, status=400):
+        return JSONResponse(_error_body(message, param, code), status_code=status)
+
+    from . import responses as responses_api
+    responses_api.install(app, srv, sampling_args, fit_context, error_response)
+
+    def steer_error(e: Exception, where: str) -> JSONResponse:
+        if isinstance(e, ImportError):
+            return err(RequestError(str(e), where, status=501))
+        return err(RequestError(str(e), "tools" if str(e).startswith("tools") else where))
+
     if enable_test_hooks:
         @app.post("/v1/_test/force")
         async def force(request: Request):
@@ -201,6 +214,7 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
     async def chat_completions(request: Request):
         try:
             body = await json_body(request)
+            fields.check_chat(body)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise RequestError("'messages' must be a non-empty list", "messages")
@@ -211,14 +225,21 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
             args = sampling_args(body, model)
             tool_choice = body.get("tool_choice")
             prompt = harmony.render(messages, tools=None if tool_choice == "none" else tools,
-                                    reasoning_effort=effort)
+                                    reasoning_effort=effort,
+                                    response_format=body.get("response_format"))
             fit_context(len(prompt), args, model.max_context, "messages")
             from .chat_events import forced_prefix
             forced_prefix(tool_choice, tools)        # validates tool_choice
         except harmony.ChatFormatError as e:
             return err(RequestError(str(e), "messages"))
-        except RequestError as e:
-            return err(e)
+        except (RequestError, fields.FieldError) as e:
+            return err(RequestError(str(e), e.param, e.status, e.code))
+        try:
+            steer = fields.chat_steer(body, tools, tool_choice)
+        except (ValueError, ImportError) as e:
+            return steer_error(e, "response_format")
+        want_lp = bool(body.get("logprobs"))
+        enc = model.tokenizer
         forced = srv.take_forced()
         stream = bool(body.get("stream"))
         cid = "chatcmpl-" + uuid.uuid4().hex
@@ -227,16 +248,20 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
         def make_iter():
             return run_chat(model, messages, tools=tools, reasoning_effort=effort,
                             tool_choice=tool_choice, forced_tokens=forced or None, prompt=prompt,
-                            generate=srv.generate, **args)
+                            generate=srv.generate, steer=steer, **args)
 
         if stream:
             async def sse():
-                def chunk(delta, finish=None, usage=None):
+                def chunk(delta, finish=None, usage=None, lps=None):
                     d = {"id": cid, "object": "chat.completion.chunk", "created": created,
                          "model": srv.model_name,
                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                    if usage is not None:
-                        d["usage"] = usage
+                    if want_lp:
+                        d["choices"][0]["logprobs"] = None if lps is None else {
+                            "content": [chat_logprob_item(enc, t, lp) for t, lp in lps],
+                            "refusal": None}
+                    if usage is not None:          # stream_options.include_usage: its own chunk
+                        d["choices"], d["usage"] = [], usage
                     return f"data: {json.dumps(d)}\n\n"
                 yield chunk({"role": "assistant", "content": ""})
                 n_calls = 0
@@ -244,7 +269,7 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
                     if isinstance(ev, ReasoningDelta):
                         yield chunk({"reasoning_content": ev.text})
                     elif isinstance(ev, TextDelta):
-                        yield chunk({"content": ev.text})
+                        yield chunk({"content": ev.text}, lps=ev.logprobs or [])
                     elif isinstance(ev, ToolCall):
                         yield chunk({"tool_calls": [{"index": n_calls, "id": ev.id,
                                                      "type": "function",
@@ -252,16 +277,19 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
                                                                   "arguments": ev.arguments}}]})
                         n_calls += 1
                     elif isinstance(ev, Done):
-                        yield chunk({}, _finish(ev), ev.usage)
+                        yield chunk({}, _finish(ev))
+                        if fields.include_usage(body):
+                            yield chunk({}, usage=ev.usage)
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
 
-        reasoning, content, calls, done = [], [], [], None
+        reasoning, content, calls, done, lps = [], [], [], None, []
         async for ev in srv._events(request, make_iter):
             if isinstance(ev, ReasoningDelta):
                 reasoning.append(ev.text)
             elif isinstance(ev, TextDelta):
                 content.append(ev.text)
+                lps += ev.logprobs or []
             elif isinstance(ev, ToolCall):
                 calls.append({"id": ev.id, "type": "function",
                               "function": {"name": ev.name, "arguments": ev.arguments}})
@@ -275,21 +303,27 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
             msg["tool_calls"] = calls
         return {"id": cid, "object": "chat.completion", "created": created,
                 "model": srv.model_name,
-                "choices": [{"index": 0, "message": msg, "finish_reason": _finish(done)}],
+                "choices": [{"index": 0, "message": msg, "finish_reason": _finish(done),
+                             "logprobs": {"content": [chat_logprob_item(enc, t, lp)
+                                                      for t, lp in lps], "refusal": None}
+                             if want_lp else None}],
                 "usage": done.usage}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         try:
             body = await json_body(request)
+            fields.check_completion(body)
             prompt = body.get("prompt")
             if not isinstance(prompt, str) or not prompt:
                 raise RequestError("'prompt' must be a non-empty string", "prompt")
             args = sampling_args(body, model)
             toks = model.tokenizer.encode(prompt, allowed_special="all")
             fit_context(len(toks), args, model.max_context, "prompt")
-        except RequestError as e:
-            return err(e)
+            steer = fields.completion_steer(body)
+        except (RequestError, fields.FieldError) as e:
+            return err(RequestError(str(e), e.param, e.status, e.code))
+        want_lp = body.get("logprobs") is not None
         forced = srv.take_forced()
         cid = "cmpl-" + uuid.uuid4().hex
         created = int(time.time())
@@ -298,18 +332,19 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
         def make_iter():
             gen = srv.generate(toks, max_new_tokens=args["max_tokens"],
                                temperature=args["temperature"], top_p=args["top_p"],
-                               seed=args["seed"], forced_tokens=forced or None)
+                               seed=args["seed"], forced_tokens=forced or None,
+                               **({"steer": steer} if steer else {}))
             text = ""
             try:
                 for t in gen:
                     new = text + t.text
                     cut = min((new.find(s) for s in stops if s in new), default=-1)
                     if cut >= 0:
-                        yield ("text", new[len(text):cut])
+                        yield ("text", new[len(text):cut], t)
                         yield ("done", "stop", len(gen.tokens))
                         return
+                    yield ("text", t.text, t, len(text))
                     text = new
-                    yield ("text", t.text)
                 yield ("done", "stop" if gen.stop_reason == "stop_token" else "length",
                        len(gen.tokens))
             finally:
@@ -319,32 +354,48 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
             return {"prompt_tokens": len(toks), "completion_tokens": n,
                     "total_tokens": len(toks) + n}
 
+        def lp_of(ev):
+            t = ev[2]
+            if not want_lp or t.logprob is None:
+                return None
+            return completion_logprobs(model.tokenizer, [t.id], [t.logprob],
+                                       ev[3] if len(ev) > 3 else 0)
+
         if body.get("stream"):
             async def sse():
                 async for ev in srv._events(request, make_iter):
                     if ev[0] == "text":
                         d = {"id": cid, "object": "text_completion", "created": created,
                              "model": srv.model_name,
-                             "choices": [{"index": 0, "text": ev[1], "finish_reason": None}]}
+                             "choices": [{"index": 0, "text": ev[1], "finish_reason": None,
+                                          "logprobs": lp_of(ev)}]}
                     else:
                         d = {"id": cid, "object": "text_completion", "created": created,
                              "model": srv.model_name,
-                             "choices": [{"index": 0, "text": "", "finish_reason": ev[1]}],
-                             "usage": usage(ev[2])}
+                             "choices": [{"index": 0, "text": "", "finish_reason": ev[1],
+                                          "logprobs": None}]}
+                        if fields.include_usage(body):   # its own chunk, as OpenAI sends it
+                            yield f"data: {json.dumps(d)}\n\n"
+                            d = dict(d, choices=[], usage=usage(ev[2]))
                     yield f"data: {json.dumps(d)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
-        text, finish, n = [], None, 0
+        text, finish, n, toks_out, lps = [], None, 0, [], []
         async for ev in srv._events(request, make_iter):
             if ev[0] == "text":
                 text.append(ev[1])
+                if want_lp and ev[2].logprob is not None:
+                    toks_out.append(ev[2].id)
+                    lps.append(ev[2].logprob)
             else:
                 finish, n = ev[1], ev[2]
         if finish is None:
             return JSONResponse(_error_body("client disconnected"), status_code=499)
         return {"id": cid, "object": "text_completion", "created": created,
                 "model": srv.model_name,
-                "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish}],
+                "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish,
+                             "logprobs": completion_logprobs(model.tokenizer, toks_out, lps)
+                             if want_lp else None}],
                 "usage": usage(n)}
 
     return app

@@ -1,0 +1,257 @@
+"""The Responses API against the official openai client and the openai-agents SDK (random:tiny,
+output forced through the server's test hook)."""
+import asyncio
+import json
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+from gptoss import chat  # noqa: E402
+from test_server import WEATHER, force, start_server  # noqa: E402
+
+ANSWER = ("<|channel|>analysis<|message|>The user greets me.<|end|>"
+          "<|start|>assistant<|channel|>final<|message|>Hello there!<|return|>")
+CALL = ('<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant'
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json'
+        '<|message|>{"location": "Paris"}<|call|>')
+FN = {"type": "function", "name": "get_weather", "description": "Current weather.",
+      "parameters": WEATHER["function"]["parameters"]}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_hf):
+    proc, base = start_server(tiny_hf, "--max-context", "4096")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def ntok(text):
+    return len(chat.get_tokenizer().encode(text, allowed_special="all"))
+
+
+def test_create_non_streaming(server, client):
+    force(server, ANSWER)
+    r = client.responses.create(model="tiny", input="Hi", instructions="Be brief.",
+                                reasoning={"effort": "low"})
+    assert r.status == "completed" and r.output_text == "Hello there!"
+    kinds = [o.type for o in r.output]
+    assert kinds == ["reasoning", "message"]
+    assert r.output[0].content[0].text == "The user greets me."
+    want = chat.render([{"role": "developer", "content": "Be brief."},
+                        {"role": "user", "content": "Hi"}], reasoning_effort="low")
+    assert r.usage.input_tokens == len(want)
+    assert r.usage.output_tokens == ntok(ANSWER)
+    # the analysis message, its header and <|end|> included
+    assert r.usage.output_tokens_details.reasoning_tokens == ntok(
+        "<|channel|>analysis<|message|>The user greets me.<|end|>")
+    assert r.usage.input_tokens_details.cached_tokens == 0
+    # stored: retrievable by id
+    got = client.responses.retrieve(r.id)
+    assert got.output_text == "Hello there!"
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
+
+
+def test_streaming_events_in_order(server, client):
+    force(server, ANSWER)
+    events = list(client.responses.create(model="tiny", input="Hi", stream=True))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    compact = [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
+    assert compact == ["response.created", "response.in_progress",
+                       "response.output_item.added", "response.content_part.added",
+                       "response.reasoning_text.delta", "response.reasoning_text.done",
+                       "response.content_part.done", "response.output_item.done",
+                       "response.output_item.added", "response.content_part.added",
+                       "response.output_text.delta", "response.output_text.done",
+                       "response.content_part.done", "response.output_item.done",
+                       "response.completed"]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    reasoning = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert text == "Hello there!" and reasoning == "The user greets me."
+    final = events[-1].response
+    assert final.output_text == "Hello there!"
+    assert final.usage.output_tokens == ntok(ANSWER)
+
+
+def test_function_call_streaming_and_round_trip(server, client):
+    force(server, CALL)
+    events = list(client.responses.create(model="tiny", input="Weather in Paris?", tools=[FN],
+                                          stream=True))
+    args = "".join(e.delta for e in events
+                   if e.type == "response.function_call_arguments.delta")
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert json.loads(args) == {"location": "Paris"} and done[0].arguments == args
+    final = events[-1].response
+    (call,) = [o for o in final.output if o.type == "function_call"]
+    assert call.name == "get_weather"
+    # the caller answers through previous_response_id
+    force(server, "<|channel|>final<|message|>It is 21 C.<|return|>")
+    r2 = client.responses.create(model="tiny", previous_response_id=final.id, tools=[FN],
+                                 input=[{"type": "function_call_output",
+                                         "call_id": call.call_id,
+                                         "output": '{"temp_c": 21}'}])
+    assert r2.output_text == "It is 21 C."
+    want = chat.render([{"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "reasoning": "Need weather.",
+                         "tool_calls": [{"id": "c1", "type": "function",
+                                         "function": {"name": "get_weather",
+                                                      "arguments": '{"location": "Paris"}'}}]},
+                        {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 21}'}],
+                       tools=[WEATHER])
+    assert r2.usage.input_tokens == len(want)
+
+
+def test_input_items_and_store_false(server, client):
+    force(server, "<|channel|>final<|message|>ok<|return|>")
+    items = [{"type": "message", "role": "user", "content": [{"type": "input_text",
+                                                              "text": "Hi"}]},
+             {"type": "message", "role": "assistant",
+              "content": [{"type": "output_text", "text": "Hello."}]},
+             {"role": "user", "content": "Again"}]
+    r = client.responses.create(model="tiny", input=items, store=False)
+    assert r.output_text == "ok"
+    want = chat.render([{"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello."},
+                        {"role": "user", "content": "Again"}])
+    assert r.usage.input_tokens == len(want)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="tiny", input="x", previous_response_id=r.id)
+
+
+def test_max_output_tokens_gives_incomplete(client):
+    r = client.responses.create(model="tiny", input="Hi", max_output_tokens=4, temperature=0)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage.output_tokens == 4
+
+
+def test_structured_text_format(server, client):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1,
+                                                     "maximum": 9}}, "required": ["n"]}
+    force(server, "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant")
+    r = client.responses.create(model="tiny", input="x", max_output_tokens=100, text={
+        "format": {"type": "json_schema", "name": "n", "schema": schema, "strict": True}})
+    v = json.loads(r.output_text)
+    assert isinstance(v["n"], int) and 1 <= v["n"] <= 9 and set(v) == {"n"}
+
+
+@pytest.mark.parametrize("payload,param", [
+    ({"input": "x", "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]},
+     "tools"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools"),
+    ({"input": "x", "frobnicate": 1}, "frobnicate"),
+    ({"input": "x", "reasoning": {"effort": "max"}}, "reasoning.effort"),
+    ({"input": "x", "reasoning": {"summary": "auto"}}, "reasoning.summary"),
+    ({"input": "x", "background": True}, "background"),
+    ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include"),
+    ({"input": [{"type": "image", "url": "x"}]}, "input"),
+    ({"input": "x", "previous_response_id": "resp_nope"}, "previous_response_id"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "s", "schema": {
+        "type": "object", "dependentRequired": {"a": ["b"]}}}}}, "text.format"),
+    ({"input": "x", "temperature": 5}, "temperature"),
+    ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+    ({"input": "x", "truncation": "auto"}, "truncation"),
+    ({"input": "x", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+])
+def test_bad_requests_name_the_field(server, payload, param):
+    r = httpx.post(server + "/v1/responses", json={"model": "tiny", **payload}, timeout=60)
+    assert r.status_code in (400, 404), r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"], err
+    if payload.get("tools"):
+        assert payload["tools"][0]["type"] in err["message"]
+
+
+def test_agents_sdk_runs_a_function_tool(server):
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)     # no trace export: nothing leaves the machine
+    calls = []
+
+    @agents.function_tool
+    def get_weather(location: str) -> str:
+        """Current weather."""
+        calls.append(location)
+        # what the model says next, once the SDK sends the tool's answer back
+        force(server, "<|channel|>final<|message|>It is 21 C in Paris.<|return|>")
+        return json.dumps({"temp_c": 21})
+
+    client = openai.AsyncOpenAI(base_url=server + "/v1", api_key="x", max_retries=0)
+    agent = agents.Agent(name="weather", instructions="Answer weather questions.",
+                         tools=[get_weather],
+                         model=agents.OpenAIResponsesModel(model="tiny", openai_client=client))
+    force(server, CALL)
+    res = asyncio.run(agents.Runner.run(agent, "Weather in Paris?"))
+    assert calls == ["Paris"]
+    assert res.final_output == "It is 21 C in Paris."
+    # the second request carried the call and its output, rendered as Harmony renders them
+    tool = {"type": "function", "function": {"name": "get_weather",
+                                             "description": "Current weather.",
+                                             "parameters": get_weather.params_json_schema}}
+    want = chat.render([{"role": "developer", "content": "Answer weather questions."},
+                        {"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "reasoning": "Need weather.",
+                         "tool_calls": [{"id": "c", "type": "function", "function": {
+                             "name": "get_weather", "arguments": '{"location": "Paris"}'}}]},
+                        {"role": "tool", "tool_call_id": "c", "content": '{"temp_c": 21}'}],
+                       tools=[tool])
+    assert res.raw_responses[-1].usage.input_tokens == len(want)
+
+
+def test_builtin_tool_seam(tiny_hf):
+    """A registered built-in tool: the request may name its type, its section reaches the system
+    message, a call to its namespace goes to its runner (not to the caller), the runner's items
+    are reported and its answer joins the prompt before generation goes on."""
+    from gptoss import Model, responses
+    from gptoss.server import fit_context, sampling_args
+
+    seen = []
+
+    class Echo(responses.BuiltinTool):
+        tool_type, namespace = "echo_test", "echo"
+
+        def system_section(self):
+            return "## echo\n\nRepeats its input."
+
+        def run(self, message):
+            seen.append((message.recipient, message.content))
+            return responses.BuiltinOutcome(
+                items=[{"type": "echo_call", "id": "ec_1", "input": message.content}],
+                messages=[chat.HarmonyMessage("echo", "said: " + message.content,
+                                              channel="commentary", recipient="assistant")])
+
+    responses.register_builtin("echo_test", lambda spec: Echo())
+    try:
+        model = Model.from_pretrained(tiny_hf)
+        prompt, args, resp, conv, steer, builtins, forced = responses.prepare(
+            {"input": "Say hi", "tools": [{"type": "echo_test"}], "max_output_tokens": 40,
+             "temperature": 0}, model, responses.ResponseStore(), sampling_args, fit_context)
+        sys_text = chat.get_tokenizer().decode(prompt)
+        assert "# Tools\n\n## echo\n\nRepeats its input.\n\n# Valid channels" in sys_text
+        call = model.tokenizer.encode("<|channel|>commentary to=echo<|message|>hi<|call|>",
+                                      allowed_special="all")
+        events = list(responses.drive(model.generate, prompt, args, resp, builtins, steer,
+                                      call))
+    finally:
+        del responses.BUILTIN_TOOLS["echo_test"]
+    assert seen == [("echo", "hi")]
+    final = events[-1]["response"]
+    assert final["output"][0] == {"type": "echo_call", "id": "ec_1", "input": "hi",
+                                  "status": "completed"}
+    # the second generation's prompt: the first, the call, the tool's answer, a new turn
+    second = prompt + call + chat.encode_messages(
+        [chat.HarmonyMessage("echo", "said: hi", channel="commentary", recipient="assistant")]) \
+        + model.tokenizer.encode("<|start|>assistant", allowed_special="all")
+    assert final["usage"]["input_tokens"] == len(prompt) + len(second)
+    assert final["usage"]["output_tokens"] == 40
