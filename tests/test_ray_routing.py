@@ -90,6 +90,10 @@ def test_completion_and_responses_keys():
     ks = ray_serve.responses_keys({"previous_response_id": "resp_1", "input": "hi"})
     assert ks[0] == "resp:resp_1" and len(ks) == 2
     assert ray_serve.routing_keys("/v1/models", {}) == []
+    assert ray_serve.routing_keys("/v1/responses/resp_9", None) == ["resp:resp_9"]
+    assert ray_serve.routing_keys("/v1/responses/resp_9/input_items", None) == ["resp:resp_9"]
+    assert ray_serve.routing_keys("/v1/responses", {"input": "x", "prompt_cache_key": "u1"}
+                                  )[0] == "pck:u1"
     assert ray_serve._response_id(b'event: response.created\ndata: {"type": "response.created",'
                                   b' "response": {"id": "resp_abc"}}\n\n') == "resp_abc"
     assert ray_serve._response_id(b'{"id": "resp_x", "object": "response"}') == "resp_x"

