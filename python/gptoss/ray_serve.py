@@ -159,6 +159,7 @@ class GptossReplica:
         self.in_flight += 1
         call = _ASGICall(self.app, method, path, query, headers, body)
         msgs = call.messages()
+        started = False
         try:
             status, out_headers, streaming, parts = 500, [], False, []
             async for m in msgs:
@@ -169,6 +170,7 @@ class GptossReplica:
                     ctype = next((v for k, v in out_headers if k.lower() == "content-type"), "")
                     streaming = ctype.startswith("text/event-stream")
                     if streaming:
+                        started = True
                         yield ("start", status, out_headers + [("x-gptoss-replica", self.name)])
                 elif m["type"] == "http.response.body":
                     chunk = m.get("body", b"")
@@ -180,9 +182,17 @@ class GptossReplica:
                     if not m.get("more_body", False):
                         break
             if not streaming:
+                started = True
                 yield ("full", status, out_headers + [("x-gptoss-replica", self.name)],
                        b"".join(parts))
             self.served += 1
+        except Exception as e:  # noqa: BLE001 - the app let an error out: an error body, no trace
+            if started:
+                raise
+            yield ("full", 500, [("content-type", "application/json"),
+                                 ("x-gptoss-replica", self.name)],
+                   json.dumps(_error_json(f"internal error: {type(e).__name__}: {e}",
+                                          "internal_error")).encode())
         finally:
             self.in_flight -= 1
             await msgs.aclose()
@@ -416,9 +426,12 @@ class GptossIngress:
                 router.in_flight[i] -= 1
                 gen.cancel()
                 raise
-            except Exception as e:  # noqa: BLE001 - the replica died or is restarting
+            except Exception as e:  # noqa: BLE001
                 router.in_flight[i] -= 1
-                router.mark_down(i)
+                if not _replica_gone(e):
+                    return JSONResponse(_error_json(f"internal error: {type(e).__name__}",
+                                                    "internal_error"), status_code=500)
+                router.mark_down(i)        # it died or is restarting: another one takes it
                 router.retried[i] += 1
                 tried.append(i)
                 last_error = f"{type(e).__name__}: {e}"
@@ -455,11 +468,25 @@ class GptossIngress:
             gen.cancel()
             raise
         except Exception as e:  # noqa: BLE001 - the replica died mid-stream
-            router.mark_down(i)
+            if _replica_gone(e):
+                router.mark_down(i)
             yield stream_error_event(path, f"the replica serving this stream failed "
                                            f"({type(e).__name__}); retry the request")
         finally:
             router.in_flight[i] -= 1
+
+
+def _replica_gone(e: BaseException) -> bool:
+    """Whether a handle call failed because its replica is dead or not there (not an error of
+    the request itself)."""
+    from ray import exceptions as rex
+    gone = tuple(getattr(rex, n) for n in ("RayActorError", "ActorDiedError",
+                                            "ActorUnavailableError", "NodeDiedError",
+                                            "WorkerCrashedError") if hasattr(rex, n))
+    if isinstance(e, gone):
+        return True
+    cause = getattr(e, "cause", None)          # a RayTaskError wrapping one of them
+    return isinstance(cause, gone) if cause is not None else False
 
 
 def _clean(headers: List[Tuple[str, str]]) -> Dict[str, str]:
