@@ -134,3 +134,16 @@ def test_app_builder_validates_its_arguments():
         ray_serve.app_builder({"model": "random:tiny", "backend": "tpu"})
     app = ray_serve.app_builder({"model": "random:tiny", "replicas": "3"})
     assert type(app).__name__ == "Application"
+
+
+def test_metrics_of_replicas_merge_with_a_replica_label():
+    a = ("# HELP gptoss_requests_total Requests.\n# TYPE gptoss_requests_total counter\n"
+         'gptoss_requests_total{endpoint="chat"} 3\ngptoss_up 1\n')
+    b = ("# HELP gptoss_requests_total Requests.\n# TYPE gptoss_requests_total counter\n"
+         'gptoss_requests_total{endpoint="chat"} 5\ngptoss_up 1\n')
+    got = ray_serve.merge_metrics([("r0", a), ("r1", b)]).splitlines()
+    assert got.count("# TYPE gptoss_requests_total counter") == 1
+    assert 'gptoss_requests_total{replica="r0",endpoint="chat"} 3' in got
+    assert 'gptoss_requests_total{replica="r1",endpoint="chat"} 5' in got
+    assert 'gptoss_up{replica="r1"} 1' in got and len(got) == 6
+    assert ray_serve.merge_metrics([("r0", "x{} 1\n")]) == 'x{replica="r0"} 1\n'

@@ -104,6 +104,12 @@ def test_two_replicas_both_serve_and_errors_pass_through(cluster):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     assert [m.id for m in client.models.list().data] == ["tiny"]
 
+    m = httpx.get(cluster + "/metrics", timeout=60)
+    if m.status_code == 200:       # the server has /metrics: one text, a label per replica
+        assert 'replica="gptoss-replica-0"' in m.text and 'replica="gptoss-replica-1"' in m.text
+    else:                          # it has not (yet): its own 404, passed through
+        assert m.status_code == 404 and "error" in m.json()
+
     h = _health(cluster)
     assert h["status"] == "ok" and [r["up"] for r in h["replicas"]] == [True, True]
     assert all(r["served"] >= 1 for r in h["replicas"])

@@ -342,6 +342,32 @@ def _response_id(data: bytes) -> Optional[str]:
     return None
 
 
+def merge_metrics(texts: Sequence[Tuple[str, str]]) -> str:
+    """Prometheus text from several replicas as one: each sample gains a `replica` label, and
+    each metric's HELP/TYPE lines appear once, before its first sample."""
+    seen, out = set(), []
+    for name, text in texts:
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                key = tuple(parts[1:3])
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE") and key not in seen:
+                    seen.add(key)
+                    out.append(line)
+                continue
+            label = f'replica="{name}"'
+            head, sep, rest = line.partition("{")
+            if sep:
+                out.append(f"{head}{{{label},{rest}" if not rest.startswith("}") else
+                           f"{head}{{{label}{rest}")
+            else:
+                metric, _, value = line.partition(" ")
+                out.append(f"{metric}{{{label}}} {value}")
+    return "\n".join(out) + "\n"
+
+
 def _error_json(message: str, code: str, kind: str = "server_error") -> Dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
@@ -397,6 +423,30 @@ class GptossIngress:
                              ("degraded" if n_up else "down"),
                              "replicas": reps}, status_code=200 if n_up else 503)
 
+    async def _metrics(self, request):
+        """Every replica's /metrics, each sample labelled with its replica."""
+        from starlette.responses import Response
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS]
+
+        async def one(i):
+            try:
+                gen = self.replicas[i].options(stream=True).forward.remote(
+                    "GET", "/metrics", "", headers, b"")
+                first = await asyncio.wait_for(gen.__anext__(), 10)
+                return first if first[0] == "full" else None
+            except Exception:  # noqa: BLE001 - a replica that is down has no metrics now
+                return None
+        got = await asyncio.gather(*(one(i) for i in range(self.router.n)))
+        ok = [(self.names[i], g[3].decode()) for i, g in enumerate(got)
+              if g is not None and g[1] == 200]
+        if not ok:
+            bad = next((g for g in got if g is not None), None)
+            if bad is not None:            # e.g. a server without /metrics: its own answer
+                return Response(bad[3], status_code=bad[1], headers=_clean(bad[2]))
+            return Response(json.dumps(_error_json("no replica answered", "replica_unavailable")),
+                            status_code=503, media_type="application/json")
+        return Response(merge_metrics(ok), media_type="text/plain; version=0.0.4")
+
     # -- requests -----------------------------------------------------------------------------
     async def __call__(self, request):
         from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -405,6 +455,8 @@ class GptossIngress:
         path = request.url.path
         if request.method == "GET" and path == "/health":
             return await self._health()
+        if request.method == "GET" and path == "/metrics":
+            return await self._metrics(request)
         body = await request.body()
         try:
             keys = routing_keys(path, json.loads(body) if body else None)
