@@ -132,7 +132,9 @@ def test_app_builder_validates_its_arguments():
         ray_serve.app_builder({"model": "random:tiny", "replicas": 0})
     with pytest.raises(ValueError, match="backend='tpu'"):
         ray_serve.app_builder({"model": "random:tiny", "backend": "tpu"})
-    app = ray_serve.app_builder({"model": "random:tiny", "replicas": "3"})
+    with pytest.raises(ValueError, match="max_batch=0"):
+        ray_serve.app_builder({"model": "random:tiny", "max_batch": "0"})
+    app = ray_serve.app_builder({"model": "random:tiny", "replicas": "3", "max_batch": "8"})
     assert type(app).__name__ == "Application"
 
 

@@ -193,29 +193,35 @@ def _chat_loop(args, model, effort, history, interactive, tools) -> int:
 def cmd_serve(args) -> int:
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"gptoss serve needs FastAPI and uvicorn ({e}); install them with "
-                           "pip install 'gptoss[serve]'") from None
+        raise RuntimeError(f"gptoss serve needs FastAPI, uvicorn and prometheus-client ({e}); "
+                           "install them with pip install 'gptoss[serve]'") from None
+    from .model import Model
+    from .serve_ops import Limits
+    from .server import serve
+    limits = Limits(max_batch=args.max_batch, max_waiting=args.max_waiting,
+                    max_body_bytes=args.max_body_bytes,
+                    request_timeout=args.request_timeout or None,
+                    shutdown_grace=args.shutdown_grace, prefill_chunk=args.prefill_chunk).check()
     if args.ray is not None:
-        return _serve_ray(args)
+        return _serve_ray(args, limits)
     for flag, v in (("--replicas", args.replicas), ("--replica-cpus", args.replica_cpus)):
         if v is not None:
             raise ValueError(f"{flag} needs --ray")
-    from .model import Model
-    from .server import serve
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
-                                  max_context=args.max_context)
+                                  max_context=args.max_context, threads=args.threads)
     print(f"[gptoss serve: {model.backend_note}; http://{args.host}:{args.port}/v1]",
           file=sys.stderr)
     serve(model, host=args.host, port=args.port, model_name=args.model_name or
           os.path.basename(os.path.normpath(args.model)), api_key=args.api_key or
           os.environ.get("GPTOSS_API_KEY"), enable_test_hooks=args.enable_test_hooks,
-          log_level=args.log_level)
+          log_level=args.log_level, limits=limits)
     return 0
 
 
-def _serve_ray(args) -> int:
+def _serve_ray(args, limits) -> int:
     """gptoss serve --ray [ADDRESS] --replicas N: the app of gptoss/ray_serve.py on a Ray cluster."""
     if args.replicas is not None and args.replicas < 1:
         raise ValueError(f"--replicas {args.replicas}: must be at least 1")
@@ -224,7 +230,10 @@ def _serve_ray(args) -> int:
     from . import ray_serve
     ray_serve.require_ray()
     mk = {"max_context": args.max_context} if args.max_context else {}
-    sk = {"model_name": args.model_name or os.path.basename(os.path.normpath(args.model))}
+    if args.threads:
+        mk["threads"] = args.threads
+    sk = {"model_name": args.model_name or os.path.basename(os.path.normpath(args.model)),
+          "limits": limits}
     key = args.api_key or os.environ.get("GPTOSS_API_KEY")
     if key:
         sk["api_key"] = key
@@ -295,6 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info")
     s.add_argument("--max-context", type=int, default=None,
                    help="serve at most this many positions per request (default: the model's)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the C++ engine (default: all cores)")
+    s.add_argument("--max-batch", type=int, default=16,
+                   help="sequences decoding together at most (C++ engine; default 16)")
+    s.add_argument("--max-waiting", type=int, default=64,
+                   help="generation requests that may wait for room; past it 429 (default 64)")
+    s.add_argument("--prefill-chunk", type=int, default=256,
+                   help="prompt tokens fed per step while other requests decode (0: a prompt "
+                        "is fed whole; default 256)")
+    s.add_argument("--max-body-bytes", type=int, default=8 << 20,
+                   help="larger request bodies get 413 (default 8 MiB)")
+    s.add_argument("--request-timeout", type=float, default=None,
+                   help="seconds a generation may take (default: no limit)")
+    s.add_argument("--shutdown-grace", type=float, default=5.0,
+                   help="on SIGTERM/SIGINT, seconds running streams get to finish (default 5)")
     s.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="serve replicas on Ray Serve: on the cluster at ADDRESS (auto, HOST:PORT "

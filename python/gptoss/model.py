@@ -75,7 +75,10 @@ class Model:
                         threads: Optional[int] = None,
                         activation_levels: Optional[int] = None,
                         prefix_cache_gb: Optional[float] = None) -> "Model":
-        """Open a checkpoint directory (either layout) or `random:PRESET`.
+        """Open a checkpoint directory (either layout), `random:PRESET`, or a Hugging Face
+        repository id (`openai/gpt-oss-20b`, optionally `@revision`) already in the local Hugging
+        Face cache (gptoss.hub: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub; never
+        downloaded).
 
         backend: "auto" (fastest available), "cuda", "cpu" or "numpy".
         threads: CPU threads for the C++ engine (default: all cores).

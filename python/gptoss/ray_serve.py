@@ -597,20 +597,28 @@ def _arg(args: Dict[str, Any], key: str, kind, default):
 def app_builder(args: Dict[str, Any]):
     """For `serve run gptoss.ray_serve:app_builder model=CKPT replicas=2 backend=cpu` and Serve
     config files (KubeRay's RayService): args model (required), replicas, backend,
-    cpus_per_replica, gpus_per_replica, max_context, prefix_cache_gb, model_name, api_key."""
+    cpus_per_replica, gpus_per_replica, max_context, prefix_cache_gb, threads, model_name,
+    api_key, and the server's limits max_batch, max_waiting, max_body_bytes, request_timeout,
+    prefill_chunk (serve_ops.Limits)."""
     args = dict(args or {})
+    limit_args = {"max_batch": int, "max_waiting": int, "max_body_bytes": int,
+                  "request_timeout": float, "prefill_chunk": int}
     known = {"model", "replicas", "backend", "cpus_per_replica", "gpus_per_replica",
-             "max_context", "prefix_cache_gb", "model_name", "api_key"}
+             "max_context", "prefix_cache_gb", "threads", "model_name", "api_key", *limit_args}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(known))}")
     if not args.get("model"):
         raise ValueError("'model' is required (a checkpoint directory or random:PRESET)")
-    mk = {k: _arg(args, k, t, None) for k, t in (("max_context", int),
+    mk = {k: _arg(args, k, t, None) for k, t in (("max_context", int), ("threads", int),
                                                   ("prefix_cache_gb", float))
           if args.get(k) is not None}
     sk = {k: args[k] for k in ("model_name", "api_key") if args.get(k)}
+    lim = {k: _arg(args, k, t, None) for k, t in limit_args.items() if args.get(k) is not None}
+    if lim:
+        from .serve_ops import Limits
+        sk["limits"] = Limits(**lim).check()
     if "api_key" not in sk and os.environ.get("GPTOSS_API_KEY"):
         sk["api_key"] = os.environ["GPTOSS_API_KEY"]
     return build_app(str(args["model"]), replicas=_arg(args, "replicas", int, 2),

@@ -129,7 +129,8 @@ class _Nothing:
 
 
 def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None,
-               enable_test_hooks: bool = False):
+               enable_test_hooks: bool = False, limits=None):
+    """limits: a serve_ops.Limits (batch, queue, body size, timeout, shutdown grace)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -160,7 +161,9 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
     async def auth(request: Request, call_next):
         if srv.api_key and request.url.path.startswith("/v1/"):
             got = request.headers.get("authorization", "")
-            if not secrets.compare_digest(got, f"Bearer {srv.api_key}"):
+            # constant time, on bytes (a str with non-ASCII characters is refused by compare_digest)
+            if not secrets.compare_digest(got.encode("latin-1", "replace"),
+                                          f"Bearer {srv.api_key}".encode()):
                 return JSONResponse(_error_body("invalid or missing API key", code="invalid_api_key",
                                                 kind="authentication_error"), status_code=401)
         return await call_next(request)
@@ -398,6 +401,8 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
                              if want_lp else None}],
                 "usage": usage(n)}
 
+    from . import serve_ops
+    serve_ops.install(app, srv, limits)
     return app
 
 
@@ -407,7 +412,7 @@ def _finish(done: Done) -> str:
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, model_name: str = "gpt-oss",
           api_key: Optional[str] = None, enable_test_hooks: bool = False,
-          log_level: str = "info") -> None:
-    import uvicorn
-    app = create_app(model, model_name, api_key, enable_test_hooks)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+          log_level: str = "info", limits=None) -> None:
+    from . import serve_ops
+    app = create_app(model, model_name, api_key, enable_test_hooks, limits)
+    serve_ops.run(app, host=host, port=port, log_level=log_level)

@@ -301,7 +301,9 @@ def random_checkpoint(preset: str, layout: str = "hf", seed: int = 0,
 
 def resolve_model_path(name: str, progress: bool = False) -> str:
     """`random:PRESET[:LAYOUT]` -> a cached random checkpoint (`random:PRESET:hollow`: a hollow
-    one, for the CUDA backend's benchmarks); anything else is a path."""
+    one, for the CUDA backend's benchmarks); `owner/name[@rev]` that is not a directory -> its
+    snapshot in the local Hugging Face cache (gptoss.hub; never the network); anything else is a
+    path."""
     if name.startswith("random:"):
         parts = name.split(":")
         preset = parts[1]
@@ -312,4 +314,7 @@ def resolve_model_path(name: str, progress: bool = False) -> str:
         if layout == "hollow":
             return random_checkpoint(preset, progress=progress, hollow=True)
         return random_checkpoint(preset, layout=layout, progress=progress)
+    from . import hub
+    if hub.looks_like_repo_id(name):
+        return hub.resolve_repo_id(name)
     return name
