@@ -20,6 +20,7 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from gptoss import ray_serve  # noqa: E402
+from gptoss.serve_ops import Limits  # noqa: E402
 from gptoss.testing import write_random_checkpoint  # noqa: E402
 
 try:
@@ -54,7 +55,10 @@ def cluster(tmp_path_factory):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = ray_serve.build_app(ckpt, replicas=2, backend="cpu", cpus_per_replica=1,
                                   model_kwargs={"max_context": 2048, "prefix_cache_gb": 0.25},
-                                  server_kwargs={"model_name": "tiny"})
+                                  # prompts fed whole: the scheduler's chunked prefill does
+                                  # not start from the prefix cache yet (issue 15 part 2)
+                                  server_kwargs={"model_name": "tiny",
+                                                 "limits": Limits(prefill_chunk=0)})
         serve.run(app, name=ray_serve.APP_NAME, route_prefix="/")
         base = f"http://127.0.0.1:{port}"
         yield base
