@@ -78,6 +78,7 @@ class BatchScheduler:
         self.prefilling = 0       # sequences whose prompt is still being fed
         self.waiting = 0          # requests not yet in the batch
         self.kv_tokens = 0        # positions cached over all sequences
+        self.prefix_stats = None  # the engine's prefix_cache_stats() as of the last step
         self._stop_at: Optional[float] = None
         self._closing = False
         self._pending: "queue.Queue" = queue.Queue()
@@ -179,6 +180,11 @@ class BatchScheduler:
                     continue
                 try:
                     a.seq = eng.add_sequence()
+                    # the prefix cache (C++ engines): start from the longest cached prefix and
+                    # feed only the rest
+                    if hasattr(eng, "start_from_cache"):
+                        a.fed = eng.start_from_cache(a.seq, a.stream.prompt_tokens)
+                        a.stream.cached_tokens = a.fed
                 except Exception as e:   # noqa: BLE001 - handed to the request, the batch goes on
                     self._fail(a, e)
                     continue
@@ -265,5 +271,7 @@ class BatchScheduler:
             self.max_batch_seen = max(self.max_batch_seen, len(active) + len(prefilling))
             self.decoding, self.prefilling, self.waiting = len(active), len(prefilling), len(waiting)
             self.kv_tokens = sum(eng.sequence_position(a.seq) for a in active + prefilling)
+            if hasattr(eng, "prefix_cache_stats"):
+                self.prefix_stats = eng.prefix_cache_stats()
             if self._closing and not (active or prefilling or waiting):
                 return

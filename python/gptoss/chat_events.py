@@ -210,7 +210,7 @@ def _events_of(gen, prompt, stops) -> Iterator[Any]:
     usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
              "total_tokens": len(prompt) + n_out,
              "completion_tokens_details": {"reasoning_tokens": n_reasoning},
-             "prompt_tokens_details": {"cached_tokens": 0}}
+             "prompt_tokens_details": {"cached_tokens": int(getattr(gen, "cached_tokens", 0))}}
     if parser.done == "call" or any(m.recipient and m.recipient.startswith("functions.")
                                     and m.end == "call" for m in parser.messages):
         reason = "tool_calls"

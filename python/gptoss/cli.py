@@ -46,7 +46,7 @@ def cmd_generate(args) -> int:
     from .model import Model
     t0 = time.perf_counter()
     model = Model.from_pretrained(args.model, backend=args.backend, layout=args.layout,
-                                  progress=True)
+                                  progress=True, prefix_cache_gb=args.prefix_cache_gb)
     if args.verbose:
         print(f"[backend: {model.backend_note}; loaded in {time.perf_counter() - t0:.1f} s]",
               file=sys.stderr)
@@ -83,7 +83,8 @@ def cmd_make_random(args) -> int:
 def cmd_chat(args) -> int:
     from .chat_events import Done, ReasoningDelta, TextDelta, ToolCall
     from .model import Model
-    model = Model.from_pretrained(args.model, backend=args.backend, progress=True)
+    model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
+                                  prefix_cache_gb=args.prefix_cache_gb)
     effort = args.reasoning_effort
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -211,7 +212,8 @@ def cmd_serve(args) -> int:
         if v is not None:
             raise ValueError(f"{flag} needs --ray")
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
-                                  max_context=args.max_context, threads=args.threads)
+                                  max_context=args.max_context, threads=args.threads,
+                                  prefix_cache_gb=args.prefix_cache_gb)
     print(f"[gptoss serve: {model.backend_note}; http://{args.host}:{args.port}/v1]",
           file=sys.stderr)
     serve(model, host=args.host, port=args.port, model_name=args.model_name or
@@ -268,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-token", type=int, action="append",
                    help="stop at this token id (repeatable; default <|endoftext|> and <|return|>)")
     g.add_argument("--verbose", "-v", action="store_true", help="print backend and speed")
+    g.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
+                   help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
     g.set_defaults(fn=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive Harmony chat (reasoning shown apart)")
@@ -291,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tool-calls", type=int, default=8,
                    help="built-in tool calls per turn at most")
     c.add_argument("--test-forced-tokens", default=None, help=argparse.SUPPRESS)
+    c.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
+                   help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
     c.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
@@ -319,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a generation may take (default: no limit)")
     s.add_argument("--shutdown-grace", type=float, default=5.0,
                    help="on SIGTERM/SIGINT, seconds running streams get to finish (default 5)")
+    s.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
+                   help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
     s.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="serve replicas on Ray Serve: on the cluster at ADDRESS (auto, HOST:PORT "

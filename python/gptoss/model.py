@@ -27,7 +27,7 @@ class Generation:
     """A stream of `GeneratedToken`s. After it is exhausted: `tokens`, `text`, `stop_reason`.
 
     stop_reason: "stop_token" (then `stop_token` holds which), "max_new_tokens" or
-    "context_limit".
+    "context_limit". cached_tokens: prompt positions the engine took from its prefix cache.
     """
 
     def __init__(self, it: Iterator[GeneratedToken], prompt_tokens: List[int]):
@@ -37,6 +37,7 @@ class Generation:
         self.text = ""
         self.stop_reason: Optional[str] = None
         self.stop_token: Optional[int] = None
+        self.cached_tokens = 0
 
     def __iter__(self):
         return self
@@ -164,6 +165,8 @@ class Model:
             gen.stop_reason = "max_new_tokens"
             return
         logits = eng.prefill(toks, all_logits=False)
+        if hasattr(eng, "cached_tokens"):
+            gen.cached_tokens = eng.cached_tokens()
         # native engines sample on their device: only the token id crosses (decode_sample)
         on_device = hasattr(eng, "decode_sample")
         nxt = None

@@ -326,6 +326,7 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
     budget = gen_args["max_tokens"]
     n_out = n_reasoning = 0
     n_in = 0
+    n_cached = 0
     incomplete = None
     first = True
     while True:
@@ -382,6 +383,7 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
         finally:
             gen.close()
         used = len(gen.tokens) + (1 if gen.stop_reason == "stop_token" else 0)
+        n_cached += int(getattr(gen, "cached_tokens", 0))   # known once the prompt was fed
         n_out += used
         budget -= used
         if gen.stop_reason in ("max_new_tokens", "context_limit"):
@@ -398,7 +400,7 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
         # the call and the tool's answer join the conversation; the model goes on
         prompt = prompt + list(gen.tokens) + [CALL] + harmony.encode_messages(
             outcome.messages) + [START] + get_tokenizer().encode("assistant")
-    response["usage"] = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0},
+    response["usage"] = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": n_cached},
                          "output_tokens": n_out,
                          "output_tokens_details": {"reasoning_tokens": n_reasoning},
                          "total_tokens": n_in + n_out}

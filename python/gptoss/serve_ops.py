@@ -104,7 +104,7 @@ class Ops:
 
     def __init__(self, server, limits: Limits):
         pc = _prometheus()
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         self.server = server
         self.limits = limits
         self.app = None
@@ -137,12 +137,41 @@ class Ops:
             def collect(self):
                 for name, doc, value in ops.live():
                     yield GaugeMetricFamily(name, doc, value=value)
+                for name, doc, value, counter in ops.prefix_cache():
+                    yield (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc,
+                                                                                  value=value)
 
             def describe(self):
                 return []
         r.register(Live())
 
     # ---------------------------------------------------------------- gauges
+    def prefix_cache(self):
+        """The engine's prefix-cache counters, as the scheduler last read them (the scheduler
+        thread owns the engine), or read here when there is no scheduler."""
+        s = self.server.scheduler
+        if s is not None:
+            st = s.prefix_stats
+        else:
+            eng = self.server.model.engine
+            st = eng.prefix_cache_stats() if hasattr(eng, "prefix_cache_stats") else None
+        if not st:
+            return []
+        return [
+            ("gptoss_prefix_cache_hit_tokens", "prompt positions taken from the prefix cache",
+             st["hit_tokens"], True),
+            ("gptoss_prefix_cache_miss_tokens", "prompt positions computed by prefills that "
+             "looked in the prefix cache", st["miss_tokens"], True),
+            ("gptoss_prefix_cache_evictions", "KV pages dropped from the prefix cache",
+             st["evictions"], True),
+            ("gptoss_prefix_cache_pages", "KV pages in the prefix cache", st["cached_pages"],
+             False),
+            ("gptoss_prefix_cache_idle_pages", "cached KV pages no sequence holds",
+             st["idle_pages"], False),
+            ("gptoss_prefix_cache_bytes", "bytes of the KV pages in the prefix cache",
+             st["bytes"], False),
+        ]
+
     def live(self):
         s = self.server.scheduler
         lim = self.limits
