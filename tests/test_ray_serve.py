@@ -55,10 +55,8 @@ def cluster(tmp_path_factory):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = ray_serve.build_app(ckpt, replicas=2, backend="cpu", cpus_per_replica=1,
                                   model_kwargs={"max_context": 2048, "prefix_cache_gb": 0.25},
-                                  # prompts fed whole: the scheduler's chunked prefill does
-                                  # not start from the prefix cache yet (issue 15 part 2)
                                   server_kwargs={"model_name": "tiny",
-                                                 "limits": Limits(prefill_chunk=0)})
+                                                 "limits": Limits(prefill_chunk=128)})
         serve.run(app, name=ray_serve.APP_NAME, route_prefix="/")
         base = f"http://127.0.0.1:{port}"
         yield base
@@ -142,8 +140,6 @@ def test_multi_turn_conversation_stays_on_one_replica_and_hits_the_cache(cluster
     assert after[other] == before[other]
 
 
-@pytest.mark.xfail(strict=True, reason="the server's usage reports cached_tokens as 0 until the "
-                   "engine's count is wired into it (issue 15 part 2); remove this mark then")
 def test_usage_reports_the_cached_tokens_through_the_ingress(cluster):
     messages = [{"role": "system", "content": "Usage check. " + SYSTEM},
                 {"role": "user", "content": "Hello?"}]
