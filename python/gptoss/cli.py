@@ -234,6 +234,8 @@ def _serve_ray(args, limits) -> int:
     mk = {"max_context": args.max_context} if args.max_context else {}
     if args.threads:
         mk["threads"] = args.threads
+    if args.prefix_cache_gb is not None:
+        mk["prefix_cache_gb"] = args.prefix_cache_gb
     sk = {"model_name": args.model_name or os.path.basename(os.path.normpath(args.model)),
           "limits": limits}
     key = args.api_key or os.environ.get("GPTOSS_API_KEY")
