@@ -3,6 +3,7 @@
     python bench/bench_server.py --model random:tiny --long-prompt 4096
     python bench/bench_server.py --model mid            # a random 8-layer, 1024-wide checkpoint
     python bench/bench_server.py --model random:20b --long-prompt 4096 --max-tokens 16
+    python bench/bench_server.py --model random:20b --multi-turn   # 10 turns, 2000-token system
 
 1. Latency: for each --chunks value (0: a prompt is fed whole; N: N tokens per step between
    decode steps), a fresh server, --streams streaming requests running, then one --long-prompt
@@ -13,6 +14,10 @@
    prompts, --max-tokens each), completion tokens per second in all (median of --repeats; prompt
    prefill included), next to the engine's own decode_batch_sample rate at the same batch sizes
    (in this process, after the server has stopped): the gap is what the server costs.
+
+3. --multi-turn (alone): a --turns turn chat with a --system-tokens token system prompt, each
+   turn re-sending the conversation; time to first token and the cached tokens per turn, with
+   the prefix cache on (2 GB) and off.
 
 Writes bench/results/server.json (or --out).
 """
@@ -222,6 +227,49 @@ def engine_rate(model, batches, steps):
     return out
 
 
+def multi_turn(model, turns, system_tokens, max_tokens, cache_gb):
+    """A chat of `turns` turns with a system prompt of about `system_tokens` tokens, each turn
+    re-sending the whole conversation (as chat clients do): time to first token per turn, and
+    the cached tokens the server reports, with the prefix cache at `cache_gb` (0: off)."""
+    import httpx
+    srv = Server(model, "--prefix-cache-gb", str(cache_gb), "--max-context",
+                 str(system_tokens + turns * (max_tokens + 64) + 1024))
+    rows = []
+    try:
+        msgs = [{"role": "system", "content": long_prompt_text(system_tokens)}]
+        for t in range(turns):
+            msgs.append({"role": "user", "content": f"Question {t + 1}: what next?"})
+            body = {"model": "m", "messages": msgs, "max_tokens": max_tokens, "temperature": 0,
+                    "stream": True, "stream_options": {"include_usage": True},
+                    "reasoning_effort": "low"}
+            t0 = time.perf_counter()
+            first, text, usage = None, "", None
+            with httpx.stream("POST", srv.base + "/v1/chat/completions", json=body,
+                              timeout=3600) as r:
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    d = json.loads(line[6:])
+                    if d.get("usage"):
+                        usage = d["usage"]
+                    for c in d.get("choices") or []:
+                        delta = c.get("delta") or {}
+                        piece = delta.get("content") or delta.get("reasoning_content") or ""
+                        if piece and first is None:
+                            first = time.perf_counter() - t0
+                        text += delta.get("content") or ""
+            rows.append({"turn": t + 1, "prompt_tokens": usage["prompt_tokens"],
+                         "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
+                         "ttft_s": first})
+            print(f"cache {cache_gb} GB, turn {t + 1:2d}: prompt {usage['prompt_tokens']:5d} "
+                  f"tokens, cached {rows[-1]['cached_tokens']:5d}, TTFT "
+                  f"{first if first is not None else float('nan'):.2f} s", flush=True)
+            msgs.append({"role": "assistant", "content": text or "ok"})
+    finally:
+        srv.close()
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="random:tiny", help="a checkpoint, random:PRESET or mid")
@@ -235,6 +283,10 @@ def main():
     p.add_argument("--engine-steps", type=int, default=20)
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--multi-turn", action="store_true",
+                   help="only the multi-turn run: TTFT per turn with the prefix cache on and off")
+    p.add_argument("--turns", type=int, default=10)
+    p.add_argument("--system-tokens", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None,
                    help="C++ engine threads (default: all cores)")
     p.add_argument("--out", default=None)
@@ -243,6 +295,14 @@ def main():
     THREADS = a.threads
     model = resolve(a.model)
     result = {"model": a.model, "path": model, "machine": machine(), "threads": a.threads}
+    if a.multi_turn:
+        result["multi_turn"] = {f"cache_{gb}gb": multi_turn(model, a.turns, a.system_tokens,
+                                                           a.max_tokens, gb)
+                                for gb in (2, 0)}
+        out = a.out or os.path.join(os.path.dirname(__file__), "results", "server_multi_turn.json")
+        write_json(out, result)
+        print(f"wrote {out}")
+        return
     if not a.skip_latency:
         ctx = a.long_prompt + 4096
         result["latency"] = [latency(model, c, a.streams, a.long_prompt, a.warm_tokens, ctx)

@@ -133,3 +133,14 @@ def test_missing_extra_is_named(monkeypatch):
     with pytest.raises(ImportError) as e:
         grammar_for_format({"type": "json_object"}, "response_format")
     assert "gptoss[structured]" in str(e.value)
+
+
+def test_a_constraint_that_gives_up_is_an_error_not_an_answer(model):
+    """Tokens the grammar forbids (forced here) end the constraint; the chat then raises
+    SteeringError instead of returning the text as if it followed the schema."""
+    from gptoss.steering import SteeringError
+    pre = model.tokenizer.encode(REASONING + "<|channel|>final<|message|>not json",
+                                 allowed_special="all")
+    with pytest.raises(SteeringError, match="constraints could not be applied"):
+        model.chat([{"role": "user", "content": "x"}], response_format=fmt(SCHEMAS[0]),
+                   forced_tokens=pre, seed=1, max_tokens=40, stream=False)

@@ -129,7 +129,15 @@ def run_chat(model, messages, tools=None, reasoning_effort="medium", max_tokens=
                                        seed=seed, stop_tokens=[RETURN, CALL],
                                        forced_tokens=forced, **extra)
     try:
-        yield from _events_of(gen, prompt, stops)
+        for ev in _events_of(gen, prompt, stops):
+            if isinstance(ev, Done) and steer is not None:
+                # a constraint that gave up must not pass for a constrained answer
+                from .steering import SteeringError, steering_failure
+                why = steering_failure(steer)
+                if why:
+                    raise SteeringError("the request's output constraints could not be "
+                                        f"applied: {why}")
+            yield ev
     finally:
         gen.close()
 

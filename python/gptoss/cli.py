@@ -206,6 +206,11 @@ def cmd_serve(args) -> int:
                     max_body_bytes=args.max_body_bytes,
                     request_timeout=args.request_timeout or None,
                     shutdown_grace=args.shutdown_grace, prefill_chunk=args.prefill_chunk).check()
+    if args.ray is not None:
+        return _serve_ray(args, limits)
+    for flag, v in (("--replicas", args.replicas), ("--replica-cpus", args.replica_cpus)):
+        if v is not None:
+            raise ValueError(f"{flag} needs --ray")
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
                                   max_context=args.max_context, threads=args.threads,
                                   prefix_cache_gb=args.prefix_cache_gb)
@@ -216,6 +221,31 @@ def cmd_serve(args) -> int:
           os.environ.get("GPTOSS_API_KEY"), enable_test_hooks=args.enable_test_hooks,
           log_level=args.log_level, limits=limits, python_tool=args.python_tool,
           browser_corpus=args.browser_corpus)
+    return 0
+
+
+def _serve_ray(args, limits) -> int:
+    """gptoss serve --ray [ADDRESS] --replicas N: the app of gptoss/ray_serve.py on a Ray cluster."""
+    if args.replicas is not None and args.replicas < 1:
+        raise ValueError(f"--replicas {args.replicas}: must be at least 1")
+    if args.enable_test_hooks:
+        raise ValueError("--enable-test-hooks is not supported with --ray")
+    from . import ray_serve
+    ray_serve.require_ray()
+    mk = {"max_context": args.max_context} if args.max_context else {}
+    if args.threads:
+        mk["threads"] = args.threads
+    if args.prefix_cache_gb is not None:
+        mk["prefix_cache_gb"] = args.prefix_cache_gb
+    sk = {"model_name": args.model_name or os.path.basename(os.path.normpath(args.model)),
+          "limits": limits}
+    key = args.api_key or os.environ.get("GPTOSS_API_KEY")
+    if key:
+        sk["api_key"] = key
+    ray_serve.run(args.model, address=None if args.ray in (None, "local") else args.ray,
+                  replicas=args.replicas or 2, host=args.host, port=args.port,
+                  backend=args.backend, cpus_per_replica=args.replica_cpus,
+                  model_kwargs=mk, server_kwargs=sk)
     return 0
 
 
@@ -307,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offer the web_search / browser_search tool on /v1/responses: the "
                         "built-in browser over this folder of text, Markdown and HTML files")
     s.add_argument("--enable-test-hooks", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="serve replicas on Ray Serve: on the cluster at ADDRESS (auto, HOST:PORT "
+                        "or ray://HOST:10001), or a local one started for this (no ADDRESS); "
+                        "needs pip install 'gptoss[ray]'")
+    s.add_argument("--replicas", type=int, default=None,
+                   help="with --ray: engine replicas (default 2), each asking Ray for one GPU "
+                        "(--backend cuda) or --replica-cpus CPUs")
+    s.add_argument("--replica-cpus", type=float, default=None,
+                   help="with --ray: CPUs each replica asks for (default 1; also its engine's "
+                        "threads)")
     s.set_defaults(fn=cmd_serve)
 
     r = sub.add_parser("make-random-checkpoint", help="write a random checkpoint (real layout)")

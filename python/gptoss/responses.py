@@ -461,6 +461,10 @@ def drive(generate, prompt: List[int], gen_args: Dict[str, Any], response: Dict[
                     incomplete = "max_output_tokens"
                     break
         added += output_to_messages(em.output[flushed:])
+        from .steering import SteeringError, steering_failure
+        why = steering_failure(steer)
+        if why:
+            raise SteeringError(f"the request's output constraints could not be applied: {why}")
         response["usage"] = {"input_tokens": n_in,
                              "input_tokens_details": {"cached_tokens": n_cached},
                              "output_tokens": n_out,

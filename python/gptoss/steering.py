@@ -24,6 +24,20 @@ from .sampling import sample_gumbel
 MAX_TOP_LOGPROBS = 20
 
 
+class SteeringError(RuntimeError):
+    """What a request asked of its tokens (a response format, strict tool arguments,
+    log-probabilities) could not be done; the generation is not returned as if it had been."""
+
+
+def steering_failure(steer) -> Optional[str]:
+    """Why `steer` (a Steer or None) did not do what it was asked, if it did not."""
+    if steer is None:
+        return None
+    if steer.error:
+        return steer.error
+    return getattr(steer.constraint, "failed", None) if steer.constraint is not None else None
+
+
 class Steer:
     """constraint: an object with `active()`, `allowed()` (ascending token ids allowed next, or
     None for no limit), `observe(token)` and optionally `prepare()` (start computing the next
