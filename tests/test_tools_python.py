@@ -289,3 +289,21 @@ def test_session_made_in_a_short_lived_thread_outlives_it():
     time.sleep(0.3)
     with box["t"] as t:
         assert t.run("kept") == "'yes'\n"           # the session did not die with the thread
+
+
+@needs_sandbox
+def test_python_installed_under_tmp_works(tmp_path):
+    """A Python whose installation lives under /tmp (a venv there, as CI machines make) is bound
+    inside the sandbox's private /tmp, not hidden by it (this once failed with FileExistsError)."""
+    venv = tmp_path / "venv"
+    assert str(venv).startswith("/tmp/")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    pkg = os.path.dirname(os.path.dirname(gptoss.__file__))
+    code = ("from gptoss.tools import PythonTool\n"
+            "with PythonTool(timeout=20) as py:\n"
+            "    print(py.run('6 * 7'))\n")
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=pkg))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "42"

@@ -83,6 +83,11 @@ def build_root():
     new = CFG["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    # the private /tmp first: a Python installation that lives under /tmp (a venv there, say) is
+    # then bound inside it, rather than hidden by it (or in the way of making it)
+    os.makedirs(new + "/tmp")
+    mount("tmpfs", new + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+          f"size={CFG['tmp_mb']}m,mode=1777")
     for p in CFG["ro"]:
         if os.path.lexists(p):
             bind(p, new + p)
@@ -102,9 +107,6 @@ def build_root():
         os.symlink(target, new + "/dev/" + name)
     os.makedirs(new + "/dev/shm")
     mount("tmpfs", new + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
-    os.makedirs(new + "/tmp")
-    mount("tmpfs", new + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-          f"size={CFG['tmp_mb']}m,mode=1777")
     os.makedirs(new + "/proc")
     mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     bind(CFG["scratch"], new + "/mnt/data", writable=True)
