@@ -48,3 +48,22 @@ def rel_err(out, ref):
     out = np.asarray(out, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def henc(tmp_path_factory):
+    """openai-harmony's gpt-oss encoding, reading our vocabulary file (never downloading it)."""
+    import shutil
+    from gptoss.tokenizer import vocab_path
+    H = pytest.importorskip("openai_harmony")
+    d = tmp_path_factory.mktemp("vocab")
+    shutil.copy(vocab_path(), d / "o200k_base.tiktoken")
+    old = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(d)
+    try:
+        yield H.load_harmony_encoding(H.HarmonyEncodingName.HARMONY_GPT_OSS)
+    finally:
+        if old is None:
+            os.environ.pop("TIKTOKEN_ENCODINGS_BASE", None)
+        else:
+            os.environ["TIKTOKEN_ENCODINGS_BASE"] = old

@@ -1,31 +1,14 @@
 """Harmony rendering against openai-harmony (token for token), and the streaming parser on
 well-formed, malformed and arbitrary token sequences."""
 import json
-import os
-import shutil
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from gptoss import chat
-from gptoss.tokenizer import CALL, CHANNEL, CONSTRAIN, END, MESSAGE, RETURN, START, get_tokenizer, vocab_path
+from gptoss.tokenizer import CALL, CHANNEL, CONSTRAIN, END, MESSAGE, RETURN, START, get_tokenizer
 
 harmony = pytest.importorskip("openai_harmony")
-
-
-@pytest.fixture(scope="module")
-def henc(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vocab")
-    shutil.copy(vocab_path(), d / "o200k_base.tiktoken")
-    old = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
-    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(d)
-    try:
-        yield harmony.load_harmony_encoding(harmony.HarmonyEncodingName.HARMONY_GPT_OSS)
-    finally:
-        if old is None:
-            os.environ.pop("TIKTOKEN_ENCODINGS_BASE", None)
-        else:
-            os.environ["TIKTOKEN_ENCODINGS_BASE"] = old
 
 
 H = harmony

@@ -5,7 +5,6 @@ path: a python call, a browser search, an open, a final answer. The tools run fo
 its sandbox, the browser over a corpus made here); the items and events come back in OpenAI's
 shapes; and every prompt the model saw is openai-harmony's rendering of the conversation so far
 (the reference built with openai-harmony's own types, as tests/test_tools.py builds it)."""
-import json
 
 import pytest
 
@@ -16,8 +15,8 @@ pytest.importorskip("openai_harmony")
 
 from gptoss import chat  # noqa: E402
 from gptoss.tools import Browser, BuiltinTools, sandbox_problem  # noqa: E402
-from test_server import start_server  # noqa: E402
-from test_tools import bcall, henc, ref_render, result  # noqa: E402,F401 - henc: a fixture
+from test_server import openai_client, running_server  # noqa: E402
+from test_tools import bcall, ref_render, result  # noqa: E402
 
 PROBLEM = sandbox_problem()
 needs_sandbox = pytest.mark.skipif(PROBLEM is not None, reason=f"no sandbox here: {PROBLEM}")
@@ -65,16 +64,14 @@ def server(tmp_path_factory, corpus):
     from gptoss.testing import write_random_checkpoint
     ckpt = write_random_checkpoint(str(tmp_path_factory.mktemp("tiny1")), "tiny", layout="hf",
                                    seed=3, num_layers=1)
-    proc, base = start_server(ckpt, "--max-context", "8192", "--python-tool", "sandbox",
-                              "--browser-corpus", str(corpus))
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_server(ckpt, "--max-context", "8192", "--python-tool", "sandbox",
+                        "--browser-corpus", str(corpus)) as base:
+        yield base
 
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 def force_rounds(server, rounds):

@@ -3,10 +3,8 @@ shutdown on SIGTERM/SIGINT, a bounded soak with clients leaving mid-stream, and 
 inside the running batch. Real `gptoss serve` subprocesses on a tiny random checkpoint, except
 where a failure has to be provoked inside the process (the app is then driven in-process)."""
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,32 +17,12 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 prom_parser = pytest.importorskip("prometheus_client.parser")
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from test_server import start_server  # noqa: E402
 
 
 def start(ckpt, *extra, log_level="warning"):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gptoss", "serve", "--model", ckpt, "--port",
-                             str(port), "--log-level", log_level, "--model-name", "tiny",
-                             "--max-context", "4096", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError("server died: " + proc.stdout.read())
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_server(ckpt, "--max-context", "4096", *extra, log_level=log_level,
+                        test_hooks=False)
 
 
 def stop(proc):

@@ -2,6 +2,7 @@
 by the official `openai` client. The random model cannot be trusted to call a tool, so a test hook
 of the server (enabled by a hidden flag) forces the next generation's first tokens; the model
 still runs on them, and everything after the server's HTTP layer is the real path."""
+import contextlib
 import json
 import os
 import socket
@@ -33,14 +34,16 @@ def free_port():
     return port
 
 
-def start_server(ckpt, *extra):
+def start_server(ckpt, *extra, log_level="warning", test_hooks=True):
+    """A `gptoss serve` subprocess on ckpt, once /health answers: (process, base URL)."""
     port = free_port()
+    hooks = ["--enable-test-hooks"] if test_hooks else []
     proc = subprocess.Popen([sys.executable, "-m", "gptoss", "serve", "--model", ckpt, "--port",
-                             str(port), "--enable-test-hooks", "--log-level", "warning",
+                             str(port), *hooks, "--log-level", log_level,
                              "--model-name", "tiny", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(600):
         if proc.poll() is not None:
             raise RuntimeError("server died: " + proc.stdout.read())
         try:
@@ -52,17 +55,30 @@ def start_server(ckpt, *extra):
     raise RuntimeError("server did not start")
 
 
+@contextlib.contextmanager
+def running_server(ckpt, *extra, **kw):
+    """start_server for the length of a with-block (a module fixture's life)."""
+    proc, base = start_server(ckpt, *extra, **kw)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def openai_client(base):
+    return openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_hf):
-    proc, base = start_server(tiny_hf, "--max-context", "4096")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_server(tiny_hf, "--max-context", "4096") as base:
+        yield base
 
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 def force(server, text):

@@ -10,20 +10,18 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 from gptoss import Model, chat  # noqa: E402
-from test_server import force, start_server  # noqa: E402
+from test_server import force, openai_client, running_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tiny_hf):
-    proc, base = start_server(tiny_hf, "--max-context", "4096")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_server(tiny_hf, "--max-context", "4096") as base:
+        yield base
 
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 @pytest.fixture(scope="module")

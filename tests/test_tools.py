@@ -2,7 +2,6 @@
 corpus made here, BuiltinTools, and the Model.chat loop end to end on random:tiny."""
 import json
 import os
-import shutil
 import time
 
 import pytest
@@ -11,28 +10,13 @@ import gptoss
 
 from gptoss import chat
 from gptoss.chat_events import Done, ReasoningDelta, TextDelta
-from gptoss.tokenizer import get_tokenizer, vocab_path
+from gptoss.tokenizer import get_tokenizer
 from gptoss.tools import Browser, BuiltinTools, PythonTool, sandbox_problem
 from gptoss.tools.loop import BuiltinToolCall, BuiltinToolResult
 
 H = pytest.importorskip("openai_harmony")
 PROBLEM = sandbox_problem()
 needs_sandbox = pytest.mark.skipif(PROBLEM is not None, reason=f"no sandbox here: {PROBLEM}")
-
-
-@pytest.fixture(scope="module")
-def henc(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vocab")
-    shutil.copy(vocab_path(), d / "o200k_base.tiktoken")
-    old = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
-    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(d)
-    try:
-        yield H.load_harmony_encoding(H.HarmonyEncodingName.HARMONY_GPT_OSS)
-    finally:
-        if old is None:
-            os.environ.pop("TIKTOKEN_ENCODINGS_BASE", None)
-        else:
-            os.environ["TIKTOKEN_ENCODINGS_BASE"] = old
 
 
 def enc_all(s):

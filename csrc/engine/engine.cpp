@@ -318,6 +318,12 @@ void Engine::ensure_workspace(int n) {
   ws_n_ = n;
 }
 
+void Engine::size_page_arrays() {
+  page_ref_.resize(size_t(pages_total_), 0);
+  page_key_.resize(size_t(pages_total_), 0);
+  page_idle_since_.resize(size_t(pages_total_), 0);
+}
+
 void Engine::ensure_pages(Sequence& s, int upto) {
   if (!any_paged_) return;
   const int need = (upto + kPage - 1) / kPage;
@@ -331,11 +337,7 @@ void Engine::ensure_pages(Sequence& s, int upto) {
       p = pages_total_++;
       grew = true;
     }
-    if (page_ref_.size() < size_t(pages_total_)) {
-      page_ref_.resize(size_t(pages_total_), 0);
-      page_key_.resize(size_t(pages_total_), 0);
-      page_idle_since_.resize(size_t(pages_total_), 0);
-    }
+    size_page_arrays();
     page_ref_[size_t(p)] = 1;
     page_key_[size_t(p)] = 0;
     page_table_[size_t(s.slot) * max_pages_ + s.pages.size()] = p;
@@ -346,9 +348,7 @@ void Engine::ensure_pages(Sequence& s, int upto) {
     const int target = std::max(pages_total_, pages_total_ + pages_total_ / 2);
     for (int p = pages_total_; p < target; ++p) free_pages_.insert(free_pages_.begin(), p);
     pages_total_ = target;
-    page_ref_.resize(size_t(pages_total_), 0);
-    page_key_.resize(size_t(pages_total_), 0);
-    page_idle_since_.resize(size_t(pages_total_), 0);
+    size_page_arrays();
     be_->kv_reserve(pages_total_, slots_total_);
   }
 }

@@ -84,6 +84,7 @@ class Engine {
            int32_t* tokens_out, bool graph);
   void ensure_workspace(int n);
   void ensure_pages(Sequence& s, int upto);
+  void size_page_arrays();  // page_ref_, page_key_, page_idle_since_: one entry per page id
   // prefix caching: reuse the longest cached prefix of tokens[0, n - 1) for a sequence at 0
   // (returns the positions reused); cache the pages a step completed; give a sequence's pages back
   int reuse_prefix(Sequence& s, const int32_t* tokens, int n);

@@ -13,6 +13,18 @@ from typing import Any, Dict, Optional
 
 from .steering import MAX_TOP_LOGPROBS, Steer
 
+
+def json_object(raw: bytes, error=ValueError) -> Dict[str, Any]:
+    """A request body as a JSON object; anything else raises `error` (the endpoint's 400)."""
+    import json
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"request body is not valid JSON: {e}")
+    if not isinstance(body, dict):
+        raise error("request body must be a JSON object")
+    return body
+
 CHAT_FIELDS = {"messages", "model", "max_tokens", "max_completion_tokens", "temperature",
                "top_p", "seed", "stop", "stream", "stream_options", "tools", "tool_choice",
                "reasoning_effort", "response_format", "logprobs", "top_logprobs", "n", "user",

@@ -33,7 +33,7 @@ import uuid
 from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence
 
 from . import chat as harmony
-from .tokenizer import CALL, RETURN, START, get_tokenizer
+from .tokenizer import CALL, RETURN
 
 
 class ResponsesError(ValueError):
@@ -690,13 +690,8 @@ def install(app, srv, sampling_args, fit_context, error_response, tool_host=None
     @app.post("/v1/responses")
     async def responses(request: Request):
         try:
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ResponsesError(f"request body is not valid JSON: {e}")
-            if not isinstance(body, dict):
-                raise ResponsesError("request body must be a JSON object")
+            from .openai_fields import json_object
+            body = json_object(await request.body(), ResponsesError)
             served, off = (tool_host.for_request(body.get("previous_response_id"))
                            if tool_host is not None else (None, None))
             p = prepare(body, srv.model, store, sampling_args, fit_context, served, off)

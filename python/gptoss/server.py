@@ -170,14 +170,7 @@ def create_app(model, model_name: str = "gpt-oss", api_key: Optional[str] = None
         return await call_next(request)
 
     async def json_body(request: Request) -> Dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RequestError(f"request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            raise RequestError("request body must be a JSON object")
-        return body
+        return fields.json_object(await request.body(), RequestError)
 
     @app.get("/health")
     async def health():
