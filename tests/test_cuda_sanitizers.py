@@ -45,6 +45,13 @@ def small_ckpt(tmp_path_factory):
                                    vocab_size=2048, num_layers=2)
 
 
+@pytest.fixture(scope="module")
+def hollow_ckpt(tmp_path_factory):
+    # the same shapes as a hollow checkpoint: the CUDA backend makes its matrices (cuda/fill.cu)
+    return write_random_checkpoint(str(tmp_path_factory.mktemp("emu_hollow")), "tiny", seed=3,
+                                   vocab_size=2048, num_layers=2, hollow=True)
+
+
 def run(exe, *args, env=None, timeout=1200):
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -56,7 +63,7 @@ def clean(r):
 
 
 @pytest.mark.slow
-def test_cuda_backend_under_address_sanitizer(tmp_path, small_ckpt):
+def test_cuda_backend_under_address_sanitizer(tmp_path, small_ckpt, hollow_ckpt):
     exe = build(tmp_path, "address")
     env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
@@ -66,10 +73,14 @@ def test_cuda_backend_under_address_sanitizer(tmp_path, small_ckpt):
     r = run(exe, "engine", small_ckpt, "150", str(BOUND), env=env)
     assert r.returncode == 0 and clean(r), (r.stdout, r.stderr[-4000:])
     assert "worst relative logit error" in r.stdout
+    # device-made weights, and a prompt past one page taken again from the prefix cache
+    r = run(exe, "hollow", hollow_ckpt, "270", str(BOUND), env=env)
+    assert r.returncode == 0 and clean(r), (r.stdout, r.stderr[-4000:])
+    assert "positions from the prefix cache" in r.stdout
 
 
 @pytest.mark.slow
-def test_cuda_backend_under_thread_sanitizer(tmp_path, small_ckpt):
+def test_cuda_backend_under_thread_sanitizer(tmp_path, small_ckpt, hollow_ckpt):
     exe = build(tmp_path, "thread")
     # OMP_NUM_THREADS=1: the CPU backend (the comparison) would otherwise run on libgomp's threads,
     # which ThreadSanitizer cannot see into (false reports); the emulated CUDA threads are ours
@@ -83,5 +94,8 @@ def test_cuda_backend_under_thread_sanitizer(tmp_path, small_ckpt):
     # 12 tokens: the prefill still takes the tensor-core paths (more than 8 rows), and a short
     # run keeps ThreadSanitizer's cost (one OS thread per CUDA thread) to minutes
     r = run(exe, "engine", small_ckpt, "12", str(BOUND), env=env)
+    assert r.returncode == 0 and "WARNING: ThreadSanitizer" not in r.stderr, \
+        r.stdout + r.stderr[-6000:]
+    r = run(exe, "hollow", hollow_ckpt, "12", str(BOUND), env=env)
     assert r.returncode == 0 and "WARNING: ThreadSanitizer" not in r.stderr, \
         r.stdout + r.stderr[-6000:]

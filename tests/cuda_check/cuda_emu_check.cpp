@@ -8,6 +8,10 @@
 //                                  a prefill across the sliding window (tensor-core paths), decode
 //                                  steps (GEMV paths, captured graphs replayed), a two-sequence
 //                                  batch, and device sampling; prints the relative logit errors
+//   cuda_emu_check hollow CKPT N   a hollow checkpoint: its matrices made on the device
+//                                  (cuda/fill.cu); an N-token prompt, then the same prompt again in
+//                                  a new sequence, which takes its full pages from the prefix cache
+//                                  (kv_snapshot); both runs' logits must be finite and close
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -163,6 +167,27 @@ void engine(const std::string& ckpt, int prompt_len, double bound) {
   std::printf("worst relative logit error %.3g (bound %.3g)\n", worst, bound);
 }
 
+void hollow(const std::string& ckpt, int prompt_len, double bound) {
+  Options o;
+  o.device = "cuda";
+  o.random_device_weights = true;
+  Model m(ckpt, o);
+  const int V = m.config().vocab_size;
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+  for (int i = 0; i < prompt_len; ++i) prompt[size_t(i)] = int32_t((i * 7919 + 13) % V);
+  std::vector<float> a(static_cast<size_t>(V)), b(static_cast<size_t>(V));
+  m.prefill(prompt.data(), prompt.size(), a.data());
+  bool finite = true;
+  for (float x : a) finite = finite && std::isfinite(x);
+  expect(finite, "logits of the device-made weights are finite");
+  const int s = m.add_sequence();
+  m.prefill_sequence(s, prompt.data(), prompt.size(), b.data());
+  std::printf("second prefill: %d positions from the prefix cache, relative difference %.3g\n",
+              m.cached_tokens(s), rel(b, a));
+  expect(prompt_len <= 256 || m.cached_tokens(s) > 0, "the second prefill used the prefix cache");
+  expect(rel(b, a) <= bound, "cached prefix within the bound of the full prefill");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -175,8 +200,11 @@ int main(int argc, char** argv) {
       cuda::selftest_bad("racy", &v);
     } else if (what == "engine" && argc > 2) {
       engine(argv[2], argc > 3 ? std::atoi(argv[3]) : 150, argc > 4 ? std::atof(argv[4]) : 2e-2);
+    } else if (what == "hollow" && argc > 2) {
+      hollow(argv[2], argc > 3 ? std::atoi(argv[3]) : 12, argc > 4 ? std::atof(argv[4]) : 2e-2);
     } else {
-      std::fprintf(stderr, "usage: cuda_emu_check selftest | racy | engine CKPT [prompt] [bound]\n");
+      std::fprintf(stderr, "usage: cuda_emu_check selftest | racy | engine CKPT [prompt] [bound] | "
+                           "hollow CKPT [prompt] [bound]\n");
       return 2;
     }
   } catch (const std::exception& e) {
