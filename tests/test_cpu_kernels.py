@@ -9,6 +9,9 @@ Tolerances (derived):
   max|x_block| / (127 * 254), so relative output error ~ (max/rms) / (127 * 254 * 2 * sqrt(3));
   with max/rms <= 4 for these blocks and a safety factor 4 that is 4 * 4 / 111744 = 1.4e-4.
   One level: the step is max / 127, giving 4 * 4 / (127 * 2 * sqrt(3)) = 1.8e-2.
+- MXFP4 repacked for AVX2 (r16) on int16 activations: the step is max / 32767, giving
+  4 * 4 / (32767 * 2 * sqrt(3)) = 1.4e-4 as for two levels; its block sums are exact integers, so
+  every SIMD level and every grouping of rows and tokens gives the same bits (asserted exactly).
 """
 import math
 
@@ -25,6 +28,7 @@ EPS32 = float(np.finfo(np.float32).eps)
 LEVELS = C.simd_levels()
 Q2_BOUND = 4 * 4 / (127 * 254 * 2 * math.sqrt(3))
 Q1_BOUND = 4 * 4 / (127 * 2 * math.sqrt(3))
+Q16_BOUND = 4 * 4 / (32767 * 2 * math.sqrt(3))
 
 
 def f32_bound(K):
@@ -118,10 +122,79 @@ def test_simd_levels_agree_with_plain():
         assert rel_err(outs[lv][1], outs["plain"][1]) < f32_bound(2880), lv
 
 
+# --------------------------------------------------------------------------------- MXFP4 r16
+def pack_r16_numpy(blocks, scales):
+    """The r16 layout as csrc/cpu/mxfp4_r16.cpp documents it, written independently: groups of 16
+    rows (zero codes and scale 127 past R); per group and block 8 chunks of 32 bytes, byte
+    16L + 2i + k of chunk c holding byte 2c + k of row 8L + i; then the 16 scales in lane order."""
+    R, nb, _ = blocks.shape
+    G = (R + 15) // 16
+    b = np.zeros((G * 16, nb, 16), np.uint8)
+    s = np.full((G * 16, nb), 127, np.uint8)
+    b[:R], s[:R] = blocks, scales
+    b = b.reshape(G, 2, 8, nb, 8, 2)            # g, L, i, block, c, k
+    codes = b.transpose(0, 3, 4, 1, 2, 5).reshape(G, nb, 256)
+    lane_row = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]
+    sc = s.reshape(G, 16, nb)[:, lane_row, :].transpose(0, 2, 1)
+    return np.concatenate([codes, sc], axis=2)
+
+
+@pytest.mark.parametrize("R,nb", [(33, 3), (16, 1), (5, 2), (2880, 90)])
+def test_mxfp4_pack_r16_layout(R, nb):
+    rng = np.random.default_rng(R + nb)
+    blocks, scales = mxfp4_case(rng, R, nb)
+    got = C.ops.mxfp4_pack_r16(blocks, scales)
+    assert got.shape == ((R + 15) // 16, nb, 272)
+    assert np.array_equal(got, pack_r16_numpy(blocks, scales))
+
+
+@pytest.mark.parametrize("m,R,nb", [(1, 5760, 90), (1, 2880, 90), (4, 64, 90), (7, 33, 3),
+                                    (1, 1, 1), (2, 5, 5), (13, 17, 6), (9, 48, 7)])
+def test_mxfp4_r16_linear(simd, m, R, nb):
+    rng = np.random.default_rng(R * nb + m + 1)
+    blocks, scales = mxfp4_case(rng, R, nb)
+    x = rng.standard_normal((m, nb * 32)).astype(np.float32)
+    b = rng.standard_normal(R).astype(np.float32)
+    got = C.ops.mxfp4_r16_linear(x, C.ops.mxfp4_pack_r16(blocks, scales), R, b)
+    want = x.astype(np.float64) @ ref.mxfp4_dequantize(blocks, scales).astype(np.float64).T + b
+    assert got.shape == (m, R)
+    assert rel_err(got, want) < Q16_BOUND + f32_bound(nb * 32), (simd, rel_err(got, want))
+
+
+def test_mxfp4_r16_same_bits_at_every_level_and_grouping():
+    rng = np.random.default_rng(11)
+    blocks, scales = mxfp4_case(rng, 40, 7)
+    x = rng.standard_normal((11, 224)).astype(np.float32)
+    x[2, :32] = 0.0        # an all-zero activation block
+    x[3, 64:96] *= 1e4     # a block far larger than its neighbours
+    P = C.ops.mxfp4_pack_r16(blocks, scales)
+    outs = {}
+    for lv in LEVELS:
+        C.force_simd(lv)
+        outs[lv] = C.ops.mxfp4_r16_linear(x, P, 40)
+        # each token alone (decode) gives the bits of the 11-token call (prefill tiles of 4)
+        alone = np.concatenate([C.ops.mxfp4_r16_linear(x[i:i + 1], P, 40) for i in range(11)])
+        assert np.array_equal(alone, outs[lv]), lv
+        # the first 16 rows as a matrix of their own: the same bits
+        first = C.ops.mxfp4_r16_linear(x, C.ops.mxfp4_pack_r16(blocks[:16], scales[:16]), 16)
+        assert np.array_equal(first, outs[lv][:, :16]), lv
+    C.force_simd(LEVELS[-1])
+    for lv in LEVELS[1:]:
+        assert np.array_equal(outs[lv], outs["plain"]), lv
+
+
+def test_mxfp4_r16_rejects_bad_arguments():
+    P = C.ops.mxfp4_pack_r16(np.zeros((20, 2, 16), np.uint8), np.zeros((20, 2), np.uint8))
+    with pytest.raises(ValueError, match="rows = 40 does not match 2 packed groups"):
+        C.ops.mxfp4_r16_linear(np.zeros((1, 64), np.float32), P, 40)
+    with pytest.raises(ValueError, match="x"):
+        C.ops.mxfp4_r16_linear(np.zeros((1, 96), np.float32), P, 20)
+
+
 # --------------------------------------------------------------------------------- MoE
 @pytest.mark.parametrize("n,E,H,I", [(1, 32, 2880, 2880), (6, 32, 128, 96), (3, 128, 64, 32)])
-@pytest.mark.parametrize("levels", [2, 1])
-def test_moe_matches_numpy_experts(simd, n, E, H, I, levels):
+@pytest.mark.parametrize("levels,repack", [(2, False), (1, False), (2, True)])
+def test_moe_matches_numpy_experts(simd, n, E, H, I, levels, repack):
     rng = np.random.default_rng(n + E)
     k = 4
     # only the experts the tokens route to need real weights; the rest stay zero (sparse memory)
@@ -138,7 +211,7 @@ def test_moe_matches_numpy_experts(simd, n, E, H, I, levels):
     b2 = rng.standard_normal((E, H)).astype(np.float32) * 0.05
     t = rng.standard_normal((n, H)).astype(np.float32)
     wts = rng.dirichlet(np.ones(k), n).astype(np.float32)
-    got = C.ops.moe(t, experts, wts, w1b, w1s, b1, w2b, w2s, b2, levels=levels)
+    got = C.ops.moe(t, experts, wts, w1b, w1s, b1, w2b, w2s, b2, levels=levels, repack=repack)
     want = np.zeros((n, H))
     for i in range(n):
         for j in range(k):
@@ -147,7 +220,7 @@ def test_moe_matches_numpy_experts(simd, n, E, H, I, levels):
             a = ref.swiglu(u.astype(np.float32), 1.702, 7.0).astype(np.float64)
             want[i] += wts[i, j] * (ref.mxfp4_dequantize(w2b[e], w2s[e]).astype(np.float64) @ a + b2[e])
     # two quantized products in sequence: twice the single bound
-    q = Q2_BOUND if levels == 2 else Q1_BOUND
+    q = Q16_BOUND if repack else Q2_BOUND if levels == 2 else Q1_BOUND
     assert rel_err(got, want) < 2 * (q + f32_bound(max(H, I))), rel_err(got, want)
 
 

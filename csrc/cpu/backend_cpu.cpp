@@ -2,6 +2,9 @@
 // Weights are used in place in the mapped checkpoint (zero copy); the only per-step buffers are
 // the workspaces below, grown when a longer chunk arrives and then reused, so the decode path
 // does not allocate.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +14,7 @@
 #include "cpu/kernels.h"
 #include "engine/backend.h"
 #include "engine/engine.h"
+#include "engine/weight_cache.h"
 #include "common/sample_ref.h"
 
 namespace gptoss {
@@ -36,14 +40,38 @@ cpu::Q8Act q8_rows_from(const cpu::Q8Act& q, int off) {
   return r;
 }
 
-// Rows are handed to threads in bands of this many.
+cpu::Q16Act q16_rows_from(const cpu::Q16Act& q, int off) {
+  cpu::Q16Act r = q;
+  r.q += size_t(q.nb) * 32 * size_t(off);
+  r.corr += size_t(q.nb) * size_t(off);
+  r.step += size_t(q.nb) * size_t(off);
+  return r;
+}
+
+// Drops the pages of [p, p + bytes) of a read-only file mapping from this process (they stay in
+// the page cache): the checkpoint's experts once they are repacked.
+void release_pages(const void* p, size_t bytes) {
+  const uintptr_t pg = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + pg - 1) / pg * pg;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + bytes) / pg * pg;
+  if (b > a) ::madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
+}
+
+// Rows are handed to threads in bands of this many (a multiple of cpu::kR16).
 constexpr int kBand = 32;
+static_assert(kBand % cpu::kR16 == 0, "bands must hold whole r16 groups");
+
+// The repacked layout's name in the weight cache; bump the version when mf4_r16_pack changes.
+constexpr const char* kR16Format = "mxfp4-r16-v1";
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int levels) : levels_(levels) {
+  CpuBackend(int levels, std::string repack, std::string cache_dir)
+      : levels_(levels), repack_(std::move(repack)), cache_dir_(std::move(cache_dir)) {
     GPTOSS_CHECK(levels == 1 || levels == 2,
                  "activation_levels = " << levels << ": must be 1 or 2");
+    GPTOSS_CHECK(repack_ == "auto" || repack_ == "off" || repack_ == "memory",
+                 "repack = '" << repack_ << "': must be 'auto', 'off' or 'memory'");
   }
   ~CpuBackend() override {
     for (auto& l : kv_) {
@@ -64,7 +92,80 @@ class CpuBackend final : public Backend {
   void release(void* p) override { std::free(p); }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void bind(const Checkpoint&) override {}
+  // The MXFP4 experts are used in place in the mapped checkpoint, except on AVX2-class
+  // processors, whose kernels want them repacked (cpu/mxfp4_r16.cpp): there they are repacked
+  // once into the weight cache (engine/weight_cache.h) and mapped from it, or with repack
+  // 'memory' (or where no cache can be written) repacked into memory.
+  void bind(const Checkpoint& ck) override {
+    packed_.clear();
+    cache_.reset();
+    const cpu::Isa isa = cpu::active_isa();
+    if (repack_ == "off") {
+      note_ = "experts in the checkpoint's layout (repack off)";
+    } else if (levels_ != 2) {
+      note_ = "experts in the checkpoint's layout (activation_levels 1)";
+    } else if (!wants_r16(isa)) {
+      note_ = std::string("experts in the checkpoint's layout (read directly by the ") +
+              cpu::isa_name(isa) + " kernels)";
+    } else {
+      std::vector<const LayerTensors*> layers;
+      for (const LayerTensors& L : ck.layers) layers.push_back(&L);
+      repack(layers, repack_ == "memory" ? "" : cache_dir_.empty() ? default_cache_dir() : cache_dir_,
+             repack_ == "memory", /*release_source=*/true);
+    }
+  }
+  std::string weights_note() const override { return note_; }
+
+  // Repacks these layers' experts for the r16 kernels: into the cache under dir (mapped), or
+  // into memory when in_memory is set. release_source: the tensors are in a read-only file
+  // mapping (the checkpoint's), whose pages are dropped from this process once repacked (never
+  // for other memory: MADV_DONTNEED would zero anonymous pages).
+  void repack(const std::vector<const LayerTensors*>& layers, const std::string& dir, bool in_memory,
+              bool release_source) {
+    std::vector<CacheEntry> entries;
+    std::vector<const Tensor*> sources;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const LayerTensors& L = *layers[l];
+      const int E = int(L.w1_blocks.shape[0]);
+      for (int which = 0; which < 2; ++which) {
+        const Tensor& B = which == 0 ? L.w1_blocks : L.w2_blocks;
+        const Tensor& S = which == 0 ? L.w1_scales : L.w2_scales;
+        sources.push_back(&B);
+        sources.push_back(&S);
+        const int R = int(B.shape[1]), nb = int(B.shape[2]);
+        const size_t eb = size_t(R) * nb * 16, es = size_t(R) * nb;
+        for (int e = 0; e < E; ++e) {
+          const uint8_t* bp = B.data + size_t(e) * eb;
+          const uint8_t* sp = S.data + size_t(e) * es;
+          entries.push_back({"layer" + std::to_string(l) + (which == 0 ? ".w1." : ".w2.") + std::to_string(e),
+                             cpu::mf4_r16_bytes(R, nb), [=](uint8_t* dst) {
+                               cpu::mf4_r16_pack(bp, sp, R, nb, 0, (R + cpu::kR16 - 1) / cpu::kR16, dst);
+                               if (release_source) {
+                                 release_pages(bp, eb);
+                                 release_pages(sp, es);
+                               }
+                             }});
+        }
+      }
+    }
+    std::string how;
+    if (in_memory) {
+      cache_ = WeightCache::in_memory(entries);
+      how = "repacked into memory (repack 'memory')";
+    } else {
+      cache_ = WeightCache::open(dir, kR16Format, checkpoint_fingerprint(sources, kR16Format), entries, &how);
+    }
+    size_t i = 0;
+    for (const LayerTensors* L : layers) {
+      Packed p;
+      const int E = int(L->w1_blocks.shape[0]);
+      for (int e = 0; e < E; ++e) p.w1.push_back(cache_->data(i++));
+      for (int e = 0; e < E; ++e) p.w2.push_back(cache_->data(i++));
+      packed_.emplace_back(L->w1_blocks.data, std::move(p));
+    }
+    note_ = std::string("experts repacked for the ") + cpu::isa_name(cpu::active_isa()) +
+            " kernels (" + kR16Format + "): " + how;
+  }
 
   // KV cache: one float32 pool per layer (rows of kv_width), grown by copying.
   void kv_init(const KVGeometry& g) override {
@@ -248,6 +349,62 @@ class CpuBackend final : public Backend {
     grow(tg_, size_t(A) * H);
     for (int i = 0; i < A; ++i)
       std::memcpy(&tg_[size_t(i) * H], t + size_t(order_[size_t(i)] / k) * H, sizeof(float) * H);
+    if (const Packed* P = packed_for(L)) {
+      moe_r16(*P, w1_bias, w2_bias, A, H, I, alpha, limit);
+    } else {
+      moe_checkpoint_layout(L, w1_bias, w2_bias, A, H, I, alpha, limit, levels);
+    }
+    // weighted scatter-add back to token order
+    std::memset(out, 0, sizeof(float) * size_t(n) * H);
+    for (int i = 0; i < A; ++i) {
+      const int a = order_[size_t(i)];
+      const float w = weights[a];
+      float* o = out + size_t(a / k) * H;
+      const float* y = &y_[size_t(i) * H];
+      for (int j = 0; j < H; ++j) o[j] += w * y[j];
+    }
+  }
+
+ private:
+  struct Packed {
+    std::vector<const uint8_t*> w1, w2;  // per expert, in the weight cache
+  };
+  static bool wants_r16(cpu::Isa isa) { return isa >= cpu::Isa::Avx2 && isa < cpu::Isa::Avx512Bw; }
+  const Packed* packed_for(const LayerTensors& L) const {
+    for (const auto& p : packed_)
+      if (p.first == L.w1_blocks.data) return &p.second;
+    return nullptr;
+  }
+
+  // The expert products on the repacked weights: u_ then y_ for the A gathered rows of tg_.
+  void moe_r16(const Packed& P, const float* w1_bias, const float* w2_bias, int A, int H, int I,
+               float alpha, float limit) {
+    const int E = int(P.w1.size());
+    grow(qws1_, cpu::Q16Act::bytes(A, H));
+    const cpu::Q16Act qt = cpu::Q16Act::carve(qws1_.data(), A, H);
+    quantize16(tg_.data(), A, H, qt);
+    grow(u_, size_t(A) * 2 * I);
+    run_items(E, 2 * I, [&](int e, int r0, int r1) {
+      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
+      cpu::mf4w_r16_gemm_rows(P.w1[size_t(e)], H / 32, r0, r1, q16_rows_from(qt, off), m,
+                              w1_bias + size_t(e) * 2 * I, &u_[size_t(off) * 2 * I], 2 * I);
+    });
+    grow(a_, size_t(A) * I);
+    cpu::swiglu(u_.data(), A, I, alpha, limit, a_.data());
+    grow(qws2_, cpu::Q16Act::bytes(A, I));
+    const cpu::Q16Act qa = cpu::Q16Act::carve(qws2_.data(), A, I);
+    quantize16(a_.data(), A, I, qa);
+    grow(y_, size_t(A) * H);
+    run_items(E, H, [&](int e, int r0, int r1) {
+      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
+      cpu::mf4w_r16_gemm_rows(P.w2[size_t(e)], I / 32, r0, r1, q16_rows_from(qa, off), m,
+                              w2_bias + size_t(e) * H, &y_[size_t(off) * H], H);
+    });
+  }
+
+  void moe_checkpoint_layout(const LayerTensors& L, const float* w1_bias, const float* w2_bias,
+                             int A, int H, int I, float alpha, float limit, int levels) {
+    const int E = int(L.w1_blocks.shape[0]);
     grow(qws1_, cpu::Q8Act::bytes(A, H));
     const cpu::Q8Act qt = cpu::Q8Act::carve(qws1_.data(), A, H);
     quantize(tg_.data(), A, H, qt);
@@ -278,18 +435,8 @@ class CpuBackend final : public Backend {
                              q8_rows_from(qa, off), m, w2_bias + size_t(e) * H,
                              &y_[size_t(off) * H], H, levels);
     });
-    // weighted scatter-add back to token order
-    std::memset(out, 0, sizeof(float) * size_t(n) * H);
-    for (int i = 0; i < A; ++i) {
-      const int a = order_[size_t(i)];
-      const float w = weights[a];
-      float* o = out + size_t(a / k) * H;
-      const float* y = &y_[size_t(i) * H];
-      for (int j = 0; j < H; ++j) o[j] += w * y[j];
-    }
   }
 
- private:
   size_t kv_row(int layer, int slot, int pos) const {
     if (geo_.ring_layer[size_t(layer)]) return size_t(slot) * geo_.ring + size_t(pos % geo_.ring);
     return size_t(page_table_[size_t(slot) * max_pages_ + pos / geo_.page]) * geo_.page +
@@ -304,6 +451,9 @@ class CpuBackend final : public Backend {
     size_t snap_rows = 0;
   };
   int levels_;
+  std::string repack_, cache_dir_, note_;
+  std::unique_ptr<WeightCache> cache_;
+  std::vector<std::pair<const uint8_t*, Packed>> packed_;  // by the layer's w1_blocks data
   KVGeometry geo_;
   std::vector<Pool> kv_;
   std::vector<float> cos_, sin_, cs_, sn_;
@@ -325,6 +475,11 @@ class CpuBackend final : public Backend {
     for (long long i = 0; i < ni; ++i) f(items_[size_t(i)].e, items_[size_t(i)].r0, items_[size_t(i)].r1);
   }
 
+  void quantize16(const float* x, int m, int K, const cpu::Q16Act& q) {
+#pragma omp parallel for schedule(static) if (m > 8)
+    for (int i = 0; i < m; ++i) cpu::q16_quantize(x + size_t(i) * K, 1, K, q16_rows_from(q, i));
+  }
+
   void quantize(const float* x, int m, int K, const cpu::Q8Act& q) {
 #pragma omp parallel for schedule(static) if (m > 8)
     for (int i = 0; i < m; ++i) {
@@ -344,8 +499,15 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int activation_levels) {
-  return std::unique_ptr<Backend>(new CpuBackend(activation_levels));
+std::unique_ptr<Backend> make_cpu_backend(int activation_levels, const std::string& repack,
+                                          const std::string& cache_dir) {
+  return std::unique_ptr<Backend>(new CpuBackend(activation_levels, repack, cache_dir));
+}
+
+void cpu_backend_repack_in_memory(Backend& be, const LayerTensors& L) {
+  auto* c = dynamic_cast<CpuBackend*>(&be);
+  GPTOSS_CHECK(c != nullptr, "repacking experts needs the CPU backend");
+  c->repack({&L}, "", true, false);
 }
 
 }  // namespace gptoss

@@ -49,6 +49,33 @@ void mf4w_q8_gemm_rows(const uint8_t* blocks, const uint8_t* scales, int r0, int
                        const Q8Act& q, int m, const float* bias, float* out, int ldo,
                        int levels = 2);
 
+// MXFP4 repacked for AVX2-class processors (mxfp4_r16.cpp has the layout and the arithmetic):
+// 16 rows of each 32-block stored together with their scales, against int16 activations. The
+// results are the same bits at every SIMD level and for any grouping of rows and tokens.
+constexpr int kR16 = 16;                    // rows per group
+constexpr size_t kR16RecordBytes = 272;     // one group's 32-block: 256 code bytes + 16 scales
+size_t mf4_r16_bytes(int R, int nb);        // packed size of an [R, nb] MXFP4 matrix
+// Packs the row groups [g0, g1) of blocks [R, nb, 16] / scales [R, nb] into out (the whole
+// packed matrix; only those groups' records are written).
+void mf4_r16_pack(const uint8_t* blocks, const uint8_t* scales, int R, int nb, int g0, int g1,
+                  uint8_t* out);
+
+// Activations in int16 per 32-block: x ~= 2 * step * q, |error| <= max|x_block| / 65534.
+struct Q16Act {
+  int nb = 0;
+  int16_t* q = nullptr;      // [m, nb, 32] in the pair order of the packed weights
+  int32_t* corr = nullptr;   // [m, nb] -12 * sum(q) of each block (the unsigned-weight trick)
+  float* step = nullptr;     // [m, nb] max|x| / 32767 / 2
+  static size_t bytes(int m, int K);
+  static Q16Act carve(void* workspace, int m, int K);
+};
+void q16_quantize(const float* x, int m, int K, const Q16Act& q);
+
+// out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]) for rows [r0, r1) (r0 a multiple of kR16) of
+// the packed matrix with nb blocks per row, and the m rows of q. Single-threaded.
+void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
+                        const float* bias, float* out, int ldo);
+
 // ------------------------------------------------------------------------------------ bf16
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]), W bf16 [R, K] with row stride ldw elements,
 // x [m, K] f32, rows r in [r0, r1). Single-threaded; callers split rows over threads.

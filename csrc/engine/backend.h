@@ -81,6 +81,8 @@ class Backend {
   // Instead of bind(): the same matrices as seeded random values made where the backend keeps
   // them (Options::random_device_weights); only a device backend can.
   virtual void bind_random(const Checkpoint& ck);
+  // How the weights are held, for people (e.g. "experts repacked ...: mapped PATH"); may be empty.
+  virtual std::string weights_note() const { return ""; }
 
   // KV cache: the geometry once, then room for at least `pages` pages and `slots` sequences.
   virtual void kv_init(const KVGeometry& g) = 0;

@@ -551,7 +551,7 @@ namespace {
 std::unique_ptr<Backend> make_backend(const Options& o) {
   GPTOSS_CHECK(o.device == "cpu" || o.device == "cuda",
                "device = '" << o.device << "': must be 'cpu' or 'cuda'");
-  return o.device == "cuda" ? make_cuda_backend() : make_cpu_backend(o.activation_levels);
+  return o.device == "cuda" ? make_cuda_backend() : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir);
 }
 }  // namespace
 
@@ -563,6 +563,7 @@ Model& Model::operator=(Model&&) noexcept = default;
 const Config& Model::config() const { return impl_->config(); }
 std::string Model::layout() const { return impl_->checkpoint().layout; }
 std::string Model::note() const { return impl_->checkpoint().note; }
+std::string Model::weights_note() const { return impl_->backend().weights_note(); }
 int Model::max_context() const { return impl_->max_context(); }
 int Model::position() const { return impl_->position(); }
 void Model::reset() { impl_->reset(); }

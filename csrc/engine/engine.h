@@ -16,7 +16,11 @@
 
 namespace gptoss {
 
-std::unique_ptr<Backend> make_cpu_backend(int activation_levels);
+// repack and cache_dir as in Options ("off" and "" where the caller has no checkpoint to bind).
+std::unique_ptr<Backend> make_cpu_backend(int activation_levels, const std::string& repack = "off",
+                                          const std::string& cache_dir = "");
+// Repacks one layer's experts into memory for the AVX2 kernels (the single-kernel bindings).
+void cpu_backend_repack_in_memory(Backend& be, const LayerTensors& L);
 // The CUDA backend (on the GPU, or on the host under GPTOSS_CUDA_EMULATE); throws where the build
 // has no CUDA.
 std::unique_ptr<Backend> make_cuda_backend();

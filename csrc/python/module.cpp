@@ -13,6 +13,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/kernels.h"
 #include "engine/engine.h"
+#include "engine/weight_cache.h"
 #include "gptoss/error.h"
 #include "gptoss/gptoss.h"
 #if defined(GPTOSS_WITH_CUDA)
@@ -159,11 +160,58 @@ py::array_t<float> op_mxfp4_linear(const py::array& x_in, const py::array& block
   return out;
 }
 
+py::array_t<uint8_t> op_mxfp4_pack_r16(const py::array& blocks_in, const py::array& scales_in) {
+  auto blocks = need_array<uint8_t>(blocks_in, "blocks", {-1, -1, 16});
+  const py::ssize_t R = blocks.shape(0), nb = blocks.shape(1);
+  auto scales = need_array<uint8_t>(scales_in, "scales", {R, nb});
+  const py::ssize_t G = (R + cpu::kR16 - 1) / cpu::kR16;
+  py::array_t<uint8_t> out({G, nb, py::ssize_t(cpu::kR16RecordBytes)});
+  uint8_t* o = out.mutable_data();
+  const uint8_t* bp = blocks.data();
+  const uint8_t* sp = scales.data();
+  {
+    py::gil_scoped_release nogil;
+    cpu::mf4_r16_pack(bp, sp, int(R), int(nb), 0, int(G), o);
+  }
+  return out;
+}
+
+py::array_t<float> op_mxfp4_r16_linear(const py::array& x_in, const py::array& packed_in,
+                                       int rows, const py::object& bias_in) {
+  auto packed = need_array<uint8_t>(packed_in, "packed", {-1, -1, py::ssize_t(cpu::kR16RecordBytes)});
+  const py::ssize_t G = packed.shape(0), nb = packed.shape(1);
+  need(rows > (G - 1) * cpu::kR16 && rows <= G * cpu::kR16,
+       "rows = " + std::to_string(rows) + " does not match " + std::to_string(G) +
+           " packed groups of 16");
+  auto x = f32(x_in, "x", {-1, nb * 32});
+  carray<float> bias;
+  if (!bias_in.is_none()) bias = f32(bias_in.cast<py::array>(), "bias", {rows});
+  const int m = int(x.shape(0)), K = int(nb * 32);
+  py::array_t<float> out({py::ssize_t(m), py::ssize_t(rows)});
+  const float* b = bias_in.is_none() ? nullptr : bias.data();
+  const uint8_t* pp = packed.data();
+  const float* xp = x.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    std::vector<uint8_t> ws(cpu::Q16Act::bytes(m, K));
+    cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K);
+    cpu::q16_quantize(xp, m, K, q);
+    const int band = 32, bands = (rows + band - 1) / band;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < bands; ++i)
+      cpu::mf4w_r16_gemm_rows(pp, int(nb), i * band, std::min(rows, (i + 1) * band), q, m, b, o,
+                              rows);
+  }
+  return out;
+}
+
 py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
                           const py::array& weights_in, const py::array& w1b_in,
                           const py::array& w1s_in, const py::array& w1bias_in,
                           const py::array& w2b_in, const py::array& w2s_in,
-                          const py::array& w2bias_in, float alpha, float limit, int levels) {
+                          const py::array& w2bias_in, float alpha, float limit, int levels,
+                          bool repack) {
   need(levels == 1 || levels == 2, "levels must be 1 or 2");
   auto w1b = need_array<uint8_t>(w1b_in, "w1_blocks", {-1, -1, -1, 16});
   const py::ssize_t E = w1b.shape(0), I2 = w1b.shape(1), H = w1b.shape(2) * 32, I = I2 / 2;
@@ -193,6 +241,7 @@ py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
   {
     py::gil_scoped_release nogil;
     auto be = make_cpu_backend(levels);
+    if (repack) cpu_backend_repack_in_memory(*be, L);
     be->moe(L, w1bias.data(), w2bias.data(), t.data(), int(n), int(H), int(I), int(k),
             experts.data(), weights.data(), alpha, limit, o);
   }
@@ -322,12 +371,22 @@ PYBIND11_MODULE(_C, m) {
     return cpu::read_bandwidth_gbs(size_t(gb * 1e9), repeats);
   }, py::arg("gb") = 2.0, py::arg("repeats") = 5, "this machine's read bandwidth in GB/s");
 
+  m.def("verify_weight_cache", [](const std::string& path) {
+    py::gil_scoped_release nogil;
+    return verify_weight_cache(path);
+  }, py::arg("path"), "reads a weight cache file whole and checks every entry's checksum; returns "
+     "the number of entries (raises naming the file and the bad entry)");
+  m.def("default_cache_dir", &default_cache_dir);
+
   py::class_<Model>(m, "Engine", "the C++ engine on a device: 'cpu' or 'cuda'")
       .def(py::init([](const std::string& path, const std::string& layout, int max_context,
                        int threads, int activation_levels, const std::string& device,
-                       bool random_device_weights, double prefix_cache_gb) {
+                       bool random_device_weights, double prefix_cache_gb,
+                       const std::string& repack, const std::string& cache_dir) {
              Options o;
              o.prefix_cache_gb = prefix_cache_gb;
+             o.repack = repack;
+             o.cache_dir = cache_dir;
              o.device = device;
              o.random_device_weights = random_device_weights;
              o.layout = layout;
@@ -339,7 +398,10 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("path"), py::arg("layout") = "", py::arg("max_context") = 0,
            py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu",
-           py::arg("random_device_weights") = false, py::arg("prefix_cache_gb") = 2.0)
+           py::arg("random_device_weights") = false, py::arg("prefix_cache_gb") = 2.0,
+           py::arg("repack") = "auto", py::arg("cache_dir") = "")
+      .def_property_readonly("weights_note", &Model::weights_note,
+                             "how the backend holds the weights (repacked, mapped from where)")
       .def("start_from_cache", [](Model& m, int seq, const carray<int64_t>& tokens64) {
         auto tokens = ids32(tokens64);
         need(tokens.ndim() == 1, "tokens must be a 1-D sequence of ids");
@@ -474,13 +536,22 @@ PYBIND11_MODULE(_C, m) {
           "x [m, K] float32, blocks [R, K/32, 16] u8, scales [R, K/32] u8 -> [m, R]; activations are "
           "quantized per 32-block to `levels` int8 levels (2: error below max|x|/64516; 1: below "
           "max|x|/254)");
+  ops.def("mxfp4_pack_r16", &op_mxfp4_pack_r16, py::arg("blocks"), py::arg("scales"),
+          "blocks [R, nb, 16] u8, scales [R, nb] u8 -> the AVX2 layout [ceil(R/16), nb, 272] u8: "
+          "16 rows of each 32-block interleaved with their scales (csrc/cpu/mxfp4_r16.cpp)");
+  ops.def("mxfp4_r16_linear", &op_mxfp4_r16_linear, py::arg("x"), py::arg("packed"),
+          py::arg("rows"), py::arg("bias") = py::none(),
+          "x [m, K] float32, packed [G, K/32, 272] from mxfp4_pack_r16 of a matrix with `rows` "
+          "rows -> [m, rows]; activations quantized per 32-block to int16 (error below "
+          "max|x|/65534)");
   ops.def("moe", &op_moe, py::arg("t"), py::arg("experts"), py::arg("weights"),
           py::arg("w1_blocks"), py::arg("w1_scales"), py::arg("w1_bias"), py::arg("w2_blocks"),
           py::arg("w2_scales"), py::arg("w2_bias"), py::arg("alpha") = 1.702f,
-          py::arg("limit") = 7.0f, py::arg("levels") = 2,
+          py::arg("limit") = 7.0f, py::arg("levels") = 2, py::arg("repack") = false,
           "t [n, H], experts [n, k] int, weights [n, k], W1 [E, 2I, H/32, 16] + [E, 2I, H/32] + "
           "bias [E, 2I], W2 [E, H, I/32, 16] + [E, H, I/32] + bias [E, H] -> [n, H]: the grouped "
-          "MXFP4 experts with the clamped SwiGLU and the weighted sum");
+          "MXFP4 experts with the clamped SwiGLU and the weighted sum; repack: the experts first "
+          "repacked (into memory) for the AVX2 kernels, as the engine does on AVX2 processors");
   ops.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("qpos"),
           py::arg("sinks"), py::arg("window") = 0,
           "q [n, Hq, d], k/v [S, Hkv, d] (key j at position j), qpos [n], sinks [Hq], window "

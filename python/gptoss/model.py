@@ -75,7 +75,9 @@ class Model:
                         max_context: Optional[int] = None, progress: bool = False,
                         threads: Optional[int] = None,
                         activation_levels: Optional[int] = None,
-                        prefix_cache_gb: Optional[float] = None) -> "Model":
+                        prefix_cache_gb: Optional[float] = None,
+                        repack: Optional[str] = None,
+                        cache_dir: Optional[str] = None) -> "Model":
         """Open a checkpoint directory (either layout), `random:PRESET`, or a Hugging Face
         repository id (`openai/gpt-oss-20b`, optionally `@revision`) already in the local Hugging
         Face cache (gptoss.hub: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub; never
@@ -87,14 +89,24 @@ class Model:
         MXFP4 experts: faster prefill, ~0.5% error per product) for the C++ CPU engine.
         prefix_cache_gb: the C++ engines' prefix cache (default 2 GB of idle cached KV pages; 0
         turns it off): a prompt that starts like an earlier one reuses its KV pages.
+        repack: the C++ CPU engine's MXFP4 experts on AVX2 processors (without AVX-512), whose
+        kernels want another layout: "auto" (default) repacks them once into a cache file and
+        maps it like the checkpoint (later loads are as fast, the pages stay reclaimable);
+        "memory" repacks into memory; "off" keeps the checkpoint's layout (slower kernels).
+        cache_dir: where repacked weights are cached (default $GPTOSS_CACHE, else
+        $XDG_CACHE_HOME/gptoss, else ~/.cache/gptoss).
         """
+        if repack is not None and repack not in ("auto", "memory", "off"):
+            raise ValueError(f"repack={repack!r}: must be 'auto', 'memory' or 'off'")
         if prefix_cache_gb is not None and not (prefix_cache_gb >= 0):
             raise ValueError(f"prefix_cache_gb={prefix_cache_gb!r}: must be >= 0 (0: off)")
         weights = Weights(resolve_model_path(path, progress=progress), layout=layout)
         engine, note = make_engine(weights, backend, max_context=max_context, threads=threads,
                                    activation_levels=activation_levels,
-                                   prefix_cache_gb=prefix_cache_gb)
-        return cls(weights, engine, note)
+                                   prefix_cache_gb=prefix_cache_gb, repack=repack,
+                                   cache_dir=cache_dir)
+        wn = getattr(engine, "weights_note", "")
+        return cls(weights, engine, note + (f"; {wn}" if wn else ""))
 
     @property
     def max_context(self) -> int:

@@ -72,6 +72,17 @@ struct Options {
   // eviction); 0 turns caching off. Each page also keeps a snapshot of the sliding-window
   // layers' last 128 positions (half the page's own size for gpt-oss).
   double prefix_cache_gb = 2.0;
+  // The CPU backend's MXFP4 experts on AVX2-class processors (without AVX-512), whose kernels
+  // want another layout than the checkpoint's: "auto" repacks them once into a cache file under
+  // cache_dir (keyed by a fingerprint of the checkpoint; written atomically, checked before use)
+  // and maps it read-only like the checkpoint, so later loads are as fast and the pages stay
+  // reclaimable and shared; where it cannot be written they are repacked into memory (and
+  // weights_note() says why). "memory": always into memory; "off": keep the checkpoint layout
+  // (the slower kernels). Other processors read the checkpoint's layout directly.
+  std::string repack = "auto";
+  // Where repacked weights are cached: "" is $GPTOSS_CACHE, else $XDG_CACHE_HOME/gptoss, else
+  // ~/.cache/gptoss (files under weights/).
+  std::string cache_dir;
 };
 
 struct PrefixCacheStats {
@@ -96,6 +107,7 @@ class Model {
   const Config& config() const;
   std::string layout() const;       // "hf" or "original"
   std::string note() const;         // e.g. which layout was picked from a directory holding both
+  std::string weights_note() const; // how the backend holds the weights (repacked, mapped from where)
   int max_context() const;
   int position() const;             // tokens cached so far
   void reset();                     // start a new sequence

@@ -14,7 +14,8 @@ class NativeEngine:
     """
 
     def __init__(self, weights, device: str = "cpu", max_context: Optional[int] = None,
-                 threads: int = 0, activation_levels: int = 2, prefix_cache_gb: float = 2.0):
+                 threads: int = 0, activation_levels: int = 2, prefix_cache_gb: float = 2.0,
+                 repack: str = "auto", cache_dir: Optional[str] = None):
         from .. import _C
         self.name = device
         self.weights = weights
@@ -23,8 +24,12 @@ class NativeEngine:
                                max_context=int(max_context or 0), threads=int(threads),
                                activation_levels=int(activation_levels), device=device,
                                random_device_weights=bool(getattr(weights, "hollow", None)),
-                               prefix_cache_gb=float(prefix_cache_gb))
+                               prefix_cache_gb=float(prefix_cache_gb), repack=str(repack),
+                               cache_dir=str(cache_dir or ""))
         self.max_context = self._e.max_context
+        # how the engine holds the weights: e.g. the CPU backend's experts repacked for AVX2 and
+        # mapped from the weight cache (Options::repack in gptoss.h)
+        self.weights_note = self._e.weights_note
 
     @property
     def position(self) -> int:

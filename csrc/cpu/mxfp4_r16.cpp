@@ -1,0 +1,279 @@
+// MXFP4 experts repacked for AVX2-class processors: 16 rows interleaved ("r16"), int16
+// activations, exact integer block sums.
+//
+// Why another layout. On AVX2 the checkpoint layout (one row's blocks contiguous, mxfp4.cpp)
+// costs a horizontal reduction per output row, a scalar build of each block's scale vector and
+// two activation levels of vpmaddubsw + vpmaddwd per value. Here 16 rows of one 32-block are
+// stored together, so one 32-byte load holds 4 codes of each of 16 rows, every int32 lane of the
+// accumulators belongs to one row (no reductions), one activation pair broadcast serves 16 rows,
+// and the 16 rows' scales of a block are one 16-byte load.
+//
+// Packed layout of an [R, nb] MXFP4 matrix: groups of 16 rows (the last padded with zero codes
+// and scale 127), each group nb records of kR16RecordBytes:
+//   bytes [32c, 32c + 32), c = 0..7: byte 16L + 2i + k holds byte 2c + k of row 8L + i
+//   bytes [256, 272): the 16 rows' E8M0 scales in accumulator-lane order (kLaneRow below)
+//
+// Arithmetic. A code c is taken as the unsigned u = 2 * value(c) + 12 (0..24, as in mxfp4.cpp),
+// zero-extended to 16 bits. An activation block is quantized to int16: q = round(x / step),
+// step = max|x| / 32767, so each value is off by at most max|x| / 65534 -- the same accuracy as
+// mxfp4.cpp's two int8 levels (127 * 254 steps), float32-class. vpmaddwd multiplies the weight
+// pairs by an activation pair broadcast to every lane; per row and block the int32 sum
+//   S = sum(u * q) - 12 * sum(q) = sum(2 * value * q)
+// is exact (|S| <= 32 * 12 * 32767 < 2^24, so its float conversion is exact too), and the block
+// adds fma(S, scale * step / 2, acc) in float32 in block order. The plain C++ version does the
+// same operations, so the two give the same bits, and a row's result does not depend on how
+// many tokens or rows share a call (decode and prefill agree exactly).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/numeric.h"
+#include "cpu/kernels.h"
+#include "gptoss/error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace gptoss {
+namespace cpu {
+
+namespace {
+// code -> 2 * value + 12
+alignas(16) const uint8_t kU8[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+// accumulator lane -> row within the group: lanes 0..7 of the first accumulator, then the second
+constexpr int kLaneRow[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+
+inline float scale_bits(uint8_t s) {  // 2^(s - 127) as the SIMD code makes it (s << 23)
+  return bits_to_f32(uint32_t(s) << 23);
+}
+}  // namespace
+
+size_t mf4_r16_bytes(int R, int nb) {
+  return size_t((R + kR16 - 1) / kR16) * size_t(nb) * kR16RecordBytes;
+}
+
+void mf4_r16_pack(const uint8_t* blocks, const uint8_t* scales, int R, int nb, int g0, int g1,
+                  uint8_t* out) {
+  for (int g = g0; g < g1; ++g) {
+    for (int b = 0; b < nb; ++b) {
+      uint8_t* rec = out + (size_t(g) * nb + b) * kR16RecordBytes;
+      for (int c = 0; c < 8; ++c)
+        for (int L = 0; L < 2; ++L)
+          for (int i = 0; i < 8; ++i) {
+            const int r = g * kR16 + 8 * L + i;
+            for (int k = 0; k < 2; ++k)
+              rec[32 * c + 16 * L + 2 * i + k] =
+                  r < R ? blocks[(size_t(r) * nb + b) * 16 + 2 * c + k] : uint8_t(0);
+          }
+      for (int p = 0; p < 16; ++p) {
+        const int r = g * kR16 + kLaneRow[p];
+        rec[256 + p] = r < R ? scales[size_t(r) * nb + b] : uint8_t(127);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ Q16Act
+size_t Q16Act::bytes(int m, int K) {
+  const size_t nb = size_t(K / 32);
+  return size_t(m) * nb * (32 * 2 + 4 + 4) + 64;
+}
+
+Q16Act Q16Act::carve(void* ws, int m, int K) {
+  Q16Act q;
+  q.nb = K / 32;
+  const size_t nb = size_t(q.nb);
+  uint8_t* p = static_cast<uint8_t*>(ws);
+  p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+  q.q = reinterpret_cast<int16_t*>(p);
+  p += size_t(m) * nb * 64;
+  q.corr = reinterpret_cast<int32_t*>(p);
+  p += size_t(m) * nb * 4;
+  q.step = reinterpret_cast<float*>(p);
+  return q;
+}
+
+void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
+  GPTOSS_CHECK(K % 32 == 0 && K / 32 == q.nb,
+               "q16_quantize: K = " << K << " does not match " << q.nb << " blocks");
+  const int nb = q.nb;
+  for (int t = 0; t < m; ++t) {
+    for (int b = 0; b < nb; ++b) {
+      const float* xb = x + size_t(t) * K + size_t(b) * 32;
+      float amax = 0.f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float inv = amax > 0 ? 32767.0f / amax : 0.f;
+      int16_t v[32];
+      int32_t sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        float a = std::nearbyint(xb[i] * inv);
+        a = std::min(32767.f, std::max(-32767.f, a));
+        v[i] = int16_t(a);
+        sum += v[i];
+      }
+      int16_t* o = q.q + (size_t(t) * nb + b) * 32;
+      for (int c = 0; c < 8; ++c) {  // the pairs the packed weights meet (see the layout above)
+        o[4 * c] = v[4 * c];
+        o[4 * c + 1] = v[4 * c + 2];
+        o[4 * c + 2] = v[4 * c + 1];
+        o[4 * c + 3] = v[4 * c + 3];
+      }
+      q.corr[size_t(t) * nb + b] = -12 * sum;
+      q.step[size_t(t) * nb + b] = amax / 32767.0f * 0.5f;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ plain
+static void r16_group_plain(const uint8_t* pk, int nb, const Q16Act& q, int t, float* f16) {
+  const int16_t* xq = q.q + size_t(t) * nb * 32;
+  const int32_t* corr = q.corr + size_t(t) * nb;
+  const float* step = q.step + size_t(t) * nb;
+  float f[16] = {};
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* rec = pk + size_t(b) * kR16RecordBytes;
+    const int16_t* xb = xq + size_t(b) * 32;
+    for (int p = 0; p < 16; ++p) {
+      const int row = kLaneRow[p];
+      const int L = row / 8, i = row % 8;
+      int32_t s = corr[b];
+      for (int c = 0; c < 8; ++c) {
+        const uint8_t b0 = rec[32 * c + 16 * L + 2 * i], b1 = rec[32 * c + 16 * L + 2 * i + 1];
+        s += int32_t(kU8[b0 & 15]) * xb[4 * c] + int32_t(kU8[b1 & 15]) * xb[4 * c + 1];
+        s += int32_t(kU8[b0 >> 4]) * xb[4 * c + 2] + int32_t(kU8[b1 >> 4]) * xb[4 * c + 3];
+      }
+      const float ws = scale_bits(rec[256 + p]) * step[b];
+      f[p] = std::fma(float(s), ws, f[p]);
+    }
+  }
+  for (int p = 0; p < 16; ++p) f16[kLaneRow[p]] = f[p];
+}
+
+static void r16_rows_plain(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
+                           const float* bias, float* out, int ldo) {
+  float f[16];
+  for (int g = r0 / kR16; g * kR16 < r1; ++g) {
+    const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
+    for (int t = 0; t < m; ++t) {
+      r16_group_plain(pk, nb, q, t, f);
+      for (int i = 0; i < kR16 && g * kR16 + i < r1; ++i) {
+        const int r = g * kR16 + i;
+        out[size_t(t) * ldo + r] = f[i] + (bias ? bias[r] : 0.f);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ AVX2
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GPTOSS_AVX2_FMA __attribute__((target("avx2,fma")))
+
+// One group of 16 rows against T tokens (t0 .. t0 + T): each chunk's 64 decoded weights serve
+// all T tokens. f receives [T][16] floats in row order.
+template <int T>
+GPTOSS_AVX2_FMA static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Act& q, int t0,
+                                          float* f) {
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  const size_t xs = size_t(nb) * 32;
+  __m256 fa[T], fb[T];
+  for (int t = 0; t < T; ++t) fa[t] = fb[t] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* rec = pk + size_t(b) * kR16RecordBytes;
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 64), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 128), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 192), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 256), _MM_HINT_T0);
+    __m256i aa[T], ab[T];
+    for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm256_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
+    for (int c = 0; c < 8; ++c) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+      const __m256i la = _mm256_unpacklo_epi8(lo, zero), lb = _mm256_unpackhi_epi8(lo, zero);
+      const __m256i ha = _mm256_unpacklo_epi8(hi, zero), hb = _mm256_unpackhi_epi8(hi, zero);
+      for (int t = 0; t < T; ++t) {
+        const int16_t* xp = q.q + size_t(t0 + t) * xs + size_t(b) * 32 + 4 * c;
+        int32_t pl, ph;
+        std::memcpy(&pl, xp, 4);
+        std::memcpy(&ph, xp + 2, 4);
+        const __m256i xl = _mm256_set1_epi32(pl), xh = _mm256_set1_epi32(ph);
+        aa[t] = _mm256_add_epi32(aa[t], _mm256_add_epi32(_mm256_madd_epi16(la, xl),
+                                                         _mm256_madd_epi16(ha, xh)));
+        ab[t] = _mm256_add_epi32(ab[t], _mm256_add_epi32(_mm256_madd_epi16(lb, xl),
+                                                         _mm256_madd_epi16(hb, xh)));
+      }
+    }
+    const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
+    const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
+    const __m256 sb = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
+    for (int t = 0; t < T; ++t) {
+      const __m256 st = _mm256_set1_ps(q.step[size_t(t0 + t) * nb + b]);
+      fa[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st), fa[t]);
+      fb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st), fb[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {  // lanes (rows 0-3, 8-11 | 4-7, 12-15) -> row order
+    _mm256_storeu_ps(f + 16 * t, _mm256_permute2f128_ps(fa[t], fb[t], 0x20));
+    _mm256_storeu_ps(f + 16 * t + 8, _mm256_permute2f128_ps(fa[t], fb[t], 0x31));
+  }
+}
+
+GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0, int r1,
+                                          const Q16Act& q, int m, const float* bias, float* out,
+                                          int ldo) {
+  constexpr int TM = 4;
+  alignas(32) float f[TM * 16];
+  for (int g = r0 / kR16; g * kR16 < r1; ++g) {
+    const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
+    const int rows = std::min(kR16, r1 - g * kR16);
+    for (int t = 0; t < m;) {
+      const int T = std::min(TM, m - t);
+      switch (T) {
+        case 4: r16_tile_avx2<4>(pk, nb, q, t, f); break;
+        case 3: r16_tile_avx2<3>(pk, nb, q, t, f); break;
+        case 2: r16_tile_avx2<2>(pk, nb, q, t, f); break;
+        default: r16_tile_avx2<1>(pk, nb, q, t, f); break;
+      }
+      for (int j = 0; j < T; ++j) {
+        float* o = out + size_t(t + j) * ldo + size_t(g) * kR16;
+        const float* fj = f + 16 * j;
+        if (rows == kR16) {
+          __m256 v0 = _mm256_load_ps(fj), v1 = _mm256_load_ps(fj + 8);
+          if (bias) {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + size_t(g) * kR16));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + size_t(g) * kR16 + 8));
+          }
+          _mm256_storeu_ps(o, v0);
+          _mm256_storeu_ps(o + 8, v1);
+        } else {
+          for (int i = 0; i < rows; ++i) o[i] = fj[i] + (bias ? bias[size_t(g) * kR16 + i] : 0.f);
+        }
+      }
+      t += T;
+    }
+  }
+}
+#endif
+
+void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
+                        const float* bias, float* out, int ldo) {
+  GPTOSS_CHECK(r0 % kR16 == 0 && r0 <= r1, "mf4w_r16_gemm_rows: rows [" << r0 << ", " << r1
+                                                                        << ") do not start a group");
+  GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
+                                                  << q.nb);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (active_isa() >= Isa::Avx2) {
+    r16_rows_avx2(packed, nb, r0, r1, q, m, bias, out, ldo);
+    return;
+  }
+#endif
+  r16_rows_plain(packed, nb, r0, r1, q, m, bias, out, ldo);
+}
+
+}  // namespace cpu
+}  // namespace gptoss
