@@ -303,7 +303,7 @@ SafetensorsHeader parse_safetensors(const uint8_t* base, size_t size, const std:
     GPTOSS_CHECK(of && of->kind == json::Value::Array && of->arr.size() == 2 &&
                      of->arr[0].kind == json::Value::Number && of->arr[0].integral &&
                      of->arr[1].kind == json::Value::Number && of->arr[1].integral,
-                 where << ": bad data_offsets: must be a list of two integers");
+                 where << ": bad data_offsets: must be a list of two integers (below 2^63)");
     const int64_t b0 = of->arr[0].i64, e0 = of->arr[1].i64;
     GPTOSS_CHECK(b0 >= 0 && e0 >= 0,
                  where << ": bad data_offsets [" << b0 << ", " << e0 << "]: negative");
