@@ -57,6 +57,10 @@ std::vector<std::string> safetensors_in(const std::string& dir) {
 }
 
 std::string read_text(const std::string& path) {
+  // (a FIFO in place of config.json would block the read forever)
+  struct stat st;
+  GPTOSS_CHECK(::stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode),
+               path << ": not a regular file");
   std::ifstream f(path, std::ios::binary);
   GPTOSS_CHECK(f.good(), path << ": cannot open");
   std::stringstream ss;
