@@ -136,6 +136,24 @@ def test_real_header_with_one_edit(tmp_path):
                                      shape=h[first]["shape"]), "overlap in the file", "e")
 
 
+def test_header_of_a_million_values_is_refused(tmp_path):
+    """~120 bytes per parsed value against ~2 bytes of text: a bound on the count keeps a 100 MB
+    header from costing gigabytes (json.cpp, kMaxValues)."""
+    C = native()
+    raw = b"[" + b"0," * (1 << 20) + b"0]"
+    ck, path = checkpoint(tmp_path / "ck", len(raw).to_bytes(8, "little") + raw)
+    with pytest.raises(ValueError) as e:
+        C.Engine(ck)
+    assert str(e.value).startswith(path + ": ")
+    assert re.search(r"invalid JSON at byte 2097151: too many values \(more than 1048576\)",
+                     str(e.value)), e.value
+    # the array and 2^20 - 1 numbers are within the bound: only "not an object"
+    raw = b"[" + b"0," * ((1 << 20) - 2) + b"0]"
+    ck, path = checkpoint(tmp_path / "ck2", len(raw).to_bytes(8, "little") + raw)
+    with pytest.raises(ValueError, match="header must be a JSON object"):
+        C.Engine(ck)
+
+
 def test_not_a_regular_file(tmp_path):
     C = native()
     ck, path = checkpoint(tmp_path / "ck", b"")

@@ -23,9 +23,10 @@ namespace {
 
 // Nesting is recursion here: a bound keeps "[[[[..." from overflowing the stack.
 constexpr int kMaxDepth = 64;
-// Every value costs about sizeof(Value) (~120 bytes); a bound keeps a header of a 100 MiB
-// "[0,0,0,..." from asking for gigabytes. Real headers hold ~10 values per tensor.
-constexpr size_t kMaxValues = size_t(1) << 22;
+// Every value costs about sizeof(Value) (~120 bytes) for ~2 bytes of text: without a bound a
+// 50 MB header of "[0,0,0,..." took 4 GB. With it, at most ~130 MB; a real header holds ~10
+// values per tensor (a gpt-oss-120b shard ~10^4 values).
+constexpr size_t kMaxValues = size_t(1) << 20;
 
 struct Parser {
   const char* p;
@@ -226,7 +227,7 @@ struct Parser {
   }
   Value value() {
     if (++depth > kMaxDepth) bad("nested too deeply (more than 64 levels)");
-    if (++values > kMaxValues) bad("too many values (more than 4194304)");
+    if (++values > kMaxValues) bad("too many values (more than 1048576)");
     ws();
     if (p >= end) bad("unexpected end");
     Value v;
