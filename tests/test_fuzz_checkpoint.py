@@ -56,11 +56,18 @@ def native():
 # ------------------------------------------------------------------------------ the corpus
 def test_corpus_is_what_make_corpus_writes(tmp_path):
     ok, bad = make_corpus.handmade()
-    want = {**ok, **bad, **make_corpus.generated(str(tmp_path))}
+    generated = make_corpus.generated(str(tmp_path))
+    want = {**ok, **bad, **generated}
     have = sorted(os.listdir(CORPUS))
     assert have == sorted(want), "rerun tests/fuzz/make_corpus.py"
     for n in have:
-        assert seed(n) == want[n], f"{n} differs from make_corpus.py's; rerun it"
+        if n in generated and n.endswith(".safetensors"):
+            # the random values may differ with NumPy's version; the header and size may not
+            got, new = seed(n), want[n]
+            k = 8 + int.from_bytes(new[:8], "little")
+            assert (len(got), got[:k]) == (len(new), new[:k]), f"{n}: rerun make_corpus.py"
+        else:
+            assert seed(n) == want[n], f"{n} differs from make_corpus.py's; rerun it"
     assert sorted(n for n in have if n.startswith("bad-")) == sorted(make_corpus.MESSAGES)
     assert sum(len(v) for v in want.values()) < 200_000
 
