@@ -7,12 +7,14 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <dirent.h>
 #include <algorithm>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "common/numeric.h"
 #include "engine/json.h"
@@ -55,6 +57,10 @@ std::vector<std::string> safetensors_in(const std::string& dir) {
 }
 
 std::string read_text(const std::string& path) {
+  // (a FIFO in place of config.json would block the read forever)
+  struct stat st;
+  GPTOSS_CHECK(::stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode),
+               path << ": not a regular file");
   std::ifstream f(path, std::ios::binary);
   GPTOSS_CHECK(f.good(), path << ": cannot open");
   std::stringstream ss;
@@ -122,6 +128,9 @@ void Config::validate(const std::string& src) const {
   GPTOSS_CHECK(num_heads % num_kv_heads == 0,
                src << ": num_heads = " << num_heads << ": must be divisible by num_kv_heads ("
                    << num_kv_heads << ")");
+  GPTOSS_CHECK(int64_t(num_heads) * head_dim <= (int64_t(1) << 30),
+               src << ": num_heads * head_dim = " << int64_t(num_heads) * head_dim
+                   << ": too large");
   GPTOSS_CHECK(head_dim % 2 == 0, src << ": head_dim = " << head_dim << ": must be even");
   GPTOSS_CHECK(experts_per_token <= num_experts,
                src << ": experts_per_token = " << experts_per_token << ": must not exceed "
@@ -137,8 +146,12 @@ void Config::validate(const std::string& src) const {
 }
 
 Config Config::from_json_file(const std::string& path) {
-  std::string text = read_text(path);
-  json::Value root = json::parse(text.data(), text.size(), path);
+  const std::string text = read_text(path);
+  return config_from_json(text.data(), text.size(), path);
+}
+
+Config config_from_json(const char* text, size_t size, const std::string& path) {
+  json::Value root = json::parse(text, size, path);
   GPTOSS_CHECK(root.is_object(), path << ": top level must be a JSON object");
   Config c;
   ConfigReader r{root, path};
@@ -179,9 +192,16 @@ Config Config::from_json_file(const std::string& path) {
   double lim = c.swiglu_limit, eps = c.rms_norm_eps;
   r.num_(lim, {"swiglu_limit"});
   r.num_(eps, {"rms_norm_eps"});
+  // (a double past the range of float or int makes the conversions below undefined)
+  GPTOSS_CHECK(std::fabs(lim) <= 3e38 && std::fabs(eps) <= 3e38,
+               path << ": swiglu_limit and rms_norm_eps must be within the range of a float");
   c.swiglu_limit = float(lim);
   c.rms_norm_eps = float(eps);
-  c.max_context = int(std::lround(c.rope_original_context * c.rope_factor));
+  const double ctx = c.rope_original_context * c.rope_factor;
+  GPTOSS_CHECK(std::fabs(ctx) < 2e9, path << ": the context length (original context "
+                                          << c.rope_original_context << " times rope factor "
+                                          << c.rope_factor << ") is too large");
+  c.max_context = int(std::lround(ctx));
   r.int_(c.max_context, {"max_position_embeddings"});
   c.layer_sliding.assign(size_t(std::max(c.num_layers, 0)), false);
   for (int l = 0; l < c.num_layers; ++l) c.layer_sliding[l] = (l % 2 == 0);
@@ -200,93 +220,161 @@ Config Config::from_json_file(const std::string& path) {
   return c;
 }
 
+// --- safetensors headers ------------------------------------------------------------------------
+namespace {
+
+// A string from the file (a tensor name, a dtype), shortened for a message.
+std::string clip(const std::string& s) { return s.size() > 80 ? s.substr(0, 80) + "..." : s; }
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+// bytes per element of a safetensors dtype; 0 if unknown
+size_t dtype_size(const std::string& s, DType* d) {
+  *d = DType::Other;
+  if (s == "BF16") { *d = DType::BF16; return 2; }
+  if (s == "F16") { *d = DType::F16; return 2; }
+  if (s == "F32") { *d = DType::F32; return 4; }
+  if (s == "U8") { *d = DType::U8; return 1; }
+  if (s == "I8" || s == "BOOL") return 1;
+  if (s == "I16" || s == "U16") return 2;
+  if (s == "I32" || s == "U32") return 4;
+  if (s == "I64" || s == "U64" || s == "F64") return 8;
+  return 0;
+}
+
+}  // namespace
+
+SafetensorsHeader parse_safetensors(const uint8_t* base, size_t size, const std::string& path) {
+  GPTOSS_CHECK(size >= 8, path << ": truncated: " << size
+                               << " bytes, shorter than the 8-byte header length");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | base[i];  // little-endian on any host
+  GPTOSS_CHECK(n <= (100u << 20), path << ": header length " << n << " is implausibly large");
+  GPTOSS_CHECK(n <= size - 8, path << ": truncated: header says " << n
+                                   << " bytes of JSON but the file holds " << size - 8);
+  SafetensorsHeader out;
+  out.data_start = 8 + size_t(n);
+  size_t len = size_t(n);
+  while (len > 0 && (base[8 + len - 1] == 0 || base[8 + len - 1] == ' ')) --len;
+  json::Value h = json::parse(reinterpret_cast<const char*>(base + 8), len, path);
+  GPTOSS_CHECK(h.is_object(), path << ": header must be a JSON object");
+  if (const json::Value* md = h.find("__metadata__")) {
+    GPTOSS_CHECK(md->is_object() || md->kind == json::Value::Null,
+                 path << ": __metadata__ must be an object");
+    // a hollow file (gptoss.testing, hollow=True) holds holes where its matrices would be
+    const json::Value* hv = md->find("gptoss_hollow");
+    out.hollow = hv && hv->kind == json::Value::String && hv->str == "1";
+  }
+  const uint64_t data_len = size - out.data_start;
+  std::vector<std::tuple<uint64_t, uint64_t, std::string>> spans;
+  for (auto& kv : h.obj) {
+    if (kv.first == "__metadata__") continue;
+    const json::Value& info = kv.second;
+    const std::string where = path + ": tensor '" + clip(kv.first) + "'";
+    GPTOSS_CHECK(info.is_object(), where << ": entry must be an object");
+    const json::Value* dt = info.find("dtype");
+    const json::Value* sh = info.find("shape");
+    const json::Value* of = info.find("data_offsets");
+    GPTOSS_CHECK(dt && dt->kind == json::Value::String, where << ": missing dtype");
+    SafetensorsEntry e;
+    const uint64_t item = dtype_size(dt->str, &e.dtype);
+    GPTOSS_CHECK(item > 0, where << ": unknown dtype " << clip(dt->str));
+    e.dtype_str = dt->str;
+    GPTOSS_CHECK(sh && sh->kind == json::Value::Array,
+                 where << ": bad shape: must be a list of non-negative integers");
+    // checked products: a shape whose element count wraps around 2^64 could otherwise claim
+    // a small span (shape [2^32, 2^32] times 2 bytes is 0 bytes modulo 2^64)
+    uint64_t count = 1;
+    for (auto& d : sh->arr) {
+      GPTOSS_CHECK(d.kind == json::Value::Number && d.integral && d.i64 >= 0,
+                   where << ": bad shape: must be a list of non-negative integers");
+      e.shape.push_back(d.i64);
+    }
+    for (int64_t d : e.shape) {
+      GPTOSS_CHECK(d == 0 || count <= UINT64_MAX / uint64_t(d),
+                   where << ": shape " << shape_str(e.shape) << ": the element count overflows");
+      count *= uint64_t(d);
+    }
+    GPTOSS_CHECK(count <= UINT64_MAX / item, where << ": shape " << shape_str(e.shape) << " of "
+                                                    << e.dtype_str << ": the byte count overflows");
+    const uint64_t nbytes = count * item;
+    GPTOSS_CHECK(of && of->kind == json::Value::Array && of->arr.size() == 2 &&
+                     of->arr[0].kind == json::Value::Number && of->arr[0].integral &&
+                     of->arr[1].kind == json::Value::Number && of->arr[1].integral,
+                 where << ": bad data_offsets: must be a list of two integers (below 2^63)");
+    const int64_t b0 = of->arr[0].i64, e0 = of->arr[1].i64;
+    GPTOSS_CHECK(b0 >= 0 && e0 >= 0,
+                 where << ": bad data_offsets [" << b0 << ", " << e0 << "]: negative");
+    GPTOSS_CHECK(e0 >= b0, where << ": bad data_offsets [" << b0 << ", " << e0
+                                 << "]: out of order (the end is before the begin)");
+    const uint64_t b = uint64_t(b0), en = uint64_t(e0);
+    GPTOSS_CHECK(en - b == nbytes, where << ": data_offsets [" << b << ", " << en << "] span "
+                                         << en - b << " bytes but " << e.dtype_str
+                                         << shape_str(e.shape) << " needs " << nbytes);
+    GPTOSS_CHECK(en <= data_len, where << ": truncated file: tensor ends at byte "
+                                       << out.data_start + en << " but the file has " << size
+                                       << " bytes");
+    e.begin = b;
+    e.end = en;
+    if (en > b) spans.emplace_back(b, en, kv.first);
+    out.entries[kv.first] = std::move(e);
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i)
+    GPTOSS_CHECK(std::get<0>(spans[i]) >= std::get<1>(spans[i - 1]),
+                 path << ": tensors '" << clip(std::get<2>(spans[i - 1])) << "' and '"
+                      << clip(std::get<2>(spans[i])) << "' overlap in the file");
+  return out;
+}
+
 // --- mapped safetensors files ---------------------------------------------------------------
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY);
+    // O_NONBLOCK: a FIFO in place of a shard would block open() forever
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     GPTOSS_CHECK(fd >= 0, path << ": cannot open: " << std::strerror(errno));
     struct stat st;
-    ::fstat(fd, &st);
+    if (::fstat(fd, &st) != 0) {
+      const int err = errno;
+      ::close(fd);
+      GPTOSS_CHECK(false, path << ": cannot stat: " << std::strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      GPTOSS_CHECK(false, path << ": not a regular file");
+    }
     size_ = size_t(st.st_size);
     if (size_ > 0) {
       void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+      const int err = errno;
       ::close(fd);
-      GPTOSS_CHECK(p != MAP_FAILED, path << ": mmap failed: " << std::strerror(errno));
+      GPTOSS_CHECK(p != MAP_FAILED, path << ": mmap failed: " << std::strerror(err));
       base_ = static_cast<const uint8_t*>(p);
     } else {
       ::close(fd);
     }
-    GPTOSS_CHECK(size_ >= 8, path << ": truncated: " << size_
-                                  << " bytes, shorter than the 8-byte header length");
-    uint64_t n;
-    std::memcpy(&n, base_, 8);
-    GPTOSS_CHECK(n <= (100u << 20), path << ": header length " << n << " is implausibly large");
-    GPTOSS_CHECK(8 + n <= size_, path << ": truncated: header says " << n
-                                      << " bytes of JSON but the file holds " << size_ - 8);
-    data_start_ = 8 + size_t(n);
-    size_t len = size_t(n);
-    while (len > 0 && (base_[8 + len - 1] == 0 || base_[8 + len - 1] == ' ')) --len;
-    json::Value h = json::parse(reinterpret_cast<const char*>(base_ + 8), len, path);
-    GPTOSS_CHECK(h.is_object(), path << ": header must be a JSON object");
-    // a hollow file (gptoss.testing, hollow=True) holds holes where its matrices would be
-    if (const json::Value* md = h.find("__metadata__")) {
-      if (md->is_object()) {
-        const json::Value* hv = md->find("gptoss_hollow");
-        hollow_ = hv && hv->kind == json::Value::String && hv->str == "1";
+    try {
+      SafetensorsHeader h = parse_safetensors(base_, size_, path);
+      hollow_ = h.hollow;
+      for (auto& kv : h.entries) {
+        Entry& e = entries_[kv.first];
+        e.data = base_ + h.data_start + kv.second.begin;
+        e.dtype = kv.second.dtype;
+        e.dtype_str = std::move(kv.second.dtype_str);
+        e.shape = std::move(kv.second.shape);
       }
+    } catch (...) {
+      // the destructor does not run for a constructor that throws
+      if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
+      throw;
     }
-    const size_t data_len = size_ - data_start_;
-    std::vector<std::tuple<uint64_t, uint64_t, std::string>> spans;
-    for (auto& kv : h.obj) {
-      if (kv.first == "__metadata__") continue;
-      const json::Value& info = kv.second;
-      const std::string where = path + ": tensor '" + kv.first + "'";
-      GPTOSS_CHECK(info.is_object(), where << ": entry must be an object");
-      const json::Value* dt = info.find("dtype");
-      const json::Value* sh = info.find("shape");
-      const json::Value* of = info.find("data_offsets");
-      GPTOSS_CHECK(dt && dt->kind == json::Value::String, where << ": missing dtype");
-      Entry e;
-      size_t item = 0;
-      if (dt->str == "BF16") { e.dtype = DType::BF16; item = 2; }
-      else if (dt->str == "F16") { e.dtype = DType::F16; item = 2; }
-      else if (dt->str == "F32") { e.dtype = DType::F32; item = 4; }
-      else if (dt->str == "U8") { e.dtype = DType::U8; item = 1; }
-      else if (dt->str == "I8" || dt->str == "BOOL") { e.dtype = DType::Other; item = 1; }
-      else if (dt->str == "I16" || dt->str == "U16") { e.dtype = DType::Other; item = 2; }
-      else if (dt->str == "I32" || dt->str == "U32") { e.dtype = DType::Other; item = 4; }
-      else if (dt->str == "I64" || dt->str == "U64" || dt->str == "F64") { e.dtype = DType::Other; item = 8; }
-      else GPTOSS_CHECK(false, where << ": unknown dtype " << dt->str);
-      e.dtype_str = dt->str;
-      GPTOSS_CHECK(sh && sh->kind == json::Value::Array, where << ": bad shape");
-      uint64_t count = 1;
-      for (auto& d : sh->arr) {
-        GPTOSS_CHECK(d.kind == json::Value::Number && d.integral && d.i64 >= 0,
-                     where << ": bad shape");
-        e.shape.push_back(d.i64);
-        count *= uint64_t(d.i64);
-      }
-      GPTOSS_CHECK(of && of->kind == json::Value::Array && of->arr.size() == 2 &&
-                       of->arr[0].integral && of->arr[1].integral && of->arr[0].i64 >= 0 &&
-                       of->arr[1].i64 >= of->arr[0].i64,
-                   where << ": bad data_offsets");
-      const uint64_t b = uint64_t(of->arr[0].i64), en = uint64_t(of->arr[1].i64);
-      GPTOSS_CHECK(en - b == count * item, where << ": data_offsets [" << b << ", " << en
-                                                  << "] span " << en - b << " bytes but "
-                                                  << dt->str << " needs " << count * item);
-      GPTOSS_CHECK(en <= data_len, where << ": truncated file: tensor ends at byte "
-                                         << data_start_ + en << " but the file has " << size_
-                                         << " bytes");
-      e.data = base_ + data_start_ + b;
-      if (en > b) spans.emplace_back(b, en, kv.first);
-      entries_[kv.first] = std::move(e);
-    }
-    std::sort(spans.begin(), spans.end());
-    for (size_t i = 1; i < spans.size(); ++i)
-      GPTOSS_CHECK(std::get<0>(spans[i]) >= std::get<1>(spans[i - 1]),
-                   path << ": tensors '" << std::get<2>(spans[i - 1]) << "' and '"
-                        << std::get<2>(spans[i]) << "' overlap in the file");
   }
   ~MappedFile() {
     if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
@@ -360,13 +448,6 @@ std::string fmt_name(const char* pattern, int layer) {
   return s;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
-}
 }  // namespace
 
 Checkpoint::Checkpoint(const std::string& path, const std::string& want_layout) {

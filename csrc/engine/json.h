@@ -24,7 +24,10 @@ struct Value {
   bool is_object() const { return kind == Object; }
 };
 
-// Throws gptoss::Error "<where>: invalid JSON at byte N: ..." on malformed input.
+// Throws gptoss::Error "<where>: invalid JSON at byte N: ..." on malformed input, which here
+// also means: nesting deeper than 64, more than 2^20 values, a duplicate key in an object,
+// invalid UTF-8 or a lone surrogate in a string, a number past the range of a double.
+// Integers are exact (integral, i64) within int64; numbers are read independently of the locale.
 Value parse(const char* data, size_t size, const std::string& where);
 
 }  // namespace json
