@@ -76,6 +76,18 @@ def main():
                                     for e in range(E)], max(3, a.repeats // 3))
         record(f"mxfp4_linear levels={lv} (decode)", "32 x [1,2880] x [5760,2880]", t,
                B1.nbytes + S1.nbytes)
+    # the AVX2 layout the engine repacks the experts into (mxfp4_r16.cpp): decode over the 32
+    # experts, and one expert's product at the 64 tokens an expert sees in a 512-token prefill
+    P1 = [_C.ops.mxfp4_pack_r16(B1[e], S1[e]) for e in range(E)]
+    t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(x1, P1[e], 2 * I) for e in range(E)],
+                       max(3, a.repeats // 3))
+    record("mxfp4_r16_linear (decode)", "32 x [1,2880] x [5760,2880]", t,
+           sum(p.nbytes for p in P1))
+    x64 = rng.standard_normal((64, H)).astype(np.float32)
+    t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(x64, P1[e], 2 * I) for e in range(4)], 3)
+    record("mxfp4_r16_linear (prefill, 64 tokens)", "4 x [64,2880] x [5760,2880]", t,
+           flops=4 * 2 * 64 * 2 * I * H)
+    del P1
     per_expert = B1[0].nbytes + S1[0].nbytes + B2[0].nbytes + S2[0].nbytes
     ex = [np.array([[4 * j, 4 * j + 1, 4 * j + 2, 4 * j + 3]], np.int32) for j in range(8)]
     w = np.full((1, 4), 0.25, np.float32)

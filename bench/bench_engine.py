@@ -6,7 +6,9 @@ Decode speed is also given as achieved bytes/s against the floor in bench/common
 (bytes a decode step must read), measured against this machine's own read bandwidth.
 """
 import argparse
+import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -39,6 +41,37 @@ def read_bandwidth(gb=2.0, repeats=5):
     return statistics.median(rates[1:])
 
 
+def touch_weights(model):
+    """Reads every page the engine will use once, so the timings measure the engine, not the
+    disk. Where the CPU engine maps its experts from the weight cache (repacked), that file and the
+    checkpoint's other tensors: reading the checkpoint's own experts too would push the cache out
+    of the page cache on a machine whose memory holds one copy of the weights but not two."""
+    if model.weights.hollow:   # made in device memory: nothing to read
+        return
+    note = getattr(model.engine, "weights_note", "") or ""
+    cache = re.search(r"mapped (/\S+\.bin)", note)
+    for f in model.weights.files:
+        with open(f, "rb") as fh:
+            if not cache:
+                while fh.read(1 << 26):
+                    pass
+                continue
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+            for name, info in header.items():
+                if name == "__metadata__" or info["dtype"] == "U8":   # U8: the MXFP4 experts
+                    continue
+                a, b = info["data_offsets"]
+                fh.seek(8 + n + a)
+                left = b - a
+                while left > 0:
+                    left -= len(fh.read(min(left, 1 << 26)))
+    if cache:
+        with open(cache.group(1), "rb") as fh:
+            while fh.read(1 << 26):
+                pass
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="random:20b")
@@ -53,6 +86,9 @@ def main():
                    help="C++ engine: also time decode steps of this many sequences at once")
     p.add_argument("--simd", default=None,
                    help="pin the CPU kernels' SIMD level (plain, avx2, avx512bw, avx512, avx512bf16)")
+    p.add_argument("--repack", default=None, choices=("auto", "memory", "off"),
+                   help="C++ CPU engine: the AVX2 layout of the experts (auto: repacked once into "
+                        "the weight cache and mapped; memory; off: the checkpoint's layout)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -65,14 +101,13 @@ def main():
     # the prefill repeats feed the same prompt: the prefix cache would serve it, so it is off
     model = Model.from_pretrained(a.model, backend=a.backend, progress=True, threads=a.threads,
                                   activation_levels=a.activation_levels,
-                                  prefix_cache_gb=None if a.backend == "numpy" else 0)
+                                  prefix_cache_gb=None if a.backend == "numpy" else 0,
+                                  repack=a.repack)
+    model_load_s = time.perf_counter() - t0
     # the first pass over a freshly written checkpoint may come from disk: touch every page once
     # so the timings measure the engine, not the disk (a hollow checkpoint's matrices are made in
     # device memory: nothing to touch)
-    for f in ([] if model.weights.hollow else model.weights.files):
-        with open(f, "rb") as fh:
-            while fh.read(1 << 26):
-                pass
+    touch_weights(model)
     load_s = time.perf_counter() - t0
     preset = a.model.split(":")[1] if a.model.startswith("random:") else None
     rng = np.random.default_rng(0)
@@ -126,7 +161,8 @@ def main():
         bw = read_bandwidth()
     res = {
         "model": a.model, "backend": model.backend, "backend_note": model.backend_note,
-        "activation_levels": a.activation_levels, "load_s": load_s, "prompt_tokens": a.prompt,
+        "activation_levels": a.activation_levels, "load_s": load_s, "model_load_s": model_load_s,
+        "repack": a.repack, "prompt_tokens": a.prompt,
         "prefill_s_median": pre, "prefill_tok_s": a.prompt / pre,
         "decode_steps": a.decode, "decode_s_median": dec, "decode_tok_s": 1.0 / dec,
         "decode_times": decode_times, "batched_decode": batch, "memory": mem,
@@ -140,11 +176,15 @@ def main():
         res["fraction_of_floor"] = (1.0 / dec) / res["floor_tok_s_this_machine"]
     out = a.out or os.path.join(os.path.dirname(__file__), "results",
                                 f"engine_{model.backend}_{(preset or 'ckpt')}"
-                                f"{'_lv%d' % a.activation_levels if a.activation_levels else ''}.json")
+                                f"{'_lv%d' % a.activation_levels if a.activation_levels else ''}"
+                                f"{'_' + a.simd if a.simd else ''}"
+                                f"{'_repack-' + a.repack if a.repack else ''}.json")
     write_json(out, res)
     if res["simd"]:
         print(f"SIMD level: {res['simd']}")
-    print(f"{a.model} on {model.backend}: load {load_s:.1f} s, prefill {a.prompt} tokens "
+    print(f"weights: {model.backend_note}")
+    print(f"{a.model} on {model.backend}: model load {model_load_s:.1f} s (then pages touched: "
+          f"{load_s:.1f} s), prefill {a.prompt} tokens "
           f"{a.prompt / pre:.2f} tok/s, decode {1 / dec:.3f} tok/s (median of {a.decode})")
     if batch:
         print(f"batched decode of {batch['sequences']} sequences: {batch['tok_s']:.2f} tok/s in all "

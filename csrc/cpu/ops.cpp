@@ -223,6 +223,116 @@ GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, i
 }
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GPTOSS_AVX2_ATT __attribute__((target("avx2,fma")))
+
+// exp512's method with 256-bit vectors; 2^n is built in the exponent bits (n >= -126 after the
+// clamp at -87, so never a denormal).
+GPTOSS_AVX2_ATT static inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// The horizontal sums of 8 vectors, as 8 floats.
+GPTOSS_AVX2_ATT static inline __m256 hsum8_256(const __m256 v[8]) {
+  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// attend_d64_g8 with 256-bit vectors: the 8 heads' scores of a key reduced together and stored
+// key-major [S, 8] so the softmax runs across the heads in one vector; V accumulated four heads
+// by 16 dimensions at a time (8 accumulators, within the 16 ymm registers).
+GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVView& kv, int kh, int lo,
+                                               int S, float scale, const float* sinks, float* og,
+                                               float* sc) {
+  for (int j = 0; j < S; ++j) {
+    const float* kr = kv.k(lo + j) + size_t(kh) * 64;
+    __m256 acc[8];
+    {
+      const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8),
+                   k2 = _mm256_loadu_ps(kr + 16), k3 = _mm256_loadu_ps(kr + 24);
+      for (int g = 0; g < 8; ++g) {
+        const float* qh = qg + g * 64;
+        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), k0);
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8), k1, a);
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 16), k2, a);
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 24), k3, a);
+      }
+    }
+    {
+      const __m256 k4 = _mm256_loadu_ps(kr + 32), k5 = _mm256_loadu_ps(kr + 40),
+                   k6 = _mm256_loadu_ps(kr + 48), k7 = _mm256_loadu_ps(kr + 56);
+      for (int g = 0; g < 8; ++g) {
+        const float* qh = qg + g * 64 + 32;
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qh), k4, acc[g]);
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8), k5, acc[g]);
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 16), k6, acc[g]);
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 24), k7, acc[g]);
+      }
+    }
+    _mm256_storeu_ps(sc + size_t(j) * 8, _mm256_mul_ps(hsum8_256(acc), _mm256_set1_ps(scale)));
+  }
+  const __m256 sink = _mm256_loadu_ps(sinks);
+  __m256 mx = sink;
+  for (int j = 0; j < S; ++j) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sc + size_t(j) * 8));
+  __m256 sum = _mm256_setzero_ps();
+  for (int j = 0; j < S; ++j) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + size_t(j) * 8), mx));
+    _mm256_storeu_ps(sc + size_t(j) * 8, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  alignas(32) float inv[8];
+  _mm256_store_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f),
+                                     _mm256_add_ps(sum, exp256(_mm256_sub_ps(sink, mx)))));
+  // keys in blocks of 128, so the block's V rows (32 KiB) stay in cache across the 8 passes
+  alignas(32) float acc[8 * 64];
+  std::memset(acc, 0, sizeof acc);
+  for (int j0 = 0; j0 < S; j0 += 128) {
+    const int j1 = std::min(S, j0 + 128);
+    for (int h0 = 0; h0 < 8; h0 += 4) {
+      for (int c0 = 0; c0 < 64; c0 += 16) {
+        __m256 o[4][2];
+        for (int g = 0; g < 4; ++g) o[g][0] = o[g][1] = _mm256_setzero_ps();
+        for (int jj = j0; jj < j1; ++jj) {
+          const float* vr = kv.v(lo + jj) + size_t(kh) * 64 + c0;
+          const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+          const float* pr = sc + size_t(jj) * 8 + h0;
+          for (int g = 0; g < 4; ++g) {
+            const __m256 p = _mm256_broadcast_ss(pr + g);
+            o[g][0] = _mm256_fmadd_ps(p, v0, o[g][0]);
+            o[g][1] = _mm256_fmadd_ps(p, v1, o[g][1]);
+          }
+        }
+        for (int g = 0; g < 4; ++g) {
+          float* a = acc + (h0 + g) * 64 + c0;
+          _mm256_store_ps(a, _mm256_add_ps(_mm256_load_ps(a), o[g][0]));
+          _mm256_store_ps(a + 8, _mm256_add_ps(_mm256_load_ps(a + 8), o[g][1]));
+        }
+      }
+    }
+  }
+  for (int g = 0; g < 8; ++g) {
+    const __m256 iv = _mm256_set1_ps(inv[g]);
+    for (int c = 0; c < 64; c += 8)
+      _mm256_storeu_ps(og + g * 64 + c, _mm256_mul_ps(_mm256_load_ps(acc + g * 64 + c), iv));
+  }
+}
+#endif
+
 }  // namespace
 
 void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView* kvs, int Hq,
@@ -234,6 +344,7 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
   const long long items = (long long)n * Hkv;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const bool fast = d == 64 && G == 8 && active_isa() >= Isa::Avx512Bw;
+  const bool fast2 = d == 64 && G == 8 && active_isa() >= Isa::Avx2;
 #else
   const bool fast = false;
 #endif
@@ -253,6 +364,10 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
       if (fast) {
         attend_d64_g8(qg, kv, kh, lo, S, scale, sinks + kh * G, og, scores.data());
+        continue;
+      }
+      if (fast2) {
+        attend_d64_g8_avx2(qg, kv, kh, lo, S, scale, sinks + kh * G, og, scores.data());
         continue;
       }
 #endif
