@@ -62,6 +62,16 @@ def test_bf16_linear(simd, m, R, K):
     assert rel_err(got, want) < f32_bound(K), (simd, rel_err(got, want))
 
 
+def test_bf16_linear_rows_do_not_depend_on_the_batch(simd):
+    # decode (one row) and prefill tiles (any number of rows, K blocked) give the same bits
+    rng = np.random.default_rng(4)
+    w = f32_to_bf16(rng.standard_normal((70, 1100)).astype(np.float32))
+    x = rng.standard_normal((13, 1100)).astype(np.float32)
+    full = C.ops.bf16_linear(x, w)
+    for lo, hi in ((0, 1), (3, 5), (5, 13), (0, 7)):
+        assert np.array_equal(C.ops.bf16_linear(x[lo:hi], w), full[lo:hi]), (simd, lo, hi)
+
+
 def test_bf16_linear_strided_rows():
     # rows of a fused tensor (the original layout's QKV) are a strided view
     rng = np.random.default_rng(0)

@@ -250,10 +250,16 @@ class CpuBackend final : public Backend {
     const uint16_t* w = reinterpret_cast<const uint16_t*>(W.data);
     const size_t ldw = W.row_stride_bytes / 2;
     const int bands = (R + kBand - 1) / kBand;
+    const float* xp = nullptr;
+    if (cpu::bf16_wants_pair_order()) {
+      grow(xpair_, size_t(n) * K);
+      cpu::bf16_pair_order(x, n, K, xpair_.data());
+      xp = xpair_.data();
+    }
 #pragma omp parallel for schedule(static) if (size_t(R) * K > 65536)
     for (int b = 0; b < bands; ++b)
-      cpu::bf16w_gemm_rows(w, ldw, b * kBand, std::min(R, (b + 1) * kBand), x, n, K, bias, out,
-                           ldo);
+      cpu::bf16w_gemm_rows(w, ldw, b * kBand, std::min(R, (b + 1) * kBand), x, xp, n, K, bias,
+                           out, ldo);
   }
 
   void rope_kv_write(float* qkv, int n, int layer, int Hq, int Hkv, int d) override {
@@ -493,7 +499,7 @@ class CpuBackend final : public Backend {
   };
   std::vector<int> count_, fill_, order_;
   std::vector<Item> items_;
-  std::vector<float> tg_, u_, a_, y_;
+  std::vector<float> tg_, u_, a_, y_, xpair_;
   std::vector<uint8_t> qws1_, qws2_;
 };
 

@@ -1,6 +1,6 @@
 // bf16-weight matrix products on the CPU: out[t, r] = W[r, :] . x[t, :] + bias[r].
 //
-// Weights stay bf16 in the mapped file; each 16 (AVX-512) or 8 (AVX2) of them widen to float32 by
+// Weights stay bf16 in the mapped file; each 16 (AVX-512) or 8 (AVX2, as even/odd pairs) widen to float32 by
 // a 16-bit shift and feed FMAs against float32 activations, so results match a float32 reference
 // up to summation order. Work maps to threads by rows (callers split [r0, r1)). For several
 // activation rows (prefill) each weight vector is loaded once and used for up to 4 rows held in
@@ -10,6 +10,7 @@
 
 #include "common/numeric.h"
 #include "cpu/kernels.h"
+#include "gptoss/error.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -136,65 +137,138 @@ GPTOSS_AVX2 static inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// RB weight rows x TB activation rows, two 8-lane accumulators each: decode takes RB = 4, TB = 1
-// (four independent chains per activation load), prefill RB = 1, TB = 4 (each widened weight
-// vector serves four tokens; tokens outermost so a band of rows stays in L2). Each accumulator
-// sees the same operations in the same order whatever the tile.
+// RB weight rows x TB activation rows, two 8-lane accumulators each, on x in pair order
+// (bf16_pair_order): a 32-byte load holds 16 bf16 weights as 8 pairs, a 16-bit shift makes the
+// even ones floats and a mask the odd ones, two ALU operations per 16 weights, no lane crossing;
+// they meet the even and the odd halves of the arranged x. Decode takes RB = 4, TB = 1 (four
+// independent chains per activation load), prefill RB = 1, TB = 6 (each widened weight vector
+// serves six tokens; tokens outermost so a band of rows stays in L2). Each accumulator sees the
+// same operations in the same order whatever the tile.
+//
+// Prefill runs over K in blocks of kKBlock so a tile's activations (6 x 512 floats) stay in L1;
+// between blocks a tile's accumulators wait in `state` (an exact store and load), so each
+// accumulator still sees the same operations in the same order as in one pass.
+constexpr int kKBlock = 512;
+constexpr int kBandMax = 32;  // rows whose accumulators wait at once (the callers' bands)
+
 template <int RB, int TB>
-GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, const float* x,
-                                        int t0, int K, const float* bias, float* out, int ldo) {
+GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, const float* xp,
+                                        int t0, int K, int kb, int ke, float* state,
+                                        const float* bias, float* out, int ldo) {
   __m256 a0[RB][TB], a1[RB][TB];
   for (int i = 0; i < RB; ++i)
-    for (int t = 0; t < TB; ++t) a0[i][t] = a1[i][t] = _mm256_setzero_ps();
-  int k = 0;
-  for (; k + 16 <= K; k += 16) {
+    for (int t = 0; t < TB; ++t) {
+      if (kb == 0) {
+        a0[i][t] = a1[i][t] = _mm256_setzero_ps();
+      } else {
+        a0[i][t] = _mm256_loadu_ps(state + (i * TB + t) * 16);
+        a1[i][t] = _mm256_loadu_ps(state + (i * TB + t) * 16 + 8);
+      }
+    }
+  const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
+  for (int k = kb; k < ke; k += 16) {
     for (int i = 0; i < RB; ++i) {
       const uint16_t* w = W + size_t(r + i) * ldw + k;
       if (TB == 1 && (k & 31) == 0)  // decode: one prefetch per 64-byte line, RB rows ahead
         _mm_prefetch(reinterpret_cast<const char*>(w + size_t(RB) * ldw), _MM_HINT_T0);
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-      const __m256 w0 = _mm256_castsi256_ps(
-          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(raw)), 16));
-      const __m256 w1 = _mm256_castsi256_ps(
-          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(raw, 1)), 16));
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(raw, hi));
       for (int t = 0; t < TB; ++t) {
-        const float* xt = x + size_t(t0 + t) * K + k;
-        a0[i][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt), a0[i][t]);
-        a1[i][t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt + 8), a1[i][t]);
+        const float* xt = xp + size_t(t0 + t) * K + k;
+        a0[i][t] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xt), a0[i][t]);
+        a1[i][t] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xt + 8), a1[i][t]);
       }
     }
+  }
+  const int k16 = K / 16 * 16;
+  if (ke < k16) {
+    for (int i = 0; i < RB; ++i)
+      for (int t = 0; t < TB; ++t) {
+        _mm256_storeu_ps(state + (i * TB + t) * 16, a0[i][t]);
+        _mm256_storeu_ps(state + (i * TB + t) * 16 + 8, a1[i][t]);
+      }
+    return;
   }
   for (int i = 0; i < RB; ++i) {
     const uint16_t* w = W + size_t(r + i) * ldw;
     for (int t = 0; t < TB; ++t) {
-      const float* xt = x + size_t(t0 + t) * K;
+      const float* xt = xp + size_t(t0 + t) * K;  // the tail past the last 16 is in place
       float sum = hsum256(_mm256_add_ps(a0[i][t], a1[i][t]));
-      for (int kk = k; kk < K; ++kk) sum += bf16_to_f32(w[kk]) * xt[kk];
+      for (int kk = k16; kk < K; ++kk) sum += bf16_to_f32(w[kk]) * xt[kk];
       out[size_t(t0 + t) * ldo + r + i] = sum + (bias ? bias[r + i] : 0.f);
     }
   }
 }
 
+template <int TB>
+GPTOSS_AVX2 static void bf16w_tokens_avx2(const uint16_t* W, size_t ldw, int r0, int r1,
+                                          const float* xp, int t, int K, const float* bias,
+                                          float* out, int ldo) {
+  const int k16 = K / 16 * 16;
+  alignas(32) float state[kBandMax * TB * 16];
+  for (int rb = r0; rb < r1; rb += kBandMax) {
+    const int re = std::min(r1, rb + kBandMax);
+    for (int kb = 0; kb < std::max(k16, 1); kb += kKBlock) {
+      const int ke = std::min(k16, kb + kKBlock);
+      for (int r = rb; r < re; ++r)
+        bf16w_tile_avx2<1, TB>(W, ldw, r, xp, t, K, kb, ke, state + size_t(r - rb) * TB * 16,
+                               bias, out, ldo);
+    }
+  }
+}
+
 GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int r0, int r1,
-                                             const float* x, int m, int K, const float* bias,
+                                             const float* xp, int m, int K, const float* bias,
                                              float* out, int ldo) {
   int t = 0;
-  for (; t + 4 <= m; t += 4)
-    for (int r = r0; r < r1; ++r) bf16w_tile_avx2<1, 4>(W, ldw, r, x, t, K, bias, out, ldo);
-  for (; t < m; ++t) {
-    int r = r0;
-    for (; r + 4 <= r1; r += 4) bf16w_tile_avx2<4, 1>(W, ldw, r, x, t, K, bias, out, ldo);
-    for (; r < r1; ++r) bf16w_tile_avx2<1, 1>(W, ldw, r, x, t, K, bias, out, ldo);
+  for (; t + 6 <= m; t += 6) bf16w_tokens_avx2<6>(W, ldw, r0, r1, xp, t, K, bias, out, ldo);
+  const int left = m - t;
+  switch (left) {
+    case 5: bf16w_tokens_avx2<5>(W, ldw, r0, r1, xp, t, K, bias, out, ldo); return;
+    case 4: bf16w_tokens_avx2<4>(W, ldw, r0, r1, xp, t, K, bias, out, ldo); return;
+    case 3: bf16w_tokens_avx2<3>(W, ldw, r0, r1, xp, t, K, bias, out, ldo); return;
+    case 2: bf16w_tokens_avx2<2>(W, ldw, r0, r1, xp, t, K, bias, out, ldo); return;
+    case 1: {
+      const int k16 = K / 16 * 16;
+      int r = r0;
+      for (; r + 4 <= r1; r += 4) bf16w_tile_avx2<4, 1>(W, ldw, r, xp, t, K, 0, k16, nullptr, bias, out, ldo);
+      for (; r < r1; ++r) bf16w_tile_avx2<1, 1>(W, ldw, r, xp, t, K, 0, k16, nullptr, bias, out, ldo);
+      return;
+    }
+    default: return;
   }
 }
 #endif
 
-void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x, int m, int K,
-                     const float* bias, float* out, int ldo) {
+bool bf16_wants_pair_order() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return active_isa() >= Isa::Avx2 && active_isa() < Isa::Avx512Bw;
+#else
+  return false;
+#endif
+}
+
+void bf16_pair_order(const float* x, int m, int K, float* out) {
+  for (int t = 0; t < m; ++t) {
+    const float* xr = x + size_t(t) * K;
+    float* o = out + size_t(t) * K;
+    int k = 0;
+    for (; k + 16 <= K; k += 16)
+      for (int j = 0; j < 8; ++j) o[k + j] = xr[k + 2 * j], o[k + 8 + j] = xr[k + 2 * j + 1];
+    for (; k < K; ++k) o[k] = xr[k];
+  }
+}
+
+void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x,
+                     const float* xpair, int m, int K, const float* bias, float* out, int ldo) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const Isa isa = active_isa();
   if (isa >= Isa::Avx512Bw) return bf16w_gemm_rows_avx512(W, ldw, r0, r1, x, m, K, bias, out, ldo);
-  if (isa >= Isa::Avx2) return bf16w_gemm_rows_avx2(W, ldw, r0, r1, x, m, K, bias, out, ldo);
+  if (isa >= Isa::Avx2) {
+    GPTOSS_CHECK(xpair != nullptr, "bf16w_gemm_rows: the AVX2 kernel needs x in pair order");
+    return bf16w_gemm_rows_avx2(W, ldw, r0, r1, xpair, m, K, bias, out, ldo);
+  }
 #endif
   bf16w_gemm_rows_plain(W, ldw, r0, r1, x, m, K, bias, out, ldo);
 }
