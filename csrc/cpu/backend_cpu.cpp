@@ -197,17 +197,19 @@ class CpuBackend final : public Backend {
       Pool& p = kv_[size_t(l)];
       GPTOSS_CHECK(size_t(page + 1) * geo_.snap <= p.snap_rows,
                    "kv_snapshot: page " << page << " has no snapshot rows");
-      for (int i = 0; i < geo_.snap; ++i) {
-        const size_t ring = kv_row(l, slot, first + i) * width;
-        const size_t snap = (size_t(page) * geo_.snap + size_t(i)) * width;
-        if (save) {
-          std::memcpy(p.sk + snap, p.k + ring, width * sizeof(float));
-          std::memcpy(p.sv + snap, p.v + ring, width * sizeof(float));
-        } else {
-          std::memcpy(p.k + ring, p.sk + snap, width * sizeof(float));
-          std::memcpy(p.v + ring, p.sv + snap, width * sizeof(float));
+      const int d = geo_.kv_width / geo_.kv_heads;
+      for (int i = 0; i < geo_.snap; ++i)
+        for (int h = 0; h < geo_.kv_heads; ++h) {
+          const size_t ring = kv_off(l, slot, first + i, h);
+          const size_t snap = (size_t(page) * geo_.snap + size_t(i)) * width + size_t(h) * d;
+          if (save) {
+            std::memcpy(p.sk + snap, p.k + ring, d * sizeof(float));
+            std::memcpy(p.sv + snap, p.v + ring, d * sizeof(float));
+          } else {
+            std::memcpy(p.k + ring, p.sk + snap, d * sizeof(float));
+            std::memcpy(p.v + ring, p.sv + snap, d * sizeof(float));
+          }
         }
-      }
     }
   }
   int kv_elem_bytes() const override { return int(sizeof(float)); }
@@ -274,11 +276,13 @@ class CpuBackend final : public Backend {
     }
     cpu::rope(qkv, n, Hq + Hkv, d, ld, cs_.data(), sn_.data());
     Pool& p = kv_[size_t(layer)];
-    for (int i = 0; i < n; ++i) {
-      const size_t row = kv_row(layer, slot_[size_t(i)], pos_[size_t(i)]);
-      std::memcpy(p.k + row * kvw, qkv + size_t(i) * ld + Hq * d, sizeof(float) * kvw);
-      std::memcpy(p.v + row * kvw, qkv + size_t(i) * ld + (Hq + Hkv) * d, sizeof(float) * kvw);
-    }
+    (void)kvw;
+    for (int i = 0; i < n; ++i)
+      for (int h = 0; h < Hkv; ++h) {
+        const size_t off = kv_off(layer, slot_[size_t(i)], pos_[size_t(i)], h);
+        std::memcpy(p.k + off, qkv + size_t(i) * ld + (Hq + h) * d, sizeof(float) * d);
+        std::memcpy(p.v + off, qkv + size_t(i) * ld + (Hq + Hkv + h) * d, sizeof(float) * d);
+      }
   }
 
   void attention(const float* qkv, int n, int layer, int Hq, int Hkv, int d, int window,
@@ -293,7 +297,8 @@ class CpuBackend final : public Backend {
     for (int i = 0; i < n; ++i) {
       const int s = slot_[size_t(i)];
       cpu::KVView& v = views_[size_t(i)];
-      v.row = kvw;
+      v.pos_stride = d;  // head-major pages and rings (kv_off)
+      v.head_stride = (ring ? geo_.ring : geo_.page) * d;
       v.page = geo_.page;
       const size_t base = size_t(s) * max_pages_;
       if (ring) {
@@ -443,10 +448,15 @@ class CpuBackend final : public Backend {
     });
   }
 
-  size_t kv_row(int layer, int slot, int pos) const {
-    if (geo_.ring_layer[size_t(layer)]) return size_t(slot) * geo_.ring + size_t(pos % geo_.ring);
-    return size_t(page_table_[size_t(slot) * max_pages_ + pos / geo_.page]) * geo_.page +
-           size_t(pos % geo_.page);
+  // Float offset of (position, kv head) in a layer's pool: each page (paged layers) or each
+  // slot's ring (window layers) holds its positions head-major, [Hkv][positions][d], so the
+  // attention streams one head's keys contiguously.
+  size_t kv_off(int layer, int slot, int pos, int h) const {
+    const size_t d = size_t(geo_.kv_width / geo_.kv_heads);
+    if (geo_.ring_layer[size_t(layer)])
+      return (size_t(slot) * geo_.ring * geo_.kv_heads + size_t(h) * geo_.ring + size_t(pos % geo_.ring)) * d;
+    const size_t pg = size_t(page_table_[size_t(slot) * max_pages_ + pos / geo_.page]);
+    return (pg * geo_.page * geo_.kv_heads + size_t(h) * geo_.page + size_t(pos % geo_.page)) * d;
   }
   struct Pool {
     float* k = nullptr;

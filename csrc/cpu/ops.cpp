@@ -89,7 +89,7 @@ namespace {
 void attend_plain(const float* qg, const KVView& kv, int kh, int lo, int S, int G, int d,
                   float scale, const float* sinks, float* og, float* sc) {
   for (int j = 0; j < S; ++j) {
-    const float* kr = kv.k(lo + j) + size_t(kh) * d;
+    const float* kr = kv.k(lo + j, kh);
     for (int g = 0; g < G; ++g) {
       const float* qh = qg + size_t(g) * d;
       float s = 0.f;
@@ -110,7 +110,7 @@ void attend_plain(const float* qg, const KVView& kv, int kh, int lo, int S, int 
     std::memset(og + size_t(g) * d, 0, sizeof(float) * size_t(d));
   }
   for (int j = 0; j < S; ++j) {
-    const float* vr = kv.v(lo + j) + size_t(kh) * d;
+    const float* vr = kv.v(lo + j, kh);
     for (int g = 0; g < G; ++g) {
       const float pj = sc[size_t(g) * S + j] * inv[g];
       float* o = og + size_t(g) * d;
@@ -163,7 +163,7 @@ GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, i
                                             int S, float scale, const float* sinks, float* og,
                                             float* sc) {
   for (int j = 0; j < S; ++j) {
-    const float* kr = kv.k(lo + j) + size_t(kh) * 64;
+    const float* kr = kv.k(lo + j, kh);
     const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16),
                  k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
     __m512 acc[8];
@@ -203,7 +203,7 @@ GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, i
     for (int g = 0; g < 4; ++g)
       for (int c = 0; c < 4; ++c) o[g][c] = _mm512_setzero_ps();
     for (int jj = 0; jj < S; ++jj) {
-      const float* vr = kv.v(lo + jj) + size_t(kh) * 64;
+      const float* vr = kv.v(lo + jj, kh);
       const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16),
                    v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
       for (int g = 0; g < 4; ++g) {
@@ -259,8 +259,15 @@ GPTOSS_AVX2_ATT static inline __m256 hsum8_256(const __m256 v[8]) {
 GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVView& kv, int kh, int lo,
                                                int S, float scale, const float* sinks, float* og,
                                                float* sc) {
+  // a position-major view puts each key's 256 bytes of this head 2 KiB apart, which the hardware
+  // prefetcher does not follow (and a head-major one crosses pages): ask for keys kAhead on
+  constexpr int kAhead = 32;
   for (int j = 0; j < S; ++j) {
-    const float* kr = kv.k(lo + j) + size_t(kh) * 64;
+    const float* kr = kv.k(lo + j, kh);
+    if (j + kAhead < S) {
+      const char* pf = reinterpret_cast<const char*>(kv.k(lo + j + kAhead, kh));
+      for (int c = 0; c < 256; c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
+    }
     __m256 acc[8];
     {
       const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8),
@@ -308,7 +315,11 @@ GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVView& kv
         __m256 o[4][2];
         for (int g = 0; g < 4; ++g) o[g][0] = o[g][1] = _mm256_setzero_ps();
         for (int jj = j0; jj < j1; ++jj) {
-          const float* vr = kv.v(lo + jj) + size_t(kh) * 64 + c0;
+          const float* vr = kv.v(lo + jj, kh) + c0;
+          if (h0 == 0 && c0 == 0 && jj + kAhead < S) {  // the first pass brings the block in
+            const char* pf = reinterpret_cast<const char*>(kv.v(lo + jj + kAhead, kh));
+            for (int c = 0; c < 256; c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
+          }
           const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
           const float* pr = sc + size_t(jj) * 8 + h0;
           for (int g = 0; g < 4; ++g) {

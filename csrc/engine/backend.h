@@ -36,6 +36,7 @@ struct KVGeometry {
   int layers = 0;
   std::vector<bool> ring_layer;  // [layers]: true for sliding-window layers
   int kv_width = 0;              // Hkv * d values per position
+  int kv_heads = 0;              // Hkv
   int page = 0;                  // positions per page (paged layers)
   int ring = 0;                  // slots per ring (ring layers)
   int snap = 0;                  // rows per page id in each ring layer's snapshot pool (0: none)

@@ -87,6 +87,7 @@ Engine::Engine(const std::string& path, const Options& opts, std::unique_ptr<Bac
   for (int l = 0; l < g.layers; ++l) g.ring_layer.push_back(bool(c.layer_sliding[size_t(l)]));
   for (bool r : g.ring_layer) any_paged_ |= !r;
   g.kv_width = c.kv_width();
+  g.kv_heads = c.num_kv_heads;
   g.page = kPage;
   g.ring = c.sliding_window + kChunk;
   GPTOSS_CHECK(opts.prefix_cache_gb >= 0 && std::isfinite(opts.prefix_cache_gb),

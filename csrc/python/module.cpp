@@ -271,7 +271,8 @@ py::array_t<float> op_attention(const py::array& q_in, const py::array& k_in,
   kv.k_pages = &kp;
   kv.v_pages = &vp;
   kv.page = int(std::max<py::ssize_t>(S, 1));
-  kv.row = int(Hkv * d);
+  kv.pos_stride = int(Hkv * d);  // [S, Hkv, d]: position-major
+  kv.head_stride = int(d);
   const float* qp = q.data();
   const int32_t* pp = qpos.data();
   const float* sp = sinks.data();
