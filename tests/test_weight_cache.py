@@ -185,3 +185,23 @@ def test_other_levels_and_options_keep_the_checkpoint_layout(ckpt, tmp_path):
     assert not (tmp_path / "weights").exists()
     with pytest.raises(ValueError, match="repack='fast'"):
         Model.from_pretrained(ckpt, backend="cpu", repack="fast")
+
+
+def test_cli_repack_and_cache_dir(ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    def gen(*extra):
+        r = subprocess.run([sys.executable, "-m", "gptoss", "generate", "--model", ckpt, "Hi",
+                            "-n", "4", "-v", "--backend", "cpu", *extra], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "GPTOSS_SIMD": "avx2"})
+        assert r.returncode == 0, r.stderr
+        return r
+    a = gen("--cache-dir", str(tmp_path / "c"))
+    assert f"built {tmp_path / 'c' / 'weights'}" in a.stderr, a.stderr
+    b = gen("--repack", "off")
+    assert "experts in the checkpoint's layout (repack off)" in b.stderr
+    assert a.stdout.strip()
+    r = subprocess.run([sys.executable, "-m", "gptoss", "generate", "--model", ckpt, "Hi",
+                        "--repack", "fast"], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--repack" in r.stderr

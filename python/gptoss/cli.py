@@ -46,7 +46,8 @@ def cmd_generate(args) -> int:
     from .model import Model
     t0 = time.perf_counter()
     model = Model.from_pretrained(args.model, backend=args.backend, layout=args.layout,
-                                  progress=True, prefix_cache_gb=args.prefix_cache_gb)
+                                  progress=True, prefix_cache_gb=args.prefix_cache_gb,
+                                  repack=args.repack, cache_dir=args.cache_dir)
     if args.verbose:
         print(f"[backend: {model.backend_note}; loaded in {time.perf_counter() - t0:.1f} s]",
               file=sys.stderr)
@@ -84,7 +85,8 @@ def cmd_chat(args) -> int:
     from .chat_events import Done, ReasoningDelta, TextDelta, ToolCall
     from .model import Model
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
-                                  prefix_cache_gb=args.prefix_cache_gb)
+                                  prefix_cache_gb=args.prefix_cache_gb, repack=args.repack,
+                                  cache_dir=args.cache_dir)
     effort = args.reasoning_effort
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -213,7 +215,8 @@ def cmd_serve(args) -> int:
             raise ValueError(f"{flag} needs --ray")
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
                                   max_context=args.max_context, threads=args.threads,
-                                  prefix_cache_gb=args.prefix_cache_gb)
+                                  prefix_cache_gb=args.prefix_cache_gb, repack=args.repack,
+                                  cache_dir=args.cache_dir)
     print(f"[gptoss serve: {model.backend_note}; http://{args.host}:{args.port}/v1]",
           file=sys.stderr)
     serve(model, host=args.host, port=args.port, model_name=args.model_name or
@@ -237,6 +240,9 @@ def _serve_ray(args, limits) -> int:
         mk["threads"] = args.threads
     if args.prefix_cache_gb is not None:
         mk["prefix_cache_gb"] = args.prefix_cache_gb
+    for k in ("repack", "cache_dir"):
+        if getattr(args, k) is not None:
+            mk[k] = getattr(args, k)
     sk = {"model_name": args.model_name or os.path.basename(os.path.normpath(args.model)),
           "limits": limits}
     key = args.api_key or os.environ.get("GPTOSS_API_KEY")
@@ -275,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verbose", "-v", action="store_true", help="print backend and speed")
     g.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
                    help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
+    g.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
+                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
+                        "and mapped (auto, the default), into memory, or kept as in the checkpoint")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
     g.set_defaults(fn=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive Harmony chat (reasoning shown apart)")
@@ -300,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--test-forced-tokens", default=None, help=argparse.SUPPRESS)
     c.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
                    help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
+    c.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
+                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
+                        "and mapped (auto, the default), into memory, or kept as in the checkpoint")
+    c.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
     c.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
@@ -330,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM/SIGINT, seconds running streams get to finish (default 5)")
     s.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
                    help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
+    s.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
+                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
+                        "and mapped (auto, the default), into memory, or kept as in the checkpoint")
+    s.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
     s.add_argument("--python-tool", default="off", choices=["sandbox", "off"],
                    help="offer the code_interpreter tool on /v1/responses: the built-in python "
                         "tool, sandboxed (default off)")

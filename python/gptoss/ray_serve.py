@@ -597,14 +597,16 @@ def _arg(args: Dict[str, Any], key: str, kind, default):
 def app_builder(args: Dict[str, Any]):
     """For `serve run gptoss.ray_serve:app_builder model=CKPT replicas=2 backend=cpu` and Serve
     config files (KubeRay's RayService): args model (required), replicas, backend,
-    cpus_per_replica, gpus_per_replica, max_context, prefix_cache_gb, threads, model_name,
+    cpus_per_replica, gpus_per_replica, max_context, prefix_cache_gb, repack, cache_dir,
+    threads, model_name,
     api_key, and the server's limits max_batch, max_waiting, max_body_bytes, request_timeout,
     prefill_chunk (serve_ops.Limits)."""
     args = dict(args or {})
     limit_args = {"max_batch": int, "max_waiting": int, "max_body_bytes": int,
                   "request_timeout": float, "prefill_chunk": int}
     known = {"model", "replicas", "backend", "cpus_per_replica", "gpus_per_replica",
-             "max_context", "prefix_cache_gb", "threads", "model_name", "api_key", *limit_args}
+             "max_context", "prefix_cache_gb", "repack", "cache_dir", "threads", "model_name",
+             "api_key", *limit_args}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: "
@@ -612,7 +614,8 @@ def app_builder(args: Dict[str, Any]):
     if not args.get("model"):
         raise ValueError("'model' is required (a checkpoint directory or random:PRESET)")
     mk = {k: _arg(args, k, t, None) for k, t in (("max_context", int), ("threads", int),
-                                                  ("prefix_cache_gb", float))
+                                                  ("prefix_cache_gb", float), ("repack", str),
+                                                  ("cache_dir", str))
           if args.get(k) is not None}
     sk = {k: args[k] for k in ("model_name", "api_key") if args.get(k)}
     lim = {k: _arg(args, k, t, None) for k, t in limit_args.items() if args.get(k) is not None}
