@@ -220,12 +220,14 @@ def test_signal_ends_streams_cleanly_and_exits_0(tiny_hf, sig, backend):
                 results[name] = sse_events(resp.iter_lines())
         long = threading.Thread(target=stream, args=("long", LONG))
         long.start()
-        while value(metrics(base), "gptoss_completion_tokens_total") < 1:
-            time.sleep(0.05)
+        wait_for(lambda: value(metrics(base), "gptoss_completion_tokens_total") >= 1,
+                 "the long stream's first token")
         short = threading.Thread(target=stream, args=("short", {**LONG, "max_tokens": 3}))
         short.start()
-        while value(metrics(base), "gptoss_in_flight_requests") < 2:
-            time.sleep(0.05)
+        # both in flight; on a fast engine the 3-token stream may already have finished between
+        # two polls, which the assertions below accept (it ended normally)
+        wait_for(lambda: value(metrics(base), "gptoss_in_flight_requests") >= 2
+                 or not short.is_alive(), "the short stream in flight")
         t = time.time()
         proc.send_signal(sig)
         time.sleep(0.5)
@@ -253,6 +255,14 @@ def test_signal_ends_streams_cleanly_and_exits_0(tiny_hf, sig, backend):
     assert results["long"][-1] == "[DONE]"
     assert results["long"][-2]["error"]["code"] == "server_shutdown"
     assert "Traceback" not in out
+
+
+def wait_for(cond, what, timeout=60.0):
+    """Polls cond() until it holds; fails naming what it waited for after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.05)
 
 
 def _rss_kb(pid):
