@@ -6,7 +6,9 @@ within a tolerance) whether its prompt was prefilled at once, in chunks, from a 
 decoded in a batch with other sequences; on tiny checkpoints of both layouts. Under the CUDA
 backend (emulated or on a GPU) the prefill and decode paths round differently (bf16 activations in
 the tensor-core GEMMs for more than 8 rows), so there a cached prefix is checked against the
-uncached run with test_cuda_engine's derived bound instead.
+uncached run with test_cuda_engine's derived bound instead, unless the backend is opened with
+batch_invariant=True (Options::batch_invariant: the per-row paths for any number of rows), which
+is asserted bit-identical the same way as the CPU engine.
 """
 import numpy as np
 import pytest
@@ -197,3 +199,61 @@ def test_cuda_cached_prefix_within_bound(ckpts):
     want = ref.prefill(turn, all_logits=False)
     bound = 6 * w.config.num_layers * 2.0 ** -9 + 2.0 ** -9
     assert rel_err(got, want) < bound, rel_err(got, want)
+
+
+@pytest.mark.skipif(not C.build_info()["cuda_backend"] or
+                    (not C.build_info()["cuda_emulated"] and C.cuda_device_count()[0] == 0),
+                    reason="no CUDA backend here")
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_cuda_batch_invariant_mode_is_bit_identical(tmp_path, layout):
+    # Two layers (one banded, one full) with an 8-token window, so 70 positions cross it; the
+    # emulated per-row paths cost about 0.1 s a row, so the prompt stays short. A cached prefix
+    # is the same computation as a prefill in two chunks split at the page boundary (the pages
+    # are copied exactly), which the chunked runs cover.
+    path = write_random_checkpoint(str(tmp_path), "tiny", layout=layout, seed=8, vocab_size=1024,
+                                   num_layers=2, sliding_window=8)
+
+    def cu():
+        return C.Engine(path, device="cuda", batch_invariant=True, prefix_cache_gb=0)
+    whole = cu()
+    assert "batch-invariant" in whole.device
+    t = np.random.default_rng(15).integers(0, 1024, 70).astype(np.int64)
+    ref = whole.prefill(t, True)
+    # chunks of every kind: by default more than 8 rows take the tensor-core products and more
+    # than 64 the prefill attention kernel, and decode splits its keys by the batch's size
+    for chunks in ([66, 4], [60] + [1] * 10):
+        e = cu()
+        out, i = [], 0
+        for c in chunks:
+            out.append(e.decode(int(t[i]))[None] if c == 1 else e.prefill(t[i:i + c], True))
+            i += c
+        assert np.array_equal(np.concatenate(out), ref), chunks
+    # a batched decode step equals each sequence decoded alone
+    e = cu()
+    e.prefill(t, False)
+    a = e.add_sequence()
+    e.prefill_sequence(a, t[:12], False)
+    single = cu()
+    single.prefill(t[:12], False)
+    for step in range(2):
+        got = e.decode_batch(np.array([0, a]), np.array([step + 3, step + 9]))
+        assert np.array_equal(got[1], single.decode(step + 9))
+        assert np.array_equal(got[0], whole.decode(step + 3))
+
+
+def test_batch_invariant_option_across_the_apis(ckpts):
+    # the CPU engine is always batch-invariant and takes either value; NumPy's products promise
+    # nothing of the kind, so the numpy backend refuses the option by name
+    m = Model.from_pretrained(ckpts["hf"], backend="cpu", batch_invariant=True)
+    assert m.engine.name == "cpu"
+    with pytest.raises(ValueError, match="batch_invariant=True: the numpy backend"):
+        Model.from_pretrained(ckpts["hf"], backend="numpy", batch_invariant=True)
+    from gptoss.cli import build_parser
+    for cmd in ("generate", "chat", "serve"):
+        extra = ["x"] if cmd == "generate" else []
+        a = build_parser().parse_args([cmd, "--model", "m", "--batch-invariant", *extra])
+        assert a.batch_invariant is True
+        assert build_parser().parse_args([cmd, "--model", "m", *extra]).batch_invariant is None
+    ray_serve = pytest.importorskip("gptoss.ray_serve")
+    with pytest.raises(ValueError, match="'batch_invariant' must be true or false"):
+        ray_serve.app_builder({"model": "random:tiny", "batch_invariant": "maybe"})

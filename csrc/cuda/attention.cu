@@ -29,6 +29,7 @@
 //     unnormalised partial (acc, running max, sum) to the workspace and a combine kernel merges
 //     them in split order (deterministic, no atomics). Half of the mma M rows idle (8 heads of
 //     one position): the tensor cores have the throughput to spare.
+//   per_row (the batch-invariant mode): the decode launch with one split for any n.
 //   prefill (n > kDecodeMaxRows): 4 warps per block, a tile of 8 consecutive rows x the G heads
 //     of one kv head (64 M rows), looping over the keys the tile's rows see, causal and window
 //     masks per row, key tiles no row of a warp sees skipped by that warp. Rows are expected to
@@ -450,10 +451,15 @@ void check_kv(const KVLayer& kv, int window) {
 template <int G>
 void launch_attention(const float* q, int ldq, int n, const int32_t* pos, const int32_t* row_seq,
                       const KVLayer& kv, int Hkv, int window, const float* sinks, int max_len,
-                      void* workspace, float* out, Stream s) {
+                      void* workspace, float* out, Stream s, bool per_row) {
   const int Hq = Hkv * G;
   const size_t smem = sizeof(AttentionSmem);
-  if (n <= kDecodeMaxRows) {
+  if (per_row) {
+    const dim3 grid{unsigned(n), unsigned(Hkv), 1u};
+    GPTOSS_LAUNCH((attention_kernel<G, 1, 1>), grid, 32, smem, s, q, ldq, n, pos, row_seq, kv,
+                  Hkv, window, sinks, 1 << 30, static_cast<float*>(nullptr),
+                  static_cast<float*>(nullptr), out);
+  } else if (n <= kDecodeMaxRows) {
     // a windowed layer's rows see at most `window` keys whatever max_len says (the workspace,
     // sized from max_len alone, is then more than enough)
     const int keys = window > 0 && window < max_len ? window : (max_len > 0 ? max_len : 1);
@@ -512,7 +518,7 @@ size_t attention_workspace_bytes(int n, int Hq, int d, int max_len) {
 void f32_bf16kv_attention(const float* q, int ldq, int n, const int32_t* pos,
                           const int32_t* row_seq, KVLayer kv, int Hq, int Hkv, int d, int window,
                           const float* sinks, int max_len, void* workspace, float* out,
-                          Stream s) {
+                          Stream s, bool per_row) {
   GPTOSS_CHECK(d == kHeadDim, "attention: head dim " << d << " unsupported (only 64)");
   GPTOSS_CHECK(n >= 0 && Hq > 0 && Hkv > 0 && Hq % Hkv == 0,
                "attention: bad sizes n " << n << ", Hq " << Hq << ", Hkv " << Hkv);
@@ -527,7 +533,7 @@ void f32_bf16kv_attention(const float* q, int ldq, int n, const int32_t* pos,
   switch (Hq / Hkv) {
     case 8:
       launch_attention<8>(q, ldq, n, pos, row_seq, kv, Hkv, window, sinks, max_len, workspace,
-                          out, s);
+                          out, s, per_row);
       break;
     default:
       GPTOSS_CHECK(false, "attention: group size Hq / Hkv = " << Hq / Hkv

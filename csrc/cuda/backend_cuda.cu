@@ -40,7 +40,7 @@ __global__ void f32_gather_rows_kernel(const float* __restrict__ src,      // [*
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend() {
+  explicit CudaBackend(bool batch_invariant) : invariant_(batch_invariant) {
     std::string err;
     GPTOSS_CHECK(cuda::device_count(&err) > 0,
                  "device 'cuda': no usable GPU (" << (err.empty() ? "no devices" : err) << ")");
@@ -54,7 +54,10 @@ class CudaBackend final : public Backend {
     cudaStreamDestroy(stream_);
   }
 
-  std::string name() const override { return cuda::emulated() ? "cuda (emulated)" : "cuda"; }
+  std::string name() const override {
+    return std::string(cuda::emulated() ? "cuda (emulated)" : "cuda") +
+           (invariant_ ? ", batch-invariant" : "");
+  }
   bool host_memory() const override { return false; }
 
   void* alloc(size_t bytes) override {
@@ -199,7 +202,9 @@ class CudaBackend final : public Backend {
     const int R = int(W.shape[0]), K = int(W.shape[1]);
     // Small matrices (the router, E rows) stay in float32 for any n: a bf16-rounded activation
     // would move router logits by ~2^-9 and flip near-tied expert choices, a discontinuous error.
-    if (n <= 8 || R <= 256) {
+    // Batch-invariant mode: the GEMV for any n (each row's sums in one order whatever the rows
+    // sharing the call), never the bf16 tensor-core GEMM.
+    if (n <= 8 || R <= 256 || invariant_) {
       for (int i = 0; i < n; i += 8)
         cuda::f32_bf16w_gemv(x + size_t(i) * K, std::min(8, n - i), K, w16(W), size_t(K), R, bias,
                              out + size_t(i) * ldo, ldo, stream_);
@@ -213,9 +218,10 @@ class CudaBackend final : public Backend {
   }
   void attention(const float* qkv, int n, int layer, int Hq, int Hkv, int d, int window,
                  const float* sinks, float* out) override {
-    void* ws = workspace(attn_ws_, cuda::attention_workspace_bytes(n, Hq, d, max_len_));
+    void* ws = invariant_ ? nullptr
+                          : workspace(attn_ws_, cuda::attention_workspace_bytes(n, Hq, d, max_len_));
     cuda::f32_bf16kv_attention(qkv, (Hq + 2 * Hkv) * d, n, d_pos_, d_slot_, kv_layer(layer), Hq,
-                               Hkv, d, window, sinks, max_len_, ws, out, stream_);
+                               Hkv, d, window, sinks, max_len_, ws, out, stream_, invariant_);
   }
   void route(const float* logits, int n, int E, int k, int32_t* experts, float* weights) override {
     cuda::f32_topk_softmax(logits, n, E, k, experts, weights, stream_);
@@ -224,9 +230,18 @@ class CudaBackend final : public Backend {
            int n, int H, int I, int k, const int32_t* experts, const float* weights, float alpha,
            float limit, float* out) override {
     const int E = int(L.w1_blocks.shape[0]);
-    void* ws = workspace(moe_ws_, cuda::moe_workspace_bytes(n, H, I, E, k));
-    cuda::mf4w_moe(x, n, H, I, E, k, experts, weights, w8(L.w1_blocks), w8(L.w1_scales), w1_bias,
-                   w8(L.w2_blocks), w8(L.w2_scales), w2_bias, alpha, limit, ws, out, stream_);
+    // Batch-invariant mode: the float32 GEMV path (each token's experts computed on their own)
+    // in steps of at most 8 tokens, never the grouped bf16 GEMM.
+    const int step = invariant_ ? std::min(n, 8) : n;
+    if (step == 0) return;
+    void* ws = workspace(moe_ws_, cuda::moe_workspace_bytes(step, H, I, E, k));
+    for (int i = 0; i < n; i += step) {
+      const int m = std::min(step, n - i);
+      cuda::mf4w_moe(x + size_t(i) * H, m, H, I, E, k, experts + size_t(i) * k,
+                     weights + size_t(i) * k, w8(L.w1_blocks), w8(L.w1_scales), w1_bias,
+                     w8(L.w2_blocks), w8(L.w2_scales), w2_bias, alpha, limit, ws,
+                     out + size_t(i) * H, stream_);
+    }
   }
   void gather_rows(const float* src, int width, int first, int m, float* dst) override {
     if (m == 0) return;
@@ -410,6 +425,7 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream_ = nullptr;
   bool graphs_enabled_ = true;
+  bool invariant_ = false;  // Options::batch_invariant
   std::unordered_map<uint64_t, cudaGraphExec_t> graphs_;
   std::unordered_set<uint64_t> seen_;
   size_t generation_ = 0;
@@ -430,7 +446,9 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend() { return std::unique_ptr<Backend>(new CudaBackend()); }
+std::unique_ptr<Backend> make_cuda_backend(bool batch_invariant) {
+  return std::unique_ptr<Backend>(new CudaBackend(batch_invariant));
+}
 bool cuda_backend_compiled() { return true; }
 
 }  // namespace gptoss

@@ -73,11 +73,14 @@ void f32_rope_kv_write(float* qkv, int n, int Hq, int Hkv, int d, const int32_t*
 // sinks [Hq]; out [n, Hq * d]. max_len: an upper bound (host) on the keys any row sees, which
 // sizes the split-KV work; the kernels read the real lengths from pos on the device.
 // workspace: attention_workspace_bytes(n, Hq, d, max_len) bytes.
+// per_row: every row, for any n, takes the decode path with its keys in one split, so a row's
+// result depends on its own position and the cache alone, never on n or max_len (the CUDA
+// backend's batch-invariant mode; slower prefill and long-context decode; no workspace).
 size_t attention_workspace_bytes(int n, int Hq, int d, int max_len);
 void f32_bf16kv_attention(const float* q, int ldq, int n, const int32_t* pos,
                           const int32_t* row_seq, KVLayer kv, int Hq, int Hkv, int d, int window,
                           const float* sinks, int max_len, void* workspace, float* out,
-                          Stream s);
+                          Stream s, bool per_row = false);
 
 // ------------------------------------------------------------------------------------ MoE
 // Router: logits [n, E] -> the k largest (ties: lower index first) and their softmax.

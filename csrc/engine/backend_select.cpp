@@ -5,7 +5,7 @@
 namespace gptoss {
 
 #if !defined(GPTOSS_WITH_CUDA)
-std::unique_ptr<Backend> make_cuda_backend() {
+std::unique_ptr<Backend> make_cuda_backend(bool) {
   GPTOSS_CHECK(false, "device 'cuda': this build of gptoss has no CUDA backend (built without "
                       "nvcc, or with GPTOSS_CUDA=OFF; GPTOSS_CUDA=EMULATE builds an emulated one)");
   return nullptr;

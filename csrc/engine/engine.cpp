@@ -552,7 +552,7 @@ namespace {
 std::unique_ptr<Backend> make_backend(const Options& o) {
   GPTOSS_CHECK(o.device == "cpu" || o.device == "cuda",
                "device = '" << o.device << "': must be 'cpu' or 'cuda'");
-  return o.device == "cuda" ? make_cuda_backend() : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir);
+  return o.device == "cuda" ? make_cuda_backend(o.batch_invariant) : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir);
 }
 }  // namespace
 

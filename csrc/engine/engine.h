@@ -23,7 +23,7 @@ std::unique_ptr<Backend> make_cpu_backend(int activation_levels, const std::stri
 void cpu_backend_repack_in_memory(Backend& be, const LayerTensors& L);
 // The CUDA backend (on the GPU, or on the host under GPTOSS_CUDA_EMULATE); throws where the build
 // has no CUDA.
-std::unique_ptr<Backend> make_cuda_backend();
+std::unique_ptr<Backend> make_cuda_backend(bool batch_invariant);
 bool cuda_backend_compiled();
 
 class Engine {

@@ -383,8 +383,10 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](const std::string& path, const std::string& layout, int max_context,
                        int threads, int activation_levels, const std::string& device,
                        bool random_device_weights, double prefix_cache_gb,
-                       const std::string& repack, const std::string& cache_dir) {
+                       const std::string& repack, const std::string& cache_dir,
+                       bool batch_invariant) {
              Options o;
+             o.batch_invariant = batch_invariant;
              o.prefix_cache_gb = prefix_cache_gb;
              o.repack = repack;
              o.cache_dir = cache_dir;
@@ -400,7 +402,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("path"), py::arg("layout") = "", py::arg("max_context") = 0,
            py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu",
            py::arg("random_device_weights") = false, py::arg("prefix_cache_gb") = 2.0,
-           py::arg("repack") = "auto", py::arg("cache_dir") = "")
+           py::arg("repack") = "auto", py::arg("cache_dir") = "",
+           py::arg("batch_invariant") = false)
       .def_property_readonly("weights_note", &Model::weights_note,
                              "how the backend holds the weights (repacked, mapped from where)")
       .def("start_from_cache", [](Model& m, int seq, const carray<int64_t>& tokens64) {

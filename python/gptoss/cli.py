@@ -47,7 +47,8 @@ def cmd_generate(args) -> int:
     t0 = time.perf_counter()
     model = Model.from_pretrained(args.model, backend=args.backend, layout=args.layout,
                                   progress=True, prefix_cache_gb=args.prefix_cache_gb,
-                                  repack=args.repack, cache_dir=args.cache_dir)
+                                  repack=args.repack, cache_dir=args.cache_dir,
+                                  batch_invariant=args.batch_invariant)
     if args.verbose:
         print(f"[backend: {model.backend_note}; loaded in {time.perf_counter() - t0:.1f} s]",
               file=sys.stderr)
@@ -86,7 +87,8 @@ def cmd_chat(args) -> int:
     from .model import Model
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
                                   prefix_cache_gb=args.prefix_cache_gb, repack=args.repack,
-                                  cache_dir=args.cache_dir)
+                                  cache_dir=args.cache_dir,
+                                  batch_invariant=args.batch_invariant)
     effort = args.reasoning_effort
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -216,7 +218,8 @@ def cmd_serve(args) -> int:
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
                                   max_context=args.max_context, threads=args.threads,
                                   prefix_cache_gb=args.prefix_cache_gb, repack=args.repack,
-                                  cache_dir=args.cache_dir)
+                                  cache_dir=args.cache_dir,
+                                  batch_invariant=args.batch_invariant)
     print(f"[gptoss serve: {model.backend_note}; http://{args.host}:{args.port}/v1]",
           file=sys.stderr)
     serve(model, host=args.host, port=args.port, model_name=args.model_name or
@@ -240,7 +243,7 @@ def _serve_ray(args, limits) -> int:
         mk["threads"] = args.threads
     if args.prefix_cache_gb is not None:
         mk["prefix_cache_gb"] = args.prefix_cache_gb
-    for k in ("repack", "cache_dir"):
+    for k in ("repack", "cache_dir", "batch_invariant"):
         if getattr(args, k) is not None:
             mk[k] = getattr(args, k)
     sk = {"model_name": args.model_name or os.path.basename(os.path.normpath(args.model)),
@@ -281,11 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verbose", "-v", action="store_true", help="print backend and speed")
     g.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
                    help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
-    g.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
-                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
-                        "and mapped (auto, the default), into memory, or kept as in the checkpoint")
-    g.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
+    _weight_flags(g)
     g.set_defaults(fn=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive Harmony chat (reasoning shown apart)")
@@ -311,11 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--test-forced-tokens", default=None, help=argparse.SUPPRESS)
     c.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
                    help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
-    c.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
-                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
-                        "and mapped (auto, the default), into memory, or kept as in the checkpoint")
-    c.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
+    _weight_flags(c)
     c.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
@@ -346,11 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM/SIGINT, seconds running streams get to finish (default 5)")
     s.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
                    help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
-    s.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
-                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
-                        "and mapped (auto, the default), into memory, or kept as in the checkpoint")
-    s.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
+    _weight_flags(s)
     s.add_argument("--python-tool", default="off", choices=["sandbox", "off"],
                    help="offer the code_interpreter tool on /v1/responses: the built-in python "
                         "tool, sandboxed (default off)")
@@ -378,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-shard-bytes", type=int, default=None)
     r.set_defaults(fn=cmd_make_random)
     return p
+
+
+def _weight_flags(p) -> None:
+    """The engine options every command that loads a model takes."""
+    p.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
+                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
+                        "and mapped (auto, the default), into memory, or kept as in the checkpoint")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
+    p.add_argument("--batch-invariant", action="store_const", const=True, default=None,
+                   help="CUDA backend: per-row kernels for any batch, so logits are bit-identical "
+                        "however a prompt is split, cached or batched (slower prefill; the CPU "
+                        "engine always is)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

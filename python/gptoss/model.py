@@ -77,7 +77,8 @@ class Model:
                         activation_levels: Optional[int] = None,
                         prefix_cache_gb: Optional[float] = None,
                         repack: Optional[str] = None,
-                        cache_dir: Optional[str] = None) -> "Model":
+                        cache_dir: Optional[str] = None,
+                        batch_invariant: Optional[bool] = None) -> "Model":
         """Open a checkpoint directory (either layout), `random:PRESET`, or a Hugging Face
         repository id (`openai/gpt-oss-20b`, optionally `@revision`) already in the local Hugging
         Face cache (gptoss.hub: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub; never
@@ -95,6 +96,10 @@ class Model:
         "memory" repacks into memory; "off" keeps the checkpoint's layout (slower kernels).
         cache_dir: where repacked weights are cached (default $GPTOSS_CACHE, else
         $XDG_CACHE_HOME/gptoss, else ~/.cache/gptoss).
+        batch_invariant: the CUDA backend's kernels take their per-row paths for any number of
+        rows, so a sequence's logits are bit-identical however its prompt was split, cached or
+        batched (slower prefill; off by default). The C++ CPU engine is always batch-invariant;
+        the numpy backend refuses True.
         """
         if repack is not None and repack not in ("auto", "memory", "off"):
             raise ValueError(f"repack={repack!r}: must be 'auto', 'memory' or 'off'")
@@ -104,7 +109,7 @@ class Model:
         engine, note = make_engine(weights, backend, max_context=max_context, threads=threads,
                                    activation_levels=activation_levels,
                                    prefix_cache_gb=prefix_cache_gb, repack=repack,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, batch_invariant=batch_invariant)
         wn = getattr(engine, "weights_note", "")
         return cls(weights, engine, note + (f"; {wn}" if wn else ""))
 

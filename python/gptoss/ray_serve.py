@@ -598,14 +598,15 @@ def app_builder(args: Dict[str, Any]):
     """For `serve run gptoss.ray_serve:app_builder model=CKPT replicas=2 backend=cpu` and Serve
     config files (KubeRay's RayService): args model (required), replicas, backend,
     cpus_per_replica, gpus_per_replica, max_context, prefix_cache_gb, repack, cache_dir,
-    threads, model_name,
+    batch_invariant, threads, model_name,
     api_key, and the server's limits max_batch, max_waiting, max_body_bytes, request_timeout,
     prefill_chunk (serve_ops.Limits)."""
     args = dict(args or {})
     limit_args = {"max_batch": int, "max_waiting": int, "max_body_bytes": int,
                   "request_timeout": float, "prefill_chunk": int}
     known = {"model", "replicas", "backend", "cpus_per_replica", "gpus_per_replica",
-             "max_context", "prefix_cache_gb", "repack", "cache_dir", "threads", "model_name",
+             "max_context", "prefix_cache_gb", "repack", "cache_dir", "batch_invariant",
+             "threads", "model_name",
              "api_key", *limit_args}
     unknown = sorted(set(args) - known)
     if unknown:
@@ -617,6 +618,15 @@ def app_builder(args: Dict[str, Any]):
                                                   ("prefix_cache_gb", float), ("repack", str),
                                                   ("cache_dir", str))
           if args.get(k) is not None}
+    if args.get("batch_invariant") is not None:
+        v = args["batch_invariant"]
+        flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if isinstance(v, bool):
+            mk["batch_invariant"] = v
+        elif str(v).lower() in flags:
+            mk["batch_invariant"] = flags[str(v).lower()]
+        else:
+            raise ValueError(f"'batch_invariant' must be true or false, got {v!r}")
     sk = {k: args[k] for k in ("model_name", "api_key") if args.get(k)}
     lim = {k: _arg(args, k, t, None) for k, t in limit_args.items() if args.get(k) is not None}
     if lim:

@@ -5,7 +5,8 @@
 // on the launching thread, or OS threads from a pool (ThreadSanitizer builds, GPTOSS_EMU_THREADS=1,
 // other architectures). Everything a block's threads share (the barrier, the warps' pending
 // collectives, the failure flag) is one Block object under one mutex; a thread waits with
-// wait_until(), which yields to the next fiber or sleeps on the block's condition variable.
+// wait_until(), which yields to the next fiber or sleeps on a condition variable (the block's for
+// the barrier, its warp's for a warp collective).
 // A full round in which no fiber makes progress, or a wait of 30 s with OS threads, is a deadlock
 // and fails the launch with every thread's whereabouts.
 #include "cuda/emu/emu.h"
@@ -147,6 +148,9 @@ struct Collective {
 struct Warp {
   unsigned live = 0;
   std::deque<Collective> pending;
+  // OS threads: the lanes waiting at one of this warp's collectives sleep here, so completing it
+  // wakes 32 threads rather than the whole block (a tensor-core step is one such collective)
+  std::unique_ptr<std::condition_variable> cv{new std::condition_variable};
 };
 
 struct Block {
@@ -179,6 +183,7 @@ struct Block {
     }
     ++progress;
     cv.notify_all();
+    for (auto& w : warps) w.cv->notify_all();
   }
 };
 
@@ -293,11 +298,16 @@ void init_fiber(Thread& t, int i) {
 
 // ------------------------------------------------------------------------------ OS threads
 struct Pool {
+  // one wake-up slot per worker: a block of n threads wakes exactly n workers
+  struct Slot {
+    std::condition_variable cv;
+    uint64_t job = 0;
+  };
   std::mutex mu;
-  std::condition_variable cv, done_cv;
+  std::condition_variable done_cv;
   std::vector<std::thread> workers;
+  std::vector<std::unique_ptr<Slot>> slots;
   Block* block = nullptr;
-  uint64_t job = 0;
   int remaining = 0;
   bool stop = false;
 
@@ -305,8 +315,8 @@ struct Pool {
     {
       std::lock_guard<std::mutex> g(mu);
       stop = true;
+      for (auto& sl : slots) sl->cv.notify_one();
     }
-    cv.notify_all();
     for (auto& w : workers) w.join();
   }
   void run(Block& b);
@@ -319,18 +329,17 @@ void Pool::worker(int i) {
     Block* b;
     {
       std::unique_lock<std::mutex> g(mu);
-      cv.wait(g, [&] { return stop || job != seen; });
+      Slot& sl = *slots[size_t(i)];
+      sl.cv.wait(g, [&] { return stop || sl.job != seen; });
       if (stop) return;
-      seen = job;
+      seen = sl.job;
       b = block;
     }
-    if (i < b->nthreads) {
-      Thread& t = b->threads[size_t(i)];
-      tl_thread = &t;
-      threadIdx = t.tid;
-      run_thread_body(t);
-      tl_thread = nullptr;
-    }
+    Thread& t = b->threads[size_t(i)];
+    tl_thread = &t;
+    threadIdx = t.tid;
+    run_thread_body(t);
+    tl_thread = nullptr;
     {
       std::lock_guard<std::mutex> g(mu);
       if (--remaining == 0) done_cv.notify_all();
@@ -342,12 +351,15 @@ void Pool::run(Block& b) {
   std::unique_lock<std::mutex> g(mu);
   while (int(workers.size()) < b.nthreads) {
     const int i = int(workers.size());
+    slots.emplace_back(new Slot);
     workers.emplace_back([this, i] { worker(i); });
   }
   block = &b;
-  remaining = int(workers.size());
-  ++job;
-  cv.notify_all();
+  remaining = b.nthreads;
+  for (int i = 0; i < b.nthreads; ++i) {
+    ++slots[size_t(i)]->job;
+    slots[size_t(i)]->cv.notify_one();
+  }
   done_cv.wait(g, [&] { return remaining == 0; });
 }
 
@@ -358,8 +370,10 @@ Pool& pool() {
 
 // ------------------------------------------------------------------------------ waiting
 template <class Pred>
-void wait_until(std::unique_lock<std::mutex>& lk, Thread& t, Pred pred) {
+void wait_until(std::unique_lock<std::mutex>& lk, Thread& t, Pred pred,
+                std::condition_variable* on = nullptr) {
   Block& b = *t.block;
+  std::condition_variable& cv = on ? *on : b.cv;
   if (b.fibers) {
 #if defined(GPTOSS_EMU_HAVE_FIBERS)
     while (!pred()) {
@@ -375,7 +389,7 @@ void wait_until(std::unique_lock<std::mutex>& lk, Thread& t, Pred pred) {
   while (!pred()) {
     if (b.failed) throw Abort{};
     const uint64_t before = b.progress;
-    if (b.cv.wait_for(lk, std::chrono::seconds(30)) == std::cv_status::timeout &&
+    if (cv.wait_for(lk, std::chrono::seconds(30)) == std::cv_status::timeout &&
         b.progress == before && !pred() && !b.failed) {
       std::ostringstream s;
       s << "deadlock: no thread of the block made progress for 30 s;";
@@ -718,11 +732,11 @@ void warp_gather(unsigned mask, const void* mine, size_t bytes, void* out, const
   if (c->arrived == c->mask) {
     c->complete = true;
     c->readers = __builtin_popcount(mask);
-    b.cv.notify_all();
+    w.cv->notify_all();
   }
   t.where_what = what;
   t.where_file = "";
-  wait_until(lk, t, [&] { return c->complete; });
+  wait_until(lk, t, [&] { return c->complete; }, w.cv.get());
   t.where_what = "running";
   if (bytes) {
     unsigned char* o = static_cast<unsigned char*>(out);

@@ -83,6 +83,13 @@ struct Options {
   // Where repacked weights are cached: "" is $GPTOSS_CACHE, else $XDG_CACHE_HOME/gptoss, else
   // ~/.cache/gptoss (files under weights/).
   std::string cache_dir;
+  // Device 'cuda': every kernel takes its per-row path for any number of rows (float32 GEMVs
+  // for the dense and expert products, one-warp-per-row attention), so a sequence's logits are
+  // bit-identical whether its prompt was prefilled at once, in chunks, from a cached prefix, or
+  // decoded in a batch. It costs speed (prefill reads the weights once per 8 rows instead of
+  // per tile; long-context decode runs one split per row), so it is off by default. The CPU
+  // backend is always batch-invariant and accepts either value.
+  bool batch_invariant = false;
 };
 
 struct PrefixCacheStats {

@@ -105,6 +105,10 @@ def make_engine(weights, backend: str = "auto", max_context: Optional[int] = Non
 
 def _build(name: str, weights, max_context, native_options):
     if name == "numpy":
+        if native_options.get("batch_invariant"):
+            raise ValueError("batch_invariant=True: the numpy backend does not promise bit-identical "
+                             "results across batch shapes (its matrix products are NumPy's); use "
+                             "backend 'cpu' (always batch-invariant) or 'cuda'")
         from .numpy import NumpyEngine
         return NumpyEngine(weights, max_context=max_context)
     from .native import NativeEngine

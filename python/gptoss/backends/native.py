@@ -15,7 +15,8 @@ class NativeEngine:
 
     def __init__(self, weights, device: str = "cpu", max_context: Optional[int] = None,
                  threads: int = 0, activation_levels: int = 2, prefix_cache_gb: float = 2.0,
-                 repack: str = "auto", cache_dir: Optional[str] = None):
+                 repack: str = "auto", cache_dir: Optional[str] = None,
+                 batch_invariant: bool = False):
         from .. import _C
         self.name = device
         self.weights = weights
@@ -25,7 +26,8 @@ class NativeEngine:
                                activation_levels=int(activation_levels), device=device,
                                random_device_weights=bool(getattr(weights, "hollow", None)),
                                prefix_cache_gb=float(prefix_cache_gb), repack=str(repack),
-                               cache_dir=str(cache_dir or ""))
+                               cache_dir=str(cache_dir or ""),
+                               batch_invariant=bool(batch_invariant))
         self.max_context = self._e.max_context
         # how the engine holds the weights: e.g. the CPU backend's experts repacked for AVX2 and
         # mapped from the weight cache (Options::repack in gptoss.h)
