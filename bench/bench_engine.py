@@ -89,6 +89,8 @@ def main():
     p.add_argument("--repack", default=None, choices=("auto", "memory", "off"),
                    help="C++ CPU engine: the AVX2 layout of the experts (auto: repacked once into "
                         "the weight cache and mapped; memory; off: the checkpoint's layout)")
+    p.add_argument("--batch-invariant", action="store_const", const=True, default=None,
+                   help="CUDA backend: the per-row (batch-invariant) kernels for any batch")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -102,7 +104,7 @@ def main():
     model = Model.from_pretrained(a.model, backend=a.backend, progress=True, threads=a.threads,
                                   activation_levels=a.activation_levels,
                                   prefix_cache_gb=None if a.backend == "numpy" else 0,
-                                  repack=a.repack)
+                                  repack=a.repack, batch_invariant=a.batch_invariant)
     model_load_s = time.perf_counter() - t0
     # the first pass over a freshly written checkpoint may come from disk: touch every page once
     # so the timings measure the engine, not the disk (a hollow checkpoint's matrices are made in
@@ -162,7 +164,7 @@ def main():
     res = {
         "model": a.model, "backend": model.backend, "backend_note": model.backend_note,
         "activation_levels": a.activation_levels, "load_s": load_s, "model_load_s": model_load_s,
-        "repack": a.repack, "prompt_tokens": a.prompt,
+        "repack": a.repack, "batch_invariant": bool(a.batch_invariant), "prompt_tokens": a.prompt,
         "prefill_s_median": pre, "prefill_tok_s": a.prompt / pre,
         "decode_steps": a.decode, "decode_s_median": dec, "decode_tok_s": 1.0 / dec,
         "decode_times": decode_times, "batched_decode": batch, "memory": mem,

@@ -95,6 +95,10 @@ def main():
         step(report, a.out, f"cuda engine random:{preset}:hollow",
              [sys.executable, "bench/bench_engine.py", "--model", f"random:{preset}:hollow",
               "--backend", "cuda", "--prompt", "2048", "--decode", "64"], 900)
+    # what the batch-invariant mode costs (Options::batch_invariant): the same run, per-row kernels
+    step(report, a.out, "cuda engine random:20b:hollow, batch_invariant",
+         [sys.executable, "bench/bench_engine.py", "--model", "random:20b:hollow",
+          "--backend", "cuda", "--prompt", "512", "--decode", "64", "--batch-invariant"], 600)
     save(report, a.out)
     print("\n".join(f"{'ok ' if s['ok'] else 'BAD'} {s['seconds']:7.1f} s  {s['name']}"
                     for s in report["steps"]))
