@@ -287,6 +287,8 @@ def main():
                    help="only the multi-turn run: TTFT per turn with the prefix cache on and off")
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--system-tokens", type=int, default=2000)
+    p.add_argument("--cache-gb", type=float, nargs="+", default=[2, 0],
+                   help="--multi-turn: the prefix-cache sizes to run (0: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="C++ engine threads (default: all cores)")
     p.add_argument("--out", default=None)
@@ -298,7 +300,7 @@ def main():
     if a.multi_turn:
         result["multi_turn"] = {f"cache_{gb}gb": multi_turn(model, a.turns, a.system_tokens,
                                                            a.max_tokens, gb)
-                                for gb in (2, 0)}
+                                for gb in a.cache_gb}
         out = a.out or os.path.join(os.path.dirname(__file__), "results", "server_multi_turn.json")
         write_json(out, result)
         print(f"wrote {out}")
