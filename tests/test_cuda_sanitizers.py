@@ -73,6 +73,11 @@ def test_cuda_backend_under_address_sanitizer(tmp_path, small_ckpt, hollow_ckpt)
     r = run(exe, "engine", small_ckpt, "150", str(BOUND), env=env)
     assert r.returncode == 0 and clean(r), (r.stdout, r.stderr[-4000:])
     assert "worst relative logit error" in r.stdout
+    # the batch-invariant mode's per-row paths (GEMV steps, one-warp-per-row attention past 64
+    # rows)
+    r = run(exe, "engine", small_ckpt, "70", str(BOUND), "invariant", env=env)
+    assert r.returncode == 0 and clean(r), (r.stdout, r.stderr[-4000:])
+    assert "worst relative logit error" in r.stdout
     # device-made weights, and a prompt past one page taken again from the prefix cache
     r = run(exe, "hollow", hollow_ckpt, "270", str(BOUND), env=env)
     assert r.returncode == 0 and clean(r), (r.stdout, r.stderr[-4000:])

@@ -282,9 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-token", type=int, action="append",
                    help="stop at this token id (repeatable; default <|endoftext|> and <|return|>)")
     g.add_argument("--verbose", "-v", action="store_true", help="print backend and speed")
-    g.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
-                   help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
-    _weight_flags(g)
+    _engine_flags(g)
     g.set_defaults(fn=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive Harmony chat (reasoning shown apart)")
@@ -308,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tool-calls", type=int, default=8,
                    help="built-in tool calls per turn at most")
     c.add_argument("--test-forced-tokens", default=None, help=argparse.SUPPRESS)
-    c.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
-                   help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
-    _weight_flags(c)
+    _engine_flags(c)
     c.set_defaults(fn=cmd_chat)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
@@ -339,9 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a generation may take (default: no limit)")
     s.add_argument("--shutdown-grace", type=float, default=5.0,
                    help="on SIGTERM/SIGINT, seconds running streams get to finish (default 5)")
-    s.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
-                   help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
-    _weight_flags(s)
+    _engine_flags(s)
     s.add_argument("--python-tool", default="off", choices=["sandbox", "off"],
                    help="offer the code_interpreter tool on /v1/responses: the built-in python "
                         "tool, sandboxed (default off)")
@@ -371,8 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _weight_flags(p) -> None:
+def _engine_flags(p) -> None:
     """The engine options every command that loads a model takes."""
+    p.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
+                   help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
     p.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
                    help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
                         "and mapped (auto, the default), into memory, or kept as in the checkpoint")

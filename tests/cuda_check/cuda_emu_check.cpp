@@ -4,7 +4,9 @@
 //   cuda_emu_check selftest        the primitives (shuffles, barriers, mma, ldmatrix, cp.async)
 //                                  against plain loops
 //   cuda_emu_check racy            a kernel with a missing barrier (ThreadSanitizer must report it)
-//   cuda_emu_check engine CKPT     the CUDA backend against the CPU backend on a checkpoint:
+//   cuda_emu_check engine CKPT [N] [bound] [invariant]
+//                                  the CUDA backend against the CPU backend on a checkpoint
+//                                  (invariant: Options::batch_invariant, the per-row paths):
 //                                  a prefill across the sliding window (tensor-core paths), decode
 //                                  steps (GEMV paths, captured graphs replayed), a two-sequence
 //                                  batch, and device sampling; prints the relative logit errors
@@ -113,11 +115,12 @@ double rel(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
-void engine(const std::string& ckpt, int prompt_len, double bound) {
+void engine(const std::string& ckpt, int prompt_len, double bound, bool invariant) {
   Options oc;
   oc.device = "cpu";
   Options og;
   og.device = "cuda";
+  og.batch_invariant = invariant;  // the per-row paths for any n
   Model cpu(ckpt, oc), gpu(ckpt, og);
   const int V = cpu.config().vocab_size;
   std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
@@ -199,11 +202,12 @@ int main(int argc, char** argv) {
       float v = 0;
       cuda::selftest_bad("racy", &v);
     } else if (what == "engine" && argc > 2) {
-      engine(argv[2], argc > 3 ? std::atoi(argv[3]) : 150, argc > 4 ? std::atof(argv[4]) : 2e-2);
+      engine(argv[2], argc > 3 ? std::atoi(argv[3]) : 150, argc > 4 ? std::atof(argv[4]) : 2e-2,
+             argc > 5 && std::string(argv[5]) == "invariant");
     } else if (what == "hollow" && argc > 2) {
       hollow(argv[2], argc > 3 ? std::atoi(argv[3]) : 12, argc > 4 ? std::atof(argv[4]) : 2e-2);
     } else {
-      std::fprintf(stderr, "usage: cuda_emu_check selftest | racy | engine CKPT [prompt] [bound] | "
+      std::fprintf(stderr, "usage: cuda_emu_check selftest | racy | engine CKPT [prompt] [bound] [invariant] | "
                            "hollow CKPT [prompt] [bound]\n");
       return 2;
     }
