@@ -87,6 +87,13 @@ def main():
     t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(x64, P1[e], 2 * I) for e in range(4)], 3)
     record("mxfp4_r16_linear (prefill, 64 tokens)", "4 x [64,2880] x [5760,2880]", t,
            flops=4 * 2 * 64 * 2 * I * H)
+    # tokens per call: where a tile of 16 tokens (the amx level) costs what m tokens of the AVX2
+    # code do (mxfp4_r16.cpp's kAmxMinTail)
+    for m in (1, 2, 4, 6, 8, 16):
+        xm = rng.standard_normal((m, H)).astype(np.float32)
+        t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(xm, P1[e], 2 * I) for e in range(4)], 3)
+        record(f"mxfp4_r16_linear ({m} tokens)", f"4 x [{m},2880] x [5760,2880]", t,
+               flops=4 * 2 * m * 2 * I * H)
     del P1
     per_expert = B1[0].nbytes + S1[0].nbytes + B2[0].nbytes + S2[0].nbytes
     ex = [np.array([[4 * j, 4 * j + 1, 4 * j + 2, 4 * j + 3]], np.int32) for j in range(8)]

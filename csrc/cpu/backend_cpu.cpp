@@ -45,6 +45,8 @@ cpu::Q16Act q16_rows_from(const cpu::Q16Act& q, int off) {
   r.q += size_t(q.nb) * 32 * size_t(off);
   r.corr += size_t(q.nb) * size_t(off);
   r.step += size_t(q.nb) * size_t(off);
+  r.hi += size_t(q.nb) * 32 * size_t(off);
+  r.lo += size_t(q.nb) * 32 * size_t(off);
   return r;
 }
 
@@ -380,7 +382,11 @@ class CpuBackend final : public Backend {
   struct Packed {
     std::vector<const uint8_t*> w1, w2;  // per expert, in the weight cache
   };
-  static bool wants_r16(cpu::Isa isa) { return isa >= cpu::Isa::Avx2 && isa < cpu::Isa::Avx512Bw; }
+  // AVX2 (no AVX-512) and AMX want the r16 layout; AVX-512 without AMX runs best on the
+  // checkpoint's (cpu/mxfp4.cpp).
+  static bool wants_r16(cpu::Isa isa) {
+    return (isa >= cpu::Isa::Avx2 && isa < cpu::Isa::Avx512Bw) || isa >= cpu::Isa::Amx;
+  }
   const Packed* packed_for(const LayerTensors& L) const {
     for (const auto& p : packed_)
       if (p.first == L.w1_blocks.data) return &p.second;

@@ -9,9 +9,39 @@
 #if defined(GPTOSS_OPENMP)
 #include <omp.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace gptoss {
 namespace cpu {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// AMX needs three things: the CPU's AMX-TILE and AMX-INT8 (cpuid leaf 7: edx bits 24 and 25), the
+// OS saving the tile state (XCR0 bits 17 and 18), and, on Linux, this process's permission to use
+// the tile data (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); asked once, for the whole
+// process). Any of them missing: no AMX, and the kernels below it run.
+static bool amx_usable() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return false;  // OSXSAVE
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const bool granted = ::syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  return granted;
+#else
+  return false;  // elsewhere the permission step is not known to us: stay with AVX-512
+#endif
+}
+#endif
 
 Isa detect_isa() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -27,6 +57,7 @@ Isa detect_isa() {
 #else
   const bool bf16 = false;
 #endif
+  if (bf16 && amx_usable()) return Isa::Amx;
   if (bf16) return Isa::Avx512Bf16;
   if (avx512) return Isa::Avx512;
   if (avx512bw) return Isa::Avx512Bw;
@@ -37,7 +68,7 @@ Isa detect_isa() {
 
 static std::atomic<int> g_forced{-1};
 
-// GPTOSS_SIMD=plain|avx2|avx512bw|avx512|avx512bf16 in the environment pins the kernels for a process
+// GPTOSS_SIMD=plain|avx2|avx512bw|avx512|avx512bf16|amx in the environment pins the kernels for a process
 // (tests, or a user comparing variants). Kernels may first ask from inside a parallel region,
 // where nothing may throw, so a bad value falls back to the best level here and is reported by
 // check_simd_env(), which the engine calls when it is created.
@@ -84,6 +115,7 @@ const char* isa_name(Isa isa) {
     case Isa::Avx512Bw: return "avx512bw";
     case Isa::Avx512: return "avx512";
     case Isa::Avx512Bf16: return "avx512bf16";
+    case Isa::Amx: return "amx";
   }
   return "?";
 }

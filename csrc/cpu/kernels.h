@@ -66,13 +66,19 @@ struct Q16Act {
   int16_t* q = nullptr;      // [m, nb, 32] in the pair order of the packed weights
   int32_t* corr = nullptr;   // [m, nb] -12 * sum(q) of each block (the unsigned-weight trick)
   float* step = nullptr;     // [m, nb] max|x| / 32767 / 2
+  // q split into bytes for the AMX kernel, q = 256 * hi + lo exactly: [m, nb * 32] each, the
+  // values in the pair order of q
+  int8_t* hi = nullptr;
+  uint8_t* lo = nullptr;
   static size_t bytes(int m, int K);
   static Q16Act carve(void* workspace, int m, int K);
 };
 void q16_quantize(const float* x, int m, int K, const Q16Act& q);
 
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]) for rows [r0, r1) (r0 a multiple of kR16) of
-// the packed matrix with nb blocks per row, and the m rows of q. Single-threaded.
+// the packed matrix with nb blocks per row, and the m rows of q. Single-threaded. At the amx
+// level, whole tiles of 16 tokens go through the AMX int8 tiles (the same bits as every other
+// level; mxfp4_r16.cpp says why), the rest through the AVX2 code.
 void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
                         const float* bias, float* out, int ldo);
 

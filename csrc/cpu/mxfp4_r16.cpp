@@ -23,6 +23,17 @@
 // adds fma(S, scale * step / 2, acc) in float32 in block order. The plain C++ version does the
 // same operations, so the two give the same bits, and a row's result does not depend on how
 // many tokens or rows share a call (decode and prefill agree exactly).
+//
+// AMX (the amx level). The tiles multiply bytes, so each int16 activation is split exactly into
+// q = 256 * hi + lo (hi signed, lo unsigned) and the codes become the signed bytes 2 * value
+// (-12..12). A block of 16 rows is decoded into one B tile (8 rows of 64 bytes: for each of the
+// 16 weight rows the 4 values of one chunk, in the pair order above); A tiles hold 16 tokens' 32
+// bytes of one block. tdpbssd (hi) and tdpbusd (lo) give the two exact int32 sums, and
+// 256 * S_hi + S_lo is the block sum S of the code above, integer for integer; the float steps
+// after it (the scale times the step, one fma per block in block order) are the AVX2 code's. So
+// the AMX results are the same bits as every other level's, and a token gives the same bits in a
+// tile of 16 (prefill) as alone (decode). A block's sum needs its own tile product (the scales
+// differ per block), so the tiles run at K = 32 and the float work per block is AVX-512's.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -41,6 +52,8 @@ namespace cpu {
 namespace {
 // code -> 2 * value + 12
 alignas(16) const uint8_t kU8[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+// code -> 2 * value (the AMX kernel's signed bytes)
+alignas(16) const int8_t kS8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 // accumulator lane -> row within the group: lanes 0..7 of the first accumulator, then the second
 constexpr int kLaneRow[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
 
@@ -75,9 +88,11 @@ void mf4_r16_pack(const uint8_t* blocks, const uint8_t* scales, int R, int nb, i
 }
 
 // ------------------------------------------------------------------------------------ Q16Act
+// The step, hi and lo arrays carry 15 rows more than m: the AMX kernel's last tile of 16 tokens
+// may read past the last token (and drops those rows' results).
 size_t Q16Act::bytes(int m, int K) {
   const size_t nb = size_t(K / 32);
-  return size_t(m) * nb * (32 * 2 + 4 + 4) + 64;
+  return size_t(m) * nb * (32 * 2 + 4) + size_t(m + 15) * nb * (4 + 32 + 32) + 3 * 64;
 }
 
 Q16Act Q16Act::carve(void* ws, int m, int K) {
@@ -85,12 +100,19 @@ Q16Act Q16Act::carve(void* ws, int m, int K) {
   q.nb = K / 32;
   const size_t nb = size_t(q.nb);
   uint8_t* p = static_cast<uint8_t*>(ws);
-  p = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+  auto align = [](uint8_t* x) {
+    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(x) + 63) & ~uintptr_t(63));
+  };
+  p = align(p);
   q.q = reinterpret_cast<int16_t*>(p);
   p += size_t(m) * nb * 64;
   q.corr = reinterpret_cast<int32_t*>(p);
   p += size_t(m) * nb * 4;
   q.step = reinterpret_cast<float*>(p);
+  p = align(p + size_t(m + 15) * nb * 4);
+  q.hi = reinterpret_cast<int8_t*>(p);
+  p = align(p + size_t(m + 15) * nb * 32);
+  q.lo = p;
   return q;
 }
 
@@ -118,6 +140,10 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
         o[4 * c + 1] = v[4 * c + 2];
         o[4 * c + 2] = v[4 * c + 1];
         o[4 * c + 3] = v[4 * c + 3];
+      }
+      for (int i = 0; i < 32; ++i) {  // arithmetic shift: hi in [-128, 127], lo in [0, 255]
+        q.hi[(size_t(t) * nb + b) * 32 + i] = int8_t(o[i] >> 8);
+        q.lo[(size_t(t) * nb + b) * 32 + i] = uint8_t(o[i] & 255);
       }
       q.corr[size_t(t) * nb + b] = -12 * sum;
       q.step[size_t(t) * nb + b] = amax / 32767.0f * 0.5f;
@@ -260,12 +286,162 @@ GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0,
 }
 #endif
 
+// ------------------------------------------------------------------------------------ AMX
+#if defined(__x86_64__) && defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 11)
+#define GPTOSS_HAVE_AMX 1
+#define GPTOSS_AMX \
+  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+
+namespace {
+struct alignas(64) TileConfig {  // the ldtilecfg memory operand (palette 1)
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+// Blocks per row whose decoded B tiles are kept for all token tiles of a row group (on the
+// stack, 52 KiB); wider matrices decode each block where it is used.
+constexpr int kAmxMaxNb = 96;
+constexpr int kAmxMinTail = 6;
+
+Q16Act q16_tokens_from(const Q16Act& q, int off) {
+  Q16Act r = q;
+  r.q += size_t(q.nb) * 32 * size_t(off);
+  r.corr += size_t(q.nb) * size_t(off);
+  r.step += size_t(q.nb) * size_t(off);
+  r.hi += size_t(q.nb) * 32 * size_t(off);
+  r.lo += size_t(q.nb) * 32 * size_t(off);
+  return r;
+}
+}  // namespace
+
+// One record (16 rows x one 32-block) -> the B tile (8 rows of 64 bytes: chunk c's 4 values of
+// each weight row, the rows in accumulator-lane order kLaneRow, as the record's scales) and the
+// 16 scales as floats.
+GPTOSS_AMX static void r16_b_tile(const uint8_t* rec, int8_t* bt, float* sc) {
+  const __m512i lut =
+      _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kS8)));
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  for (int c = 0; c < 8; c += 2) {  // chunks c and c + 1: 128-bit lanes [c L0, c L1, c+1 L0, c+1 L1]
+    const __m512i w = _mm512_loadu_si512(rec + 32 * c);
+    const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
+    const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+    // per weight row the 4 bytes lo(2c), lo(2c+1), hi(2c), hi(2c+1): values 4c, 4c+2, 4c+1, 4c+3
+    const __m512i ul = _mm512_unpacklo_epi16(lo, hi);  // rows 0-3 | 8-11 of each chunk
+    const __m512i uh = _mm512_unpackhi_epi16(lo, hi);  // rows 4-7 | 12-15
+    _mm512_store_si512(bt + 64 * c, _mm512_shuffle_i64x2(ul, uh, 0x44));
+    _mm512_store_si512(bt + 64 * (c + 1), _mm512_shuffle_i64x2(ul, uh, 0xEE));
+  }
+  const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
+  _mm512_store_ps(sc, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(s8), 23)));
+}
+
+// One block's float work: f[t] += float(256 * S_hi + S_lo) * (scale * step[t]) for 16 tokens.
+GPTOSS_AMX __attribute__((always_inline)) static inline void r16_amx_post(
+    const int32_t* p1, const int32_t* p2, const float* scale, const float* st, int nb, __m512* f) {
+  const __m512 s = _mm512_load_ps(scale);
+  for (int t = 0; t < 16; ++t) {
+    const __m512i S = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(p1 + 16 * t), 8),
+                                       _mm512_load_si512(p2 + 16 * t));
+    const __m512 ws = _mm512_mul_ps(s, _mm512_set1_ps(st[size_t(t) * nb]));
+    f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), ws, f[t]);
+  }
+}
+
+// Rows [r0, r1) against the first mt tokens of q, in tiles of 16 tokens; the last tile may be
+// partial: its A tiles then read up to 15 rows past mt (inside the workspace: Q16Act::bytes pads
+// it), whose results are never stored.
+GPTOSS_AMX static void r16_rows_amx(const uint8_t* packed, int nb, int r0, int r1,
+                                    const Q16Act& q, int mt, const float* bias, float* out,
+                                    int ldo) {
+  TileConfig cfg;
+  cfg.rows[0] = cfg.rows[1] = 16, cfg.colsb[0] = cfg.colsb[1] = 64;  // C: the hi and lo sums
+  cfg.rows[2] = cfg.rows[3] = 16, cfg.colsb[2] = cfg.colsb[3] = 32;  // A: 16 tokens' hi, lo
+  cfg.rows[4] = 8, cfg.colsb[4] = 64;                                // B: one decoded record
+  cfg.rows[5] = cfg.rows[6] = 16, cfg.colsb[5] = cfg.colsb[6] = 64;  // the second set
+  cfg.rows[7] = 8, cfg.colsb[7] = 64;
+  _tile_loadconfig(&cfg);
+  const bool keep = nb <= kAmxMaxNb;
+  alignas(64) int8_t bt[kAmxMaxNb * 512];
+  alignas(64) float sc[kAmxMaxNb * 16];
+  alignas(64) int32_t c1[512], c2[512];
+  const size_t xs = size_t(nb) * 32;
+  // lane -> row is its own inverse (kLaneRow), so one permute puts the lanes in row order
+  const __m512i to_rows = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int g = r0 / kR16; g * kR16 < r1; ++g) {
+    const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
+    const int rows = std::min(kR16, r1 - g * kR16);
+    const __mmask16 rmask = __mmask16((1u << rows) - 1u);
+    if (keep)
+      for (int b = 0; b < nb; ++b) r16_b_tile(pk + size_t(b) * kR16RecordBytes, bt + 512 * b, sc + 16 * b);
+    for (int t0 = 0; t0 < mt; t0 += 16) {
+      __m512 f[16];
+      for (int t = 0; t < 16; ++t) f[t] = _mm512_setzero_ps();
+      const int8_t* ah = q.hi + size_t(t0) * xs;
+      const uint8_t* al = q.lo + size_t(t0) * xs;
+      const float* st = q.step + size_t(t0) * nb;
+      // Two sets of tiles and result buffers, so the tile products of block b run while the
+      // float work of block b - 1 does (tiles 0, 1, 4 / 5, 6, 7; the A tiles 2, 3 shared).
+#define GPTOSS_AMX_ISSUE(T1, T2, TB, b_)                                                  \
+  do {                                                                                   \
+    const int bi_ = (b_);                                                                \
+    int8_t* bb_ = bt + 512 * (keep ? bi_ : (bi_ & 1));                                   \
+    if (!keep) r16_b_tile(pk + size_t(bi_) * kR16RecordBytes, bb_, sc + 16 * (bi_ & 1)); \
+    _tile_zero(T1);                                                                      \
+    _tile_zero(T2);                                                                      \
+    _tile_loadd(2, ah + 32 * size_t(bi_), xs);                                           \
+    _tile_loadd(3, al + 32 * size_t(bi_), xs);                                           \
+    _tile_loadd(TB, bb_, 64);                                                            \
+    _tile_dpbssd(T1, 2, TB);                                                             \
+    _tile_dpbusd(T2, 3, TB);                                                             \
+    _tile_stored(T1, c1 + 256 * (bi_ & 1), 64);                                          \
+    _tile_stored(T2, c2 + 256 * (bi_ & 1), 64);                                          \
+  } while (0)
+#define GPTOSS_AMX_POST(b_)                                                              \
+  r16_amx_post(c1 + 256 * ((b_) & 1), c2 + 256 * ((b_) & 1),                             \
+               sc + 16 * (keep ? (b_) : ((b_) & 1)), st + (b_), nb, f)
+      GPTOSS_AMX_ISSUE(0, 1, 4, 0);
+      for (int b = 1; b < nb; ++b) {
+        if (b & 1)
+          GPTOSS_AMX_ISSUE(5, 6, 7, b);
+        else
+          GPTOSS_AMX_ISSUE(0, 1, 4, b);
+        GPTOSS_AMX_POST(b - 1);
+      }
+      GPTOSS_AMX_POST(nb - 1);
+#undef GPTOSS_AMX_ISSUE
+#undef GPTOSS_AMX_POST
+      const __m512 bv = bias ? _mm512_maskz_loadu_ps(rmask, bias + size_t(g) * kR16) : _mm512_setzero_ps();
+      for (int t = 0; t < std::min(16, mt - t0); ++t) {
+        const __m512 v = _mm512_add_ps(_mm512_permutexvar_ps(to_rows, f[t]), bv);
+        _mm512_mask_storeu_ps(out + size_t(t0 + t) * ldo + size_t(g) * kR16, rmask, v);
+      }
+    }
+  }
+  _tile_release();
+}
+#endif
+
 void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
                         const float* bias, float* out, int ldo) {
   GPTOSS_CHECK(r0 % kR16 == 0 && r0 <= r1, "mf4w_r16_gemm_rows: rows [" << r0 << ", " << r1
                                                                         << ") do not start a group");
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
+#if defined(GPTOSS_HAVE_AMX)
+  // A tile of 16 tokens costs the AMX kernel about what 5 tokens cost the AVX2 code (measured
+  // by bench/bench_cpu_kernels.py), so a last partial tile of kAmxMinTail tokens or more takes the
+  // tiles too, and fewer take the AVX2 code; either way the same bits.
+  if (active_isa() >= Isa::Amx && q.hi != nullptr) {
+    const int rem = m % 16;
+    const int mt = rem >= kAmxMinTail ? m : m - rem;
+    if (mt > 0) r16_rows_amx(packed, nb, r0, r1, q, mt, bias, out, ldo);
+    if (mt < m)
+      r16_rows_avx2(packed, nb, r0, r1, q16_tokens_from(q, mt), m - mt, bias,
+                    out + size_t(mt) * ldo, ldo);
+    return;
+  }
+#endif
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if (active_isa() >= Isa::Avx2) {
     r16_rows_avx2(packed, nb, r0, r1, q, m, bias, out, ldo);

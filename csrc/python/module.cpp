@@ -360,7 +360,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   m.def("force_simd", [](const std::string& s) { cpu::force_isa(isa_from(s)); }, py::arg("level"),
-        "pin the CPU kernels to one SIMD level (plain, avx2, avx512bw, avx512, avx512bf16) for "
+        "pin the CPU kernels to one SIMD level (plain, avx2, avx512bw, avx512, avx512bf16, amx) for "
         "tests");
   m.def("simd_levels", [] {
     std::vector<std::string> out;
