@@ -158,11 +158,13 @@ def test_mxfp4_pack_r16_layout(R, nb):
     assert np.array_equal(got, pack_r16_numpy(blocks, scales))
 
 
-# m >= 16: whole tiles of 16 tokens take the AMX tiles at the amx level (and the rest the AVX2
-# code); nb > 96 makes the AMX kernel decode each block where it is used instead of keeping them
+# m >= 16: whole tiles of 16 tokens take the AMX tiles at the amx level, a rest of 9 or more a
+# partial tile, a smaller rest the AVX-512 code; nb > 96 makes the AMX kernel decode each block
+# where it is used instead of keeping them
 @pytest.mark.parametrize("m,R,nb", [(1, 5760, 90), (1, 2880, 90), (4, 64, 90), (7, 33, 3),
                                     (1, 1, 1), (2, 5, 5), (13, 17, 6), (9, 48, 7), (16, 48, 7),
-                                    (35, 33, 3), (22, 48, 7), (64, 256, 90), (17, 20, 100), (30, 40, 100)])
+                                    (35, 33, 3), (22, 48, 7), (25, 48, 7), (64, 256, 90), (17, 20, 100),
+                                    (30, 40, 100)])
 def test_mxfp4_r16_linear(simd, m, R, nb):
     rng = np.random.default_rng(R * nb + m + 1)
     blocks, scales = mxfp4_case(rng, R, nb)
@@ -177,7 +179,7 @@ def test_mxfp4_r16_linear(simd, m, R, nb):
 def test_mxfp4_r16_same_bits_at_every_level_and_grouping():
     rng = np.random.default_rng(11)
     blocks, scales = mxfp4_case(rng, 40, 7)
-    x = rng.standard_normal((38, 224)).astype(np.float32)
+    x = rng.standard_normal((41, 224)).astype(np.float32)
     x[2, :32] = 0.0        # an all-zero activation block
     x[3, 64:96] *= 1e4     # a block far larger than its neighbours
     x[20, 96:128] = 1e-36  # a tiny block (its step a float32 subnormal)
@@ -188,10 +190,10 @@ def test_mxfp4_r16_same_bits_at_every_level_and_grouping():
     for lv in LEVELS:
         C.force_simd(lv)
         outs[lv] = C.ops.mxfp4_r16_linear(x, P, 40)
-        # each token alone (decode) gives the bits of the 38-token call (prefill: AVX2 tiles of
-        # 4; at the amx level three AMX tiles of 16, the last one partial) and of 35 tokens (two
-        # AMX tiles and three tokens of AVX2)
-        alone = np.concatenate([C.ops.mxfp4_r16_linear(x[i:i + 1], P, 40) for i in range(38)])
+        # each token alone (decode) gives the bits of the 41-token call (prefill: SIMD tiles of
+        # 4 tokens; at the amx level three AMX tiles of 16, the last one partial) and of 35
+        # tokens (two AMX tiles and three tokens of the AVX-512 code)
+        alone = np.concatenate([C.ops.mxfp4_r16_linear(x[i:i + 1], P, 40) for i in range(41)])
         assert np.array_equal(alone, outs[lv]), lv
         assert np.array_equal(C.ops.mxfp4_r16_linear(x[:35], P, 40), outs[lv][:35]), lv
         # the first 16 rows as a matrix of their own: the same bits

@@ -78,7 +78,7 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q);
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]) for rows [r0, r1) (r0 a multiple of kR16) of
 // the packed matrix with nb blocks per row, and the m rows of q. Single-threaded. At the amx
 // level, whole tiles of 16 tokens go through the AMX int8 tiles (the same bits as every other
-// level; mxfp4_r16.cpp says why), the rest through the AVX2 code.
+// level; mxfp4_r16.cpp says why), the rest through the AVX-512 code.
 void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
                         const float* bias, float* out, int ldo);
 

@@ -286,6 +286,101 @@ GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0,
 }
 #endif
 
+// ------------------------------------------------------------------------------------ AVX-512
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Two groups at once: one 512-bit register holds chunk c of groups g and g + 1 (the AVX2 code's
+// 256 bits each), so each broadcast activation pair serves 32 rows and the decode of the codes
+// runs at twice the width. The block sums and the float steps are the AVX2 code's, lane for lane.
+#define GPTOSS_AVX512_R16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+
+template <int T>
+GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t* pk1, int nb,
+                                               const Q16Act& q, int t0, __m512* f0, __m512* f1) {
+  const __m512i lut =
+      _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512i zero = _mm512_setzero_si512();
+  const size_t xs = size_t(nb) * 32;
+  for (int t = 0; t < T; ++t) f0[t] = f1[t] = _mm512_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* rec0 = pk0 + size_t(b) * kR16RecordBytes;
+    const uint8_t* rec1 = pk1 + size_t(b) * kR16RecordBytes;
+    for (int o = 0; o < 320; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(rec0 + 4 * kR16RecordBytes + o), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(rec1 + 4 * kR16RecordBytes + o), _MM_HINT_T0);
+    }
+    // lanes [g: rows 0-3 | g: 8-11 | g+1: 0-3 | g+1: 8-11] and [rows 4-7 | 12-15 | ...]
+    __m512i aa[T], ab[T];
+    for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm512_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
+    for (int c = 0; c < 8; ++c) {
+      const __m512i w = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec0 + 32 * c))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec1 + 32 * c)), 1);
+      const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
+      const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+      const __m512i la = _mm512_unpacklo_epi8(lo, zero), lb = _mm512_unpackhi_epi8(lo, zero);
+      const __m512i ha = _mm512_unpacklo_epi8(hi, zero), hb = _mm512_unpackhi_epi8(hi, zero);
+      for (int t = 0; t < T; ++t) {
+        const int16_t* xp = q.q + size_t(t0 + t) * xs + size_t(b) * 32 + 4 * c;
+        int32_t pl, ph;
+        std::memcpy(&pl, xp, 4);
+        std::memcpy(&ph, xp + 2, 4);
+        const __m512i xl = _mm512_set1_epi32(pl), xh = _mm512_set1_epi32(ph);
+        aa[t] = _mm512_add_epi32(aa[t], _mm512_add_epi32(_mm512_madd_epi16(la, xl),
+                                                         _mm512_madd_epi16(ha, xh)));
+        ab[t] = _mm512_add_epi32(ab[t], _mm512_add_epi32(_mm512_madd_epi16(lb, xl),
+                                                         _mm512_madd_epi16(hb, xh)));
+      }
+    }
+    const __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec0 + 256))), 23));
+    const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec1 + 256))), 23));
+    for (int t = 0; t < T; ++t) {
+      const __m512 st = _mm512_set1_ps(q.step[size_t(t0 + t) * nb + b]);
+      // each group's 16 rows in accumulator-lane order (kLaneRow), as its scales
+      const __m512i S0 = _mm512_shuffle_i64x2(aa[t], ab[t], 0x44);
+      const __m512i S1 = _mm512_shuffle_i64x2(aa[t], ab[t], 0xEE);
+      f0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(s0, st), f0[t]);
+      f1[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(s1, st), f1[t]);
+    }
+  }
+}
+
+GPTOSS_AVX512_R16 static void r16_rows_avx512(const uint8_t* packed, int nb, int r0, int r1,
+                                              const Q16Act& q, int m, const float* bias,
+                                              float* out, int ldo) {
+  const __m512i to_rows = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+  const int gend = (r1 + kR16 - 1) / kR16;
+  int g = r0 / kR16;
+  for (; g + 2 <= gend; g += 2) {
+    const uint8_t* pk0 = packed + size_t(g) * nb * kR16RecordBytes;
+    const uint8_t* pk1 = pk0 + size_t(nb) * kR16RecordBytes;
+    const int rows1 = std::min(kR16, r1 - (g + 1) * kR16);
+    const __mmask16 m1 = __mmask16((1u << rows1) - 1u);
+    const __m512 b0 = bias ? _mm512_loadu_ps(bias + size_t(g) * kR16) : _mm512_setzero_ps();
+    const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + size_t(g + 1) * kR16) : _mm512_setzero_ps();
+    __m512 f0[4], f1[4];
+    for (int t = 0; t < m;) {
+      const int T = std::min(4, m - t);
+      switch (T) {
+        case 4: r16_tile2_avx512<4>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 3: r16_tile2_avx512<3>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 2: r16_tile2_avx512<2>(pk0, pk1, nb, q, t, f0, f1); break;
+        default: r16_tile2_avx512<1>(pk0, pk1, nb, q, t, f0, f1); break;
+      }
+      for (int j = 0; j < T; ++j) {
+        float* o = out + size_t(t + j) * ldo + size_t(g) * kR16;
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_permutexvar_ps(to_rows, f0[j]), b0));
+        _mm512_mask_storeu_ps(o + kR16, m1, _mm512_add_ps(_mm512_permutexvar_ps(to_rows, f1[j]), b1));
+      }
+      t += T;
+    }
+  }
+  if (g < gend) r16_rows_avx2(packed, nb, g * kR16, r1, q, m, bias, out, ldo);  // an odd last group
+}
+#endif
+
 // ------------------------------------------------------------------------------------ AMX
 #if defined(__x86_64__) && defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 11)
 #define GPTOSS_HAVE_AMX 1
@@ -302,7 +397,7 @@ struct alignas(64) TileConfig {  // the ldtilecfg memory operand (palette 1)
 // Blocks per row whose decoded B tiles are kept for all token tiles of a row group (on the
 // stack, 52 KiB); wider matrices decode each block where it is used.
 constexpr int kAmxMaxNb = 96;
-constexpr int kAmxMinTail = 6;
+constexpr int kAmxMinTail = 9;
 
 Q16Act q16_tokens_from(const Q16Act& q, int off) {
   Q16Act r = q;
@@ -429,20 +524,24 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
 #if defined(GPTOSS_HAVE_AMX)
-  // A tile of 16 tokens costs the AMX kernel about what 5 tokens cost the AVX2 code (measured
+  // A tile of 16 tokens costs the AMX kernel about what 8 tokens cost the AVX-512 code (measured
   // by bench/bench_cpu_kernels.py), so a last partial tile of kAmxMinTail tokens or more takes the
-  // tiles too, and fewer take the AVX2 code; either way the same bits.
+  // tiles too, and fewer take the AVX-512 code; either way the same bits.
   if (active_isa() >= Isa::Amx && q.hi != nullptr) {
     const int rem = m % 16;
     const int mt = rem >= kAmxMinTail ? m : m - rem;
     if (mt > 0) r16_rows_amx(packed, nb, r0, r1, q, mt, bias, out, ldo);
     if (mt < m)
-      r16_rows_avx2(packed, nb, r0, r1, q16_tokens_from(q, mt), m - mt, bias,
-                    out + size_t(mt) * ldo, ldo);
+      r16_rows_avx512(packed, nb, r0, r1, q16_tokens_from(q, mt), m - mt, bias,
+                      out + size_t(mt) * ldo, ldo);
     return;
   }
 #endif
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (active_isa() >= Isa::Avx512Bw) {
+    r16_rows_avx512(packed, nb, r0, r1, q, m, bias, out, ldo);
+    return;
+  }
   if (active_isa() >= Isa::Avx2) {
     r16_rows_avx2(packed, nb, r0, r1, q, m, bias, out, ldo);
     return;
