@@ -256,7 +256,7 @@ class CpuBackend final : public Backend {
     const int bands = (R + kBand - 1) / kBand;
     const float* xp = nullptr;
     if (cpu::bf16_wants_pair_order()) {
-      grow(xpair_, size_t(n) * K);
+      grow(xpair_, cpu::bf16_pair_order_floats(n, K));
       cpu::bf16_pair_order(x, n, K, xpair_.data());
       xp = xpair_.data();
     }

@@ -21,14 +21,14 @@ namespace gptoss {
 namespace cpu {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// AMX needs three things: the CPU's AMX-TILE and AMX-INT8 (cpuid leaf 7: edx bits 24 and 25), the
-// OS saving the tile state (XCR0 bits 17 and 18), and, on Linux, this process's permission to use
-// the tile data (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); asked once, for the whole
+// AMX needs three things: the CPU's AMX-TILE, AMX-INT8 and AMX-BF16 (cpuid leaf 7: edx bits 24,
+// 25 and 22), the OS saving the tile state (XCR0 bits 17 and 18), and, on Linux, this process's
+// permission to use the tile data (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); asked once, for the whole
 // process). Any of them missing: no AMX, and the kernels below it run.
 static bool amx_usable() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  if (!((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+  if (!((d >> 22) & 1) || !((d >> 24) & 1) || !((d >> 25) & 1)) return false;  // BF16, TILE, INT8
   if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return false;  // OSXSAVE
   unsigned lo = 0, hi = 0;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));

@@ -7,7 +7,8 @@ namespace cpu {
 
 // Each level includes the ones before it. avx512bw: AVX-512 F/BW/DQ/VL (e.g. Skylake-SP);
 // avx512: those plus VNNI (vpdpbusd); avx512bf16: plus BF16; amx: plus the AMX tiles with int8
-// dot products (AMX-TILE, AMX-INT8), enabled by the OS and granted to this process.
+// and bf16 dot products (AMX-TILE, AMX-INT8, AMX-BF16), enabled by the OS and granted to this
+// process.
 enum class Isa { Plain = 0, Avx2 = 1, Avx512Bw = 2, Avx512 = 3, Avx512Bf16 = 4, Amx = 5 };
 constexpr Isa kIsas[] = {Isa::Plain,  Isa::Avx2,       Isa::Avx512Bw,
                          Isa::Avx512, Isa::Avx512Bf16, Isa::Amx};

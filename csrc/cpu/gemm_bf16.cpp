@@ -241,15 +241,132 @@ GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int 
 }
 #endif
 
-bool bf16_wants_pair_order() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  return active_isa() >= Isa::Avx2 && active_isa() < Isa::Avx512Bw;
+// ------------------------------------------------------------------------------------ AMX
+// At the amx level the bf16 products run on the AMX-BF16 tiles, for decode and prefill alike, so
+// a row's result stays the same bits whatever the batch. The weights are the A tiles, straight
+// from the mapped rows (16 rows x 32 values per tile); the activations are the B tiles, each
+// value split into two bf16 terms, hi = bf16(x) and lo = bf16(x - hi) (together 16 significant
+// bits: an error below 2^-17 of |x|, float32-class for these products), prepared once per
+// product by bf16_pair_order. tdpbf16ps accumulates both terms' products in float32 in the C
+// tile across all of K, chunk by chunk in the same order for every row and any number of tokens.
+// Prepared layout, per tile of N <= 16 tokens (t0 = 16 j, the tiles before it full): for each
+// 32-chunk kc and term h, 16 rows of N pairs: [i][t][e] = term_h(x[t0 + t, 32 kc + 2 i + e])
+// (zero past K); chunk kc's terms start at uint16 offset t0 * KC * 64 + (2 kc + h) * 32 N.
+#if defined(__x86_64__) && defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 11)
+#define GPTOSS_HAVE_AMX_BF16 1
+#define GPTOSS_AMX_BF16 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")))
+
+namespace {
+struct alignas(64) BfTileConfig {  // the ldtilecfg memory operand (palette 1)
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+}  // namespace
+
+static void bf16_amx_prepare(const float* x, int m, int K, uint16_t* out) {
+  const int KC = (K + 31) / 32;
+  for (int t0 = 0; t0 < m; t0 += 16) {
+    const int N = std::min(16, m - t0);
+    uint16_t* base = out + size_t(t0) * KC * 64;
+    for (int kc = 0; kc < KC; ++kc) {
+      uint16_t* bh = base + size_t(2 * kc) * 32 * N;
+      uint16_t* bl = bh + 32 * N;
+      for (int i = 0; i < 16; ++i)
+        for (int t = 0; t < N; ++t)
+          for (int e = 0; e < 2; ++e) {
+            const int k = 32 * kc + 2 * i + e;
+            const float v = k < K ? x[size_t(t0 + t) * K + k] : 0.f;
+            const uint16_t h = f32_to_bf16(v);
+            bh[(i * N + t) * 2 + e] = h;
+            bl[(i * N + t) * 2 + e] = f32_to_bf16(v - bf16_to_f32(h));
+          }
+    }
+  }
+}
+
+GPTOSS_AMX_BF16 static void bf16w_gemm_rows_amx(const uint16_t* W, size_t ldw, int r0, int r1,
+                                                const uint16_t* xb, int m, int K,
+                                                const float* bias, float* out, int ldo) {
+  const int KC = (K + 31) / 32, kfull = K / 32;
+  alignas(64) float cbuf[16 * 16];
+  alignas(64) uint16_t apad[16 * 32];  // a chunk of rows past r1 or past K, zero-filled
+  BfTileConfig cfg;
+  int cfg_n = -1;
+  for (int t0 = 0; t0 < m; t0 += 16) {
+    const int N = std::min(16, m - t0);
+    if (N != cfg_n) {  // C: 16 rows x N tokens; A: 16 rows x 32 bf16; B (hi, lo): 16 x N pairs
+      cfg.rows[0] = 16, cfg.colsb[0] = uint16_t(4 * N);
+      cfg.rows[1] = 16, cfg.colsb[1] = 64;
+      cfg.rows[2] = cfg.rows[3] = 16, cfg.colsb[2] = cfg.colsb[3] = uint16_t(4 * N);
+      _tile_loadconfig(&cfg);
+      cfg_n = N;
+    }
+    const uint16_t* xt = xb + size_t(t0) * KC * 64;
+    for (int r = r0; r < r1; r += 16) {
+      const int rows = std::min(16, r1 - r);
+      const uint16_t* wr = W + size_t(r) * ldw;
+      _tile_zero(0);
+      for (int kc = 0; kc < KC; ++kc) {
+        const uint16_t* bh = xt + size_t(2 * kc) * 32 * N;
+        if (rows == 16 && kc < kfull) {
+          if (kc + 8 < kfull)
+            for (int i = 0; i < 16; ++i)
+              _mm_prefetch(reinterpret_cast<const char*>(wr + size_t(i) * ldw + 32 * (kc + 8)),
+                           _MM_HINT_T0);
+          _tile_loadd(1, wr + 32 * size_t(kc), ldw * 2);
+        } else {
+          for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < 32; ++j) {
+              const int k = 32 * kc + j;
+              apad[i * 32 + j] = i < rows && k < K ? wr[size_t(i) * ldw + k] : uint16_t(0);
+            }
+          _tile_loadd(1, apad, 64);
+        }
+        _tile_loadd(2, bh, 4 * N);
+        _tile_loadd(3, bh + 32 * N, 4 * N);
+        _tile_dpbf16ps(0, 1, 2);
+        _tile_dpbf16ps(0, 1, 3);
+      }
+      _tile_stored(0, cbuf, 64);
+      for (int i = 0; i < rows; ++i) {
+        const float b = bias ? bias[r + i] : 0.f;
+        for (int t = 0; t < N; ++t) out[size_t(t0 + t) * ldo + r + i] = cbuf[i * 16 + t] + b;
+      }
+    }
+  }
+  _tile_release();
+}
+#endif
+
+static bool bf16_amx_active() {
+#if defined(GPTOSS_HAVE_AMX_BF16)
+  return active_isa() >= Isa::Amx;
 #else
   return false;
 #endif
 }
 
+bool bf16_wants_pair_order() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return (active_isa() >= Isa::Avx2 && active_isa() < Isa::Avx512Bw) || bf16_amx_active();
+#else
+  return false;
+#endif
+}
+
+size_t bf16_pair_order_floats(int m, int K) {
+  return bf16_amx_active() ? size_t(m) * size_t((K + 31) / 32) * 32 : size_t(m) * size_t(K);
+}
+
 void bf16_pair_order(const float* x, int m, int K, float* out) {
+#if defined(GPTOSS_HAVE_AMX_BF16)
+  if (bf16_amx_active()) {
+    bf16_amx_prepare(x, m, K, reinterpret_cast<uint16_t*>(out));
+    return;
+  }
+#endif
   for (int t = 0; t < m; ++t) {
     const float* xr = x + size_t(t) * K;
     float* o = out + size_t(t) * K;
@@ -264,6 +381,13 @@ void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float*
                      const float* xpair, int m, int K, const float* bias, float* out, int ldo) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const Isa isa = active_isa();
+#if defined(GPTOSS_HAVE_AMX_BF16)
+  if (isa >= Isa::Amx) {
+    GPTOSS_CHECK(xpair != nullptr, "bf16w_gemm_rows: the AMX kernel needs x prepared (bf16_pair_order)");
+    return bf16w_gemm_rows_amx(W, ldw, r0, r1, reinterpret_cast<const uint16_t*>(xpair), m, K,
+                               bias, out, ldo);
+  }
+#endif
   if (isa >= Isa::Avx512Bw) return bf16w_gemm_rows_avx512(W, ldw, r0, r1, x, m, K, bias, out, ldo);
   if (isa >= Isa::Avx2) {
     GPTOSS_CHECK(xpair != nullptr, "bf16w_gemm_rows: the AVX2 kernel needs x in pair order");

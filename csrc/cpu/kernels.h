@@ -90,7 +90,10 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
 // reads xpair (callers arrange x once per product, not per band of rows).
 void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x,
                      const float* xpair, int m, int K, const float* bias, float* out, int ldo);
+// At the amx level the prepared x is the AMX kernel's (gemm_bf16.cpp): two bf16 terms per value
+// in tile order, bf16_pair_order_floats(m, K) floats of it.
 bool bf16_wants_pair_order();
+size_t bf16_pair_order_floats(int m, int K);
 void bf16_pair_order(const float* x, int m, int K, float* out);
 
 // ------------------------------------------------------------------------------------ small ops
