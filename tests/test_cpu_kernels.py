@@ -49,8 +49,11 @@ def test_levels_include_plain_and_the_best():
 
 
 # --------------------------------------------------------------------------------- bf16 linear
+# at the amx level: tiles of 16 tokens (17: a second tile of one), 16 rows and 32 values of K, so
+# R and K not multiples of those take the zero-padded edge tiles
 @pytest.mark.parametrize("m,R,K", [(1, 4096, 2880), (4, 512, 2880), (5, 33, 2880), (1, 1, 32),
-                                   (3, 7, 40), (2, 201, 4096), (9, 19, 24)])
+                                   (3, 7, 40), (2, 201, 4096), (9, 19, 24), (17, 35, 100),
+                                   (40, 64, 2880)])
 def test_bf16_linear(simd, m, R, K):
     rng = np.random.default_rng(m * R + K)
     w = f32_to_bf16(rng.standard_normal((R, K)).astype(np.float32) / math.sqrt(K))
@@ -66,9 +69,9 @@ def test_bf16_linear_rows_do_not_depend_on_the_batch(simd):
     # decode (one row) and prefill tiles (any number of rows, K blocked) give the same bits
     rng = np.random.default_rng(4)
     w = f32_to_bf16(rng.standard_normal((70, 1100)).astype(np.float32))
-    x = rng.standard_normal((13, 1100)).astype(np.float32)
+    x = rng.standard_normal((37, 1100)).astype(np.float32)
     full = C.ops.bf16_linear(x, w)
-    for lo, hi in ((0, 1), (3, 5), (5, 13), (0, 7)):
+    for lo, hi in ((0, 1), (3, 5), (5, 13), (0, 7), (16, 37), (4, 36), (36, 37)):
         assert np.array_equal(C.ops.bf16_linear(x[lo:hi], w), full[lo:hi]), (simd, lo, hi)
 
 
