@@ -414,6 +414,10 @@ class GptossIngress:
         stats = await asyncio.gather(*(self._stats(i) for i in range(self.router.n)))
         reps = []
         for i, st in enumerate(stats):
+            # an answer is a successful probe: a replica reported up here is routed to from now
+            # on, not only after the next round of the prober
+            if st is not None and self.router.down_until[i] > time.monotonic():
+                self.router.mark_up(i)
             reps.append({"name": self.names[i], "up": st is not None,
                          "ingress_in_flight": self.router.in_flight[i],
                          "ingress_served": self.router.served[i],
