@@ -91,6 +91,9 @@ def main():
                         "the weight cache and mapped; memory; off: the checkpoint's layout)")
     p.add_argument("--batch-invariant", action="store_const", const=True, default=None,
                    help="CUDA backend: the per-row (batch-invariant) kernels for any batch")
+    p.add_argument("--kv-dtype", default=None, choices=("auto", "float32", "bf16"),
+                   help="how the KV cache holds keys and values (auto: float32 on the CPU, bf16 "
+                        "on CUDA)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -104,7 +107,8 @@ def main():
     model = Model.from_pretrained(a.model, backend=a.backend, progress=True, threads=a.threads,
                                   activation_levels=a.activation_levels,
                                   prefix_cache_gb=None if a.backend == "numpy" else 0,
-                                  repack=a.repack, batch_invariant=a.batch_invariant)
+                                  repack=a.repack, batch_invariant=a.batch_invariant,
+                                  kv_dtype=a.kv_dtype)
     model_load_s = time.perf_counter() - t0
     # the first pass over a freshly written checkpoint may come from disk: touch every page once
     # so the timings measure the engine, not the disk (a hollow checkpoint's matrices are made in
@@ -171,16 +175,30 @@ def main():
         "machine_read_gb_s": bw,
         "simd": (a.simd or gptoss._C.build_info()["simd_best"]) if model.backend == "cpu" else None,
     }
+    # the KV bytes a decode step reads at the decode steps' middle position: every visible
+    # position's keys and values in every layer (full layers: all, window layers: the window)
+    cfg = model.config
+    kv_bf16 = a.kv_dtype == "bf16" or (model.backend == "cuda" and a.kv_dtype != "float32")
+    per_pos = 2 * cfg.num_kv_heads * cfg.head_dim * (2 if kv_bf16 else 4)
+    mid = a.prompt + a.decode // 2
+    kv_bytes = sum(per_pos * (min(mid, cfg.window_of(l)) if cfg.window_of(l) else mid)
+                   for l in range(cfg.num_layers))
+    res.update({"kv_dtype": "bf16" if kv_bf16 else "float32", "kv_bytes_per_position_layer": per_pos,
+                "kv_bytes_per_decode_step": kv_bytes})
     if preset in FLOOR_BYTES_PER_TOKEN:
         floor = FLOOR_BYTES_PER_TOKEN[preset]
         res["floor_bytes_per_token"] = floor
         res["floor_tok_s_this_machine"] = bw * 1e9 / floor
         res["fraction_of_floor"] = (1.0 / dec) / res["floor_tok_s_this_machine"]
+        # the same with the KV cache's bytes added (what a long context's steps must also read)
+        res["floor_with_kv_tok_s_this_machine"] = bw * 1e9 / (floor + kv_bytes)
+        res["fraction_of_floor_with_kv"] = (1.0 / dec) / res["floor_with_kv_tok_s_this_machine"]
     out = a.out or os.path.join(os.path.dirname(__file__), "results",
                                 f"engine_{model.backend}_{(preset or 'ckpt')}"
                                 f"{'_lv%d' % a.activation_levels if a.activation_levels else ''}"
                                 f"{'_' + a.simd if a.simd else ''}"
-                                f"{'_repack-' + a.repack if a.repack else ''}.json")
+                                f"{'_repack-' + a.repack if a.repack else ''}"
+                                f"{'_kv-' + a.kv_dtype if a.kv_dtype else ''}.json")
     write_json(out, res)
     if res["simd"]:
         print(f"SIMD level: {res['simd']}")
@@ -197,6 +215,9 @@ def main():
         print(f"floor on this machine ({bw:.1f} GB/s read): "
               f"{res['floor_tok_s_this_machine']:.2f} tok/s; achieved "
               f"{100 * res['fraction_of_floor']:.1f}% of it")
+        print(f"KV cache ({res['kv_dtype']}): {kv_bytes / 1e9:.3f} GB read a decode step at "
+              f"position {mid}; floor with it {res['floor_with_kv_tok_s_this_machine']:.2f} tok/s, "
+              f"achieved {100 * res['fraction_of_floor_with_kv']:.1f}%")
     print(f"wrote {out}")
 
 

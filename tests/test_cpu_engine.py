@@ -177,3 +177,51 @@ def test_batched_decode_equals_one_sequence_at_a_time(tiny_hf):
         e.decode_batch([0, 99], [1, 2])
     with pytest.raises(ValueError, match="sequence 0"):
         e.remove_sequence(0)
+
+
+@pytest.mark.parametrize("ck", ["tiny_hf", "tiny_original"])
+def test_bf16_kv_cache_matches_numpy_bf16(ck, request):
+    """kv_dtype="bf16": K and V (after RoPE) rounded to bf16 in the cache, attention in float32,
+    against NumpyEngine(kv_dtype="bf16"), which rounds the same way before any query reads them.
+
+    Bound (derived): the two engines' K and V before rounding differ by at most the float32-cache
+    bound d = bound(cfg); rounding to nearest turns a difference d into one bf16 ulp (2^-8
+    relative) on at most a fraction d / 2^-8 of the values, an rms of sqrt(d * 2^-8) per value;
+    K and V in each of L layers add up linearly: 2 L sqrt(d 2^-8). And the rounding must be the
+    spec's: the C++ bf16 engine is far closer to NumPy's bf16 engine than to its float32 one."""
+    path = request.getfixturevalue(ck)
+    w = Weights(path)
+    cfg = w.config
+    tokens = np.random.default_rng(7).integers(0, 199998, 200).tolist()
+    nb, nf = NumpyEngine(w, kv_dtype="bf16"), NumpyEngine(w)
+    cb = NativeEngine(w, kv_dtype="bf16")
+    b = 2 * cfg.num_layers * math.sqrt(bound(cfg) * 2.0 ** -8)
+    got, want, want32 = cb.prefill(tokens[:180]), nb.prefill(tokens[:180]), nf.prefill(tokens[:180])
+    assert rel_err(got, want) < b, rel_err(got, want)
+    assert rel_err(got, want) < rel_err(got, want32) / 4, (rel_err(got, want), rel_err(got, want32))
+    steps = [(cb.decode(t), nb.decode(t), nf.decode(t)) for t in tokens[180:]]
+    got, want, want32 = (np.stack(x) for x in zip(*steps))
+    assert rel_err(got, want) < b
+    assert rel_err(got, want) < rel_err(got, want32) / 3, (rel_err(got, want), rel_err(got, want32))
+    # the float32 and bf16 NumPy engines differ by the rounding alone: K and V each relative
+    # u = 2^-9 per layer, through L layers
+    assert 0 < rel_err(want, want32) < 2 * cfg.num_layers * 2.0 ** -9 * 4
+    # the cache holds half the bytes: the prefix cache's page size says so
+    assert cb._e.prefix_cache_stats()["page_bytes"] * 2 == \
+        NativeEngine(w)._e.prefix_cache_stats()["page_bytes"]
+
+
+def test_kv_dtype_is_checked(tiny_hf):
+    w = Weights(tiny_hf)
+    with pytest.raises(ValueError, match="kv_dtype"):
+        NativeEngine(w, kv_dtype="fp8")
+    with pytest.raises(ValueError, match="kv_dtype"):
+        NumpyEngine(w, kv_dtype="float16")
+    with pytest.raises(ValueError, match="kv_dtype"):
+        Model.from_pretrained(tiny_hf, backend="cpu", kv_dtype="int8")
+    # "auto" is float32 on the CPU: bit-identical to asking for it
+    toks = list(range(100, 140))
+    assert np.array_equal(NativeEngine(w, kv_dtype="auto").prefill(toks),
+                          NativeEngine(w, kv_dtype="float32").prefill(toks))
+    m = Model.from_pretrained(tiny_hf, backend="numpy", kv_dtype="bf16")
+    assert m.engine.kv_bf16

@@ -275,6 +275,36 @@ def test_attention(simd, S, window):
     assert rel_err(got1, want[-1:]) < f32_bound(d * S)
 
 
+@pytest.mark.parametrize("S,window", [(200, 128), (200, 0), (1, 0), (37, 8)])
+def test_attention_bf16_cache(simd, S, window):
+    """The bf16 cache's kernels (Options::kv_dtype "bf16") widen each key and value exactly and
+    then do the float32 kernels' arithmetic: bit-identical to them on the widened values, and so
+    within the same bound of the NumPy attention over the rounded K and V."""
+    rng = np.random.default_rng(S * 3 + window)
+    Hq, Hkv, d = 64, 8, 64
+    q = rng.standard_normal((S, Hq, d)).astype(np.float32)
+    kb = f32_to_bf16(rng.standard_normal((S, Hkv, d)).astype(np.float32))
+    vb = f32_to_bf16(rng.standard_normal((S, Hkv, d)).astype(np.float32))
+    sinks = rng.standard_normal(Hq).astype(np.float32)
+    qpos = np.arange(S)
+    k, v = bf16_to_f32(kb), bf16_to_f32(vb)
+    got = C.ops.attention(q, kb, vb, qpos, sinks, window)
+    assert np.array_equal(got, C.ops.attention(q, k, v, qpos, sinks, window))
+    want = ref.attention(q, k, v, qpos, qpos, sinks, window if window > 0 else None)
+    assert rel_err(got, want) < f32_bound(d * S)
+    got1 = C.ops.attention(q[-1:], kb, vb, qpos[-1:], sinks, window)
+    assert np.array_equal(got1, got[-1:])
+    # a general head geometry (the plain kernel at every level)
+    q3 = q[:, :12, :48].copy()
+    k3, v3 = kb[:, :3, :48].copy(), vb[:, :3, :48].copy()
+    got3 = C.ops.attention(q3, k3, v3, qpos, sinks[:12], window)
+    want3 = ref.attention(q3, bf16_to_f32(k3), bf16_to_f32(v3), qpos, qpos, sinks[:12],
+                          window if window > 0 else None)
+    assert rel_err(got3, want3) < f32_bound(48 * S)
+    with pytest.raises(ValueError, match="both be bf16"):
+        C.ops.attention(q, kb, v, qpos, sinks, window)
+
+
 def test_attention_rejects_bad_positions():
     z = np.zeros((2, 8, 64), np.float32)
     with pytest.raises(ValueError, match="qpos"):

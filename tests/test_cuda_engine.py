@@ -152,3 +152,15 @@ def test_greedy_generation_agrees_over_64_tokens(small, layout):
     # and the logits of the whole teacher-forced sequence (one 69-row prefill) within the bound
     w = Weights(small[layout])
     assert rel_err(cu.forward(prompt + a), ref.forward(prompt + a)) < bound(w.config)
+
+
+def test_kv_dtype_on_cuda(small):
+    """The CUDA backend keeps K and V in bf16: kv_dtype 'bf16' is its default ('auto'), and
+    'float32' is refused by name rather than silently run in bf16."""
+    w = Weights(small[0])
+    toks = np.random.default_rng(21).integers(0, 4096, 12).tolist()
+    a = NativeEngine(w, device="cuda").prefill(toks, all_logits=False)
+    b = NativeEngine(w, device="cuda", kv_dtype="bf16").prefill(toks, all_logits=False)
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="kv_dtype = 'float32'.*bf16"):
+        NativeEngine(w, device="cuda", kv_dtype="float32")

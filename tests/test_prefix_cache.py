@@ -42,12 +42,13 @@ def engine(path, **kw):
     return C.Engine(path, device="cpu", **kw)
 
 
+@pytest.mark.parametrize("kv", ["float32", "bf16"])
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_chunked_and_decoded_prompts_are_bit_identical(ckpts, layout):
+def test_chunked_and_decoded_prompts_are_bit_identical(ckpts, layout, kv):
     t = toks(1, 300)
-    ref = engine(ckpts[layout], prefix_cache_gb=0).prefill(t, True)
+    ref = engine(ckpts[layout], prefix_cache_gb=0, kv_dtype=kv).prefill(t, True)
     for chunks in ([150, 150], [7, 293], [256, 44], [299, 1], [290] + [1] * 10):
-        e = engine(ckpts[layout], prefix_cache_gb=0)
+        e = engine(ckpts[layout], prefix_cache_gb=0, kv_dtype=kv)
         out, i = [], 0
         for c in chunks:
             out.append(e.decode(int(t[i]))[None] if c == 1 else e.prefill(t[i:i + c], True))
@@ -55,11 +56,12 @@ def test_chunked_and_decoded_prompts_are_bit_identical(ckpts, layout):
         assert np.array_equal(np.concatenate(out), ref), chunks
 
 
+@pytest.mark.parametrize("kv", ["float32", "bf16"])
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_cached_prefix_is_bit_identical(ckpts, layout):
+def test_cached_prefix_is_bit_identical(ckpts, layout, kv):
     system = toks(2, 2 * PAGE + 40)
-    e = engine(ckpts[layout])
-    ref = engine(ckpts[layout], prefix_cache_gb=0)
+    e = engine(ckpts[layout], kv_dtype=kv)
+    ref = engine(ckpts[layout], prefix_cache_gb=0, kv_dtype=kv)
     e.prefill(system, False)
     assert e.cached_tokens() == 0
     st = e.prefix_cache_stats()
@@ -92,9 +94,10 @@ def test_cached_prefix_is_bit_identical(ckpts, layout):
     assert np.array_equal(got, ref.prefill(q, False))
 
 
-def test_sharing_between_running_sequences_and_batched_decode(ckpts):
+@pytest.mark.parametrize("kv", ["float32", "bf16"])
+def test_sharing_between_running_sequences_and_batched_decode(ckpts, kv):
     path = ckpts["hf"]
-    e, ref = engine(path), engine(path, prefix_cache_gb=0)
+    e, ref = engine(path, kv_dtype=kv), engine(path, prefix_cache_gb=0, kv_dtype=kv)
     common = toks(5, PAGE + 10)
     a = e.add_sequence()
     b = e.add_sequence()
@@ -108,7 +111,7 @@ def test_sharing_between_running_sequences_and_batched_decode(ckpts):
     assert np.array_equal(la, ref.prefill_sequence(ra, ta, False))
     assert np.array_equal(lb, ref.prefill_sequence(rb, tb, False))
     # batched decode equals one sequence at a time (and the engine without the cache)
-    single = engine(path, prefix_cache_gb=0)
+    single = engine(path, prefix_cache_gb=0, kv_dtype=kv)
     want_a = [single.prefill(ta, False)]
     for step in range(PAGE):  # a crosses its second page boundary while decoding
         tok_a, tok_b = int(step * 7 % V), int(step * 11 % V)

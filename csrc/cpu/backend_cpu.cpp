@@ -68,10 +68,13 @@ constexpr const char* kR16Format = "mxfp4-r16-v1";
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int levels, std::string repack, std::string cache_dir)
+  CpuBackend(int levels, std::string repack, std::string cache_dir, const std::string& kv_dtype)
       : levels_(levels), repack_(std::move(repack)), cache_dir_(std::move(cache_dir)) {
     GPTOSS_CHECK(levels == 1 || levels == 2,
                  "activation_levels = " << levels << ": must be 1 or 2");
+    GPTOSS_CHECK(kv_dtype == "auto" || kv_dtype == "float32" || kv_dtype == "bf16",
+                 "kv_dtype = '" << kv_dtype << "': must be 'auto', 'float32' or 'bf16'");
+    eb_ = kv_dtype == "bf16" ? 2 : 4;
     GPTOSS_CHECK(repack_ == "auto" || repack_ == "off" || repack_ == "memory",
                  "repack = '" << repack_ << "': must be 'auto', 'off' or 'memory'");
   }
@@ -169,17 +172,18 @@ class CpuBackend final : public Backend {
             " kernels (" + kR16Format + "): " + how;
   }
 
-  // KV cache: one float32 pool per layer (rows of kv_width), grown by copying.
+  // KV cache: one pool per layer (rows of kv_width elements: float32, or bf16 with kv_dtype
+  // "bf16"), grown by copying.
   void kv_init(const KVGeometry& g) override {
     geo_ = g;
     kv_.assign(size_t(g.layers), Pool{});
   }
   void kv_reserve(int pages, int slots) override {
-    const size_t width = size_t(geo_.kv_width) * sizeof(float);
-    auto grow = [&](float** k, float** v, size_t& have, size_t rows) {
+    const size_t width = size_t(geo_.kv_width) * eb_;
+    auto grow = [&](char** k, char** v, size_t& have, size_t rows) {
       if (rows <= have) return;
-      for (float** q : {k, v}) {
-        float* n = static_cast<float*>(alloc(rows * width));
+      for (char** q : {k, v}) {
+        char* n = static_cast<char*>(alloc(rows * width));
         if (*q) std::memcpy(n, *q, have * width);
         std::free(*q);
         *q = n;
@@ -202,19 +206,19 @@ class CpuBackend final : public Backend {
       const int d = geo_.kv_width / geo_.kv_heads;
       for (int i = 0; i < geo_.snap; ++i)
         for (int h = 0; h < geo_.kv_heads; ++h) {
-          const size_t ring = kv_off(l, slot, first + i, h);
-          const size_t snap = (size_t(page) * geo_.snap + size_t(i)) * width + size_t(h) * d;
+          const size_t ring = kv_off(l, slot, first + i, h) * eb_;
+          const size_t snap = ((size_t(page) * geo_.snap + size_t(i)) * width + size_t(h) * d) * eb_;
           if (save) {
-            std::memcpy(p.sk + snap, p.k + ring, d * sizeof(float));
-            std::memcpy(p.sv + snap, p.v + ring, d * sizeof(float));
+            std::memcpy(p.sk + snap, p.k + ring, d * eb_);
+            std::memcpy(p.sv + snap, p.v + ring, d * eb_);
           } else {
-            std::memcpy(p.k + ring, p.sk + snap, d * sizeof(float));
-            std::memcpy(p.v + ring, p.sv + snap, d * sizeof(float));
+            std::memcpy(p.k + ring, p.sk + snap, d * eb_);
+            std::memcpy(p.v + ring, p.sv + snap, d * eb_);
           }
         }
     }
   }
-  int kv_elem_bytes() const override { return int(sizeof(float)); }
+  int kv_elem_bytes() const override { return int(eb_); }
   void rope_table(const float* cos, const float* sin, int max_pos, int half) override {
     cos_.assign(cos, cos + size_t(max_pos) * half);
     sin_.assign(sin, sin + size_t(max_pos) * half);
@@ -282,44 +286,67 @@ class CpuBackend final : public Backend {
     for (int i = 0; i < n; ++i)
       for (int h = 0; h < Hkv; ++h) {
         const size_t off = kv_off(layer, slot_[size_t(i)], pos_[size_t(i)], h);
-        std::memcpy(p.k + off, qkv + size_t(i) * ld + (Hq + h) * d, sizeof(float) * d);
-        std::memcpy(p.v + off, qkv + size_t(i) * ld + (Hq + Hkv + h) * d, sizeof(float) * d);
+        const float* k = qkv + size_t(i) * ld + (Hq + h) * d;
+        const float* v = qkv + size_t(i) * ld + (Hq + Hkv + h) * d;
+        if (eb_ == 4) {
+          std::memcpy(reinterpret_cast<float*>(p.k) + off, k, sizeof(float) * d);
+          std::memcpy(reinterpret_cast<float*>(p.v) + off, v, sizeof(float) * d);
+        } else {  // round to nearest even, as backends/numpy.py's f32_to_bf16
+          uint16_t* kb = reinterpret_cast<uint16_t*>(p.k) + off;
+          uint16_t* vb = reinterpret_cast<uint16_t*>(p.v) + off;
+          for (int j = 0; j < d; ++j) {
+            kb[j] = f32_to_bf16(k[j]);
+            vb[j] = f32_to_bf16(v[j]);
+          }
+        }
       }
   }
 
   void attention(const float* qkv, int n, int layer, int Hq, int Hkv, int d, int window,
                  const float* sinks, float* out) override {
+    if (eb_ == 4)
+      attend<float>(qkv, n, layer, Hq, Hkv, d, window, sinks, out, kptr_, vptr_, views_);
+    else
+      attend<uint16_t>(qkv, n, layer, Hq, Hkv, d, window, sinks, out, kptr16_, vptr16_, views16_);
+  }
+
+  template <class T>
+  void attend(const float* qkv, int n, int layer, int Hq, int Hkv, int d, int window,
+              const float* sinks, float* out, std::vector<T*>& kptr, std::vector<T*>& vptr,
+              std::vector<cpu::KVViewT<T>>& views) {
     const int ld = (Hq + 2 * Hkv) * d, kvw = Hkv * d;
-    const Pool& p = kv_[size_t(layer)];
+    const Pool& pl = kv_[size_t(layer)];
+    T* const pk = reinterpret_cast<T*>(pl.k);
+    T* const pv = reinterpret_cast<T*>(pl.v);
     const bool ring = geo_.ring_layer[size_t(layer)];
     // page pointers of every sequence slot the step touches
-    grow(kptr_, page_table_.size());
-    grow(vptr_, page_table_.size());
-    views_.resize(size_t(n));
+    grow(kptr, page_table_.size());
+    grow(vptr, page_table_.size());
+    views.resize(size_t(n));
     for (int i = 0; i < n; ++i) {
       const int s = slot_[size_t(i)];
-      cpu::KVView& v = views_[size_t(i)];
+      cpu::KVViewT<T>& v = views[size_t(i)];
       v.pos_stride = d;  // head-major pages and rings (kv_off)
       v.head_stride = (ring ? geo_.ring : geo_.page) * d;
       v.page = geo_.page;
       const size_t base = size_t(s) * max_pages_;
       if (ring) {
-        kptr_[base] = p.k + size_t(s) * geo_.ring * kvw;
-        vptr_[base] = p.v + size_t(s) * geo_.ring * kvw;
+        kptr[base] = pk + size_t(s) * geo_.ring * kvw;
+        vptr[base] = pv + size_t(s) * geo_.ring * kvw;
         v.ring = geo_.ring;
       } else {
         const int np = pos_[size_t(i)] / geo_.page + 1;
         for (int j = 0; j < np; ++j) {
           const size_t r = size_t(page_table_[base + j]) * geo_.page * kvw;
-          kptr_[base + j] = p.k + r;
-          vptr_[base + j] = p.v + r;
+          kptr[base + j] = pk + r;
+          vptr[base + j] = pv + r;
         }
         v.ring = 0;
       }
-      v.k_pages = &kptr_[base];
-      v.v_pages = &vptr_[base];
+      v.k_pages = &kptr[base];
+      v.v_pages = &vptr[base];
     }
-    cpu::attention(qkv, n, ld, pos_.data(), views_.data(), Hq, Hkv, d, window, sinks, out);
+    cpu::attention(qkv, n, ld, pos_.data(), views.data(), Hq, Hkv, d, window, sinks, out);
   }
 
   void route(const float* logits, int n, int E, int k, int32_t* experts, float* weights) override {
@@ -454,7 +481,7 @@ class CpuBackend final : public Backend {
     });
   }
 
-  // Float offset of (position, kv head) in a layer's pool: each page (paged layers) or each
+  // Element offset of (position, kv head) in a layer's pool: each page (paged layers) or each
   // slot's ring (window layers) holds its positions head-major, [Hkv][positions][d], so the
   // attention streams one head's keys contiguously.
   size_t kv_off(int layer, int slot, int pos, int h) const {
@@ -464,15 +491,16 @@ class CpuBackend final : public Backend {
     const size_t pg = size_t(page_table_[size_t(slot) * max_pages_ + pos / geo_.page]);
     return (pg * geo_.page * geo_.kv_heads + size_t(h) * geo_.page + size_t(pos % geo_.page)) * d;
   }
-  struct Pool {
-    float* k = nullptr;
-    float* v = nullptr;
+  struct Pool {  // rows of kv_width elements of eb_ bytes
+    char* k = nullptr;
+    char* v = nullptr;
     size_t rows = 0;
-    float* sk = nullptr;  // snapshot rows (ring layers, prefix caching)
-    float* sv = nullptr;
+    char* sk = nullptr;  // snapshot rows (ring layers, prefix caching)
+    char* sv = nullptr;
     size_t snap_rows = 0;
   };
   int levels_;
+  size_t eb_ = 4;  // bytes per cached K/V element: 4 (float32) or 2 (bf16)
   std::string repack_, cache_dir_, note_;
   std::unique_ptr<WeightCache> cache_;
   std::vector<std::pair<const uint8_t*, Packed>> packed_;  // by the layer's w1_blocks data
@@ -483,7 +511,9 @@ class CpuBackend final : public Backend {
   std::vector<int32_t> tokens_, pos_, slot_, page_table_, logit_rows_;
   std::vector<SampleParams> sample_;
   std::vector<float*> kptr_, vptr_;
+  std::vector<uint16_t*> kptr16_, vptr16_;
   std::vector<cpu::KVView> views_;
+  std::vector<cpu::KVViewBf16> views16_;
 
   template <typename F>
   void run_items(int E, int rows, F&& f) {
@@ -522,8 +552,9 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(int activation_levels, const std::string& repack,
-                                          const std::string& cache_dir) {
-  return std::unique_ptr<Backend>(new CpuBackend(activation_levels, repack, cache_dir));
+                                          const std::string& cache_dir,
+                                          const std::string& kv_dtype) {
+  return std::unique_ptr<Backend>(new CpuBackend(activation_levels, repack, cache_dir, kv_dtype));
 }
 
 void cpu_backend_repack_in_memory(Backend& be, const LayerTensors& L) {

@@ -109,30 +109,38 @@ void swiglu(const float* u, int m, int I, float alpha, float limit, float* a);
 
 // Attention of n queries against caches, with sinks, GQA and an optional window.
 // q [n, Hq, d] (row stride ldq floats); query t reads the cache kv[t] (one view per query, so a
-// batch may mix sequences), whose k(pos, h)/v(pos, h) give the d floats of kv head h at position pos. Query t sits at absolute position qpos[t] and
-// sees positions max(0, qpos - window + 1) .. qpos (window <= 0: all). sinks [Hq]. out [n, Hq, d].
-struct KVView {
+// batch may mix sequences), whose k(pos, h)/v(pos, h) give the d values of kv head h at position
+// pos: float32, or bf16 bits (uint16_t, Options::kv_dtype "bf16"; widened exactly to float32, so
+// the result is float32 attention over the rounded keys and values, as backends/numpy.py's
+// NumpyEngine(kv_dtype="bf16") computes). Query t sits at absolute position qpos[t] and sees
+// positions max(0, qpos - window + 1) .. qpos (window <= 0: all). sinks [Hq]. out [n, Hq, d].
+template <class T>
+struct KVViewT {
   // paged cache: page p holds positions [p * page, (p+1) * page), ring layers use slot pos % ring
   // of page 0. Within a page (or the ring), position pos and kv head h sit at
-  // (pos % page) * pos_stride + h * head_stride floats: position-major (pos_stride = Hkv * d,
+  // (pos % page) * pos_stride + h * head_stride elements: position-major (pos_stride = Hkv * d,
   // head_stride = d; gptoss.ops.attention's arrays) or head-major (pos_stride = d, head_stride =
   // page * d; the CPU backend's cache, so one head's keys stream contiguously).
-  float* const* k_pages = nullptr;
-  float* const* v_pages = nullptr;
+  T* const* k_pages = nullptr;
+  T* const* v_pages = nullptr;
   int page = 0;          // positions per page (paged layers)
   int ring = 0;          // > 0: a ring of this many slots in page 0 (sliding layers)
-  int pos_stride = 0;    // floats from one position to the next
-  int head_stride = 0;   // floats from one kv head to the next
-  const float* k(int pos, int h) const { return at(k_pages, pos, h); }
-  const float* v(int pos, int h) const { return at(v_pages, pos, h); }
+  int pos_stride = 0;    // elements from one position to the next
+  int head_stride = 0;   // elements from one kv head to the next
+  const T* k(int pos, int h) const { return at(k_pages, pos, h); }
+  const T* v(int pos, int h) const { return at(v_pages, pos, h); }
 
  private:
-  const float* at(float* const* pages, int pos, int h) const {
+  const T* at(T* const* pages, int pos, int h) const {
     return ring ? pages[0] + size_t(pos % ring) * pos_stride + size_t(h) * head_stride
                 : pages[pos / page] + size_t(pos % page) * pos_stride + size_t(h) * head_stride;
   }
 };
+using KVView = KVViewT<float>;
+using KVViewBf16 = KVViewT<uint16_t>;
 void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView* kv, int Hq,
+               int Hkv, int d, int window, const float* sinks, float* out);
+void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVViewBf16* kv, int Hq,
                int Hkv, int d, int window, const float* sinks, float* out);
 
 // Measured read bandwidth of this machine in GB/s (all threads stream a buffer of `bytes`).

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/numeric.h"
@@ -86,10 +87,19 @@ namespace {
 
 // One (query, kv head) pair in plain C++: scores of all visible keys for the G query heads that
 // share the kv head, softmax with the sink, weighted sum of V. sc: [G, S] scratch.
-void attend_plain(const float* qg, const KVView& kv, int kh, int lo, int S, int G, int d,
+// A key or value row as float32: the row itself, or bf16 widened into buf (exact).
+inline const float* row_f32(const float* r, int, float*) { return r; }
+inline const float* row_f32(const uint16_t* r, int d, float* buf) {
+  for (int i = 0; i < d; ++i) buf[i] = bf16_to_f32(r[i]);
+  return buf;
+}
+
+template <class T>
+void attend_plain(const float* qg, const KVViewT<T>& kv, int kh, int lo, int S, int G, int d,
                   float scale, const float* sinks, float* og, float* sc) {
+  std::vector<float> buf(std::is_same<T, float>::value ? 0 : size_t(d));
   for (int j = 0; j < S; ++j) {
-    const float* kr = kv.k(lo + j, kh);
+    const float* kr = row_f32(kv.k(lo + j, kh), d, buf.data());
     for (int g = 0; g < G; ++g) {
       const float* qh = qg + size_t(g) * d;
       float s = 0.f;
@@ -110,7 +120,7 @@ void attend_plain(const float* qg, const KVView& kv, int kh, int lo, int S, int 
     std::memset(og + size_t(g) * d, 0, sizeof(float) * size_t(d));
   }
   for (int j = 0; j < S; ++j) {
-    const float* vr = kv.v(lo + j, kh);
+    const float* vr = row_f32(kv.v(lo + j, kh), d, buf.data());
     for (int g = 0; g < G; ++g) {
       const float pj = sc[size_t(g) * S + j] * inv[g];
       float* o = og + size_t(g) * d;
@@ -159,13 +169,20 @@ GPTOSS_AVX512_ATT static inline __m256 hsum8(const __m512 v[8]) {
 // The same for head dim 64 and 8 query heads per kv head: the 8 dot products of a key are reduced
 // together (hsum8), scores are stored key-major [S, 8] so the softmax runs across the 8 heads in
 // one vector, exp is vectorised, and V rows are accumulated into registers four heads at a time.
-GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, int kh, int lo,
+// 16 keys or values as float32: loaded, or bf16 bits widened (exact).
+GPTOSS_AVX512_ATT static inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
+GPTOSS_AVX512_ATT static inline __m512 ld16(const uint16_t* p) {
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+
+template <class T>
+GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVViewT<T>& kv, int kh, int lo,
                                             int S, float scale, const float* sinks, float* og,
                                             float* sc) {
   for (int j = 0; j < S; ++j) {
-    const float* kr = kv.k(lo + j, kh);
-    const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16),
-                 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+    const T* kr = kv.k(lo + j, kh);
+    const __m512 k0 = ld16(kr), k1 = ld16(kr + 16), k2 = ld16(kr + 32), k3 = ld16(kr + 48);
     __m512 acc[8];
     for (int g = 0; g < 8; ++g) {
       const float* qh = qg + g * 64;
@@ -203,9 +220,8 @@ GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVView& kv, i
     for (int g = 0; g < 4; ++g)
       for (int c = 0; c < 4; ++c) o[g][c] = _mm512_setzero_ps();
     for (int jj = 0; jj < S; ++jj) {
-      const float* vr = kv.v(lo + jj, kh);
-      const __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16),
-                   v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+      const T* vr = kv.v(lo + jj, kh);
+      const __m512 v0 = ld16(vr), v1 = ld16(vr + 16), v2 = ld16(vr + 32), v3 = ld16(vr + 48);
       for (int g = 0; g < 4; ++g) {
         const __m512 p = _mm512_set1_ps(sc[size_t(jj) * 8 + h0 + g]);
         o[g][0] = _mm512_fmadd_ps(p, v0, o[g][0]);
@@ -256,22 +272,29 @@ GPTOSS_AVX2_ATT static inline __m256 hsum8_256(const __m256 v[8]) {
 // attend_d64_g8 with 256-bit vectors: the 8 heads' scores of a key reduced together and stored
 // key-major [S, 8] so the softmax runs across the heads in one vector; V accumulated four heads
 // by 16 dimensions at a time (8 accumulators, within the 16 ymm registers).
-GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVView& kv, int kh, int lo,
+// 8 keys or values as float32: loaded, or bf16 bits widened (exact).
+GPTOSS_AVX2_ATT static inline __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
+GPTOSS_AVX2_ATT static inline __m256 ld8(const uint16_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+}
+
+template <class T>
+GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVViewT<T>& kv, int kh, int lo,
                                                int S, float scale, const float* sinks, float* og,
                                                float* sc) {
   // a position-major view puts each key's 256 bytes of this head 2 KiB apart, which the hardware
   // prefetcher does not follow (and a head-major one crosses pages): ask for keys kAhead on
   constexpr int kAhead = 32;
   for (int j = 0; j < S; ++j) {
-    const float* kr = kv.k(lo + j, kh);
+    const T* kr = kv.k(lo + j, kh);
     if (j + kAhead < S) {
       const char* pf = reinterpret_cast<const char*>(kv.k(lo + j + kAhead, kh));
-      for (int c = 0; c < 256; c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
+      for (int c = 0; c < int(64 * sizeof(T)); c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
     }
     __m256 acc[8];
     {
-      const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8),
-                   k2 = _mm256_loadu_ps(kr + 16), k3 = _mm256_loadu_ps(kr + 24);
+      const __m256 k0 = ld8(kr), k1 = ld8(kr + 8), k2 = ld8(kr + 16), k3 = ld8(kr + 24);
       for (int g = 0; g < 8; ++g) {
         const float* qh = qg + g * 64;
         __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), k0);
@@ -281,8 +304,7 @@ GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVView& kv
       }
     }
     {
-      const __m256 k4 = _mm256_loadu_ps(kr + 32), k5 = _mm256_loadu_ps(kr + 40),
-                   k6 = _mm256_loadu_ps(kr + 48), k7 = _mm256_loadu_ps(kr + 56);
+      const __m256 k4 = ld8(kr + 32), k5 = ld8(kr + 40), k6 = ld8(kr + 48), k7 = ld8(kr + 56);
       for (int g = 0; g < 8; ++g) {
         const float* qh = qg + g * 64 + 32;
         acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(qh), k4, acc[g]);
@@ -315,12 +337,12 @@ GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVView& kv
         __m256 o[4][2];
         for (int g = 0; g < 4; ++g) o[g][0] = o[g][1] = _mm256_setzero_ps();
         for (int jj = j0; jj < j1; ++jj) {
-          const float* vr = kv.v(lo + jj, kh) + c0;
+          const T* vr = kv.v(lo + jj, kh) + c0;
           if (h0 == 0 && c0 == 0 && jj + kAhead < S) {  // the first pass brings the block in
             const char* pf = reinterpret_cast<const char*>(kv.v(lo + jj + kAhead, kh));
-            for (int c = 0; c < 256; c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
+            for (int c = 0; c < int(64 * sizeof(T)); c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
           }
-          const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+          const __m256 v0 = ld8(vr), v1 = ld8(vr + 8);
           const float* pr = sc + size_t(jj) * 8 + h0;
           for (int g = 0; g < 4; ++g) {
             const __m256 p = _mm256_broadcast_ss(pr + g);
@@ -346,8 +368,10 @@ GPTOSS_AVX2_ATT static void attend_d64_g8_avx2(const float* qg, const KVView& kv
 
 }  // namespace
 
-void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView* kvs, int Hq,
-               int Hkv, int d, int window, const float* sinks, float* out) {
+namespace {
+template <class T>
+void attention_t(const float* q, int n, int ldq, const int32_t* qpos, const KVViewT<T>* kvs, int Hq,
+                 int Hkv, int d, int window, const float* sinks, float* out) {
   const int G = Hq / Hkv;
   GPTOSS_CHECK(G >= 1 && G <= 64 && Hq % Hkv == 0,
                "attention: " << Hq << " query heads over " << Hkv << " kv heads (at most 64 per kv head)");
@@ -365,7 +389,7 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
 #pragma omp for schedule(dynamic, 1)
     for (long long it = 0; it < items; ++it) {
       const int t = int(it / Hkv), kh = int(it % Hkv);
-      const KVView& kv = kvs[t];
+      const KVViewT<T>& kv = kvs[t];
       const int p = qpos[t];
       const int lo = window > 0 ? std::max(0, p - window + 1) : 0;
       const int S = p - lo + 1;
@@ -385,6 +409,16 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
       attend_plain(qg, kv, kh, lo, S, G, d, scale, sinks + kh * G, og, scores.data());
     }
   }
+}
+}  // namespace
+
+void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView* kv, int Hq,
+               int Hkv, int d, int window, const float* sinks, float* out) {
+  attention_t(q, n, ldq, qpos, kv, Hq, Hkv, d, window, sinks, out);
+}
+void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVViewBf16* kv, int Hq,
+               int Hkv, int d, int window, const float* sinks, float* out) {
+  attention_t(q, n, ldq, qpos, kv, Hq, Hkv, d, window, sinks, out);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

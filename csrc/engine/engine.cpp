@@ -552,7 +552,12 @@ namespace {
 std::unique_ptr<Backend> make_backend(const Options& o) {
   GPTOSS_CHECK(o.device == "cpu" || o.device == "cuda",
                "device = '" << o.device << "': must be 'cpu' or 'cuda'");
-  return o.device == "cuda" ? make_cuda_backend(o.batch_invariant) : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir);
+  GPTOSS_CHECK(o.kv_dtype == "auto" || o.kv_dtype == "float32" || o.kv_dtype == "bf16",
+               "kv_dtype = '" << o.kv_dtype << "': must be 'auto', 'float32' or 'bf16'");
+  GPTOSS_CHECK(o.device != "cuda" || o.kv_dtype != "float32",
+               "kv_dtype = 'float32': device 'cuda' keeps K and V in bf16 (kv_dtype 'auto' or 'bf16')");
+  return o.device == "cuda" ? make_cuda_backend(o.batch_invariant)
+                            : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir, o.kv_dtype);
 }
 }  // namespace
 

@@ -248,14 +248,43 @@ py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
   return out;
 }
 
+template <class T>
+void attention_on(const float* qp, py::ssize_t n, py::ssize_t Hq, py::ssize_t d, T* kp, T* vp,
+                  py::ssize_t S, py::ssize_t Hkv, const int32_t* pp, const float* sp, int window,
+                  float* o) {
+  cpu::KVViewT<T> kv;
+  kv.k_pages = &kp;
+  kv.v_pages = &vp;
+  kv.page = int(std::max<py::ssize_t>(S, 1));
+  kv.pos_stride = int(Hkv * d);  // [S, Hkv, d]: position-major
+  kv.head_stride = int(d);
+  py::gil_scoped_release nogil;
+  std::vector<cpu::KVViewT<T>> views(size_t(n), kv);
+  cpu::attention(qp, int(n), int(Hq * d), pp, views.data(), int(Hq), int(Hkv), int(d), window,
+                 sp, o);
+}
+
 py::array_t<float> op_attention(const py::array& q_in, const py::array& k_in,
                                 const py::array& v_in, const py::array& qpos_in,
                                 const py::array& sinks_in, int window) {
   auto q = f32(q_in, "q", {-1, -1, -1});
   const py::ssize_t n = q.shape(0), Hq = q.shape(1), d = q.shape(2);
-  auto k = f32(k_in, "k", {-1, -1, d});
-  const py::ssize_t S = k.shape(0), Hkv = k.shape(1);
-  auto v = f32(v_in, "v", {S, Hkv, d});
+  // k and v as bf16 bits (uint16, both) take the bf16 cache's kernels; anything else is float32
+  const bool bf16 = k_in.dtype().is(py::dtype::of<uint16_t>());
+  need(bf16 == v_in.dtype().is(py::dtype::of<uint16_t>()),
+       "k and v must both be bf16 bits (uint16) or both float");
+  py::ssize_t S = 0, Hkv = 0;
+  carray<float> kf, vf;
+  carray<uint16_t> kb, vb;
+  if (bf16) {
+    kb = need_array<uint16_t>(k_in, "k (bf16 bits as uint16)", {-1, -1, d});
+    S = kb.shape(0), Hkv = kb.shape(1);
+    vb = need_array<uint16_t>(v_in, "v (bf16 bits as uint16)", {S, Hkv, d});
+  } else {
+    kf = f32(k_in, "k", {-1, -1, d});
+    S = kf.shape(0), Hkv = kf.shape(1);
+    vf = f32(v_in, "v", {S, Hkv, d});
+  }
   auto qpos = need_array<int32_t>(py::array(qpos_in.attr("astype")("int32")), "qpos", {n});
   auto sinks = f32(sinks_in, "sinks", {Hq});
   need(Hkv > 0 && Hq % Hkv == 0 && Hq / Hkv <= 64,
@@ -265,24 +294,13 @@ py::array_t<float> op_attention(const py::array& q_in, const py::array& k_in,
          "qpos[" + std::to_string(i) + "] = " + std::to_string(qpos.data()[i]) +
              " must index a key in [0, " + std::to_string(S) + ")");
   py::array_t<float> out({n, Hq, d});
-  float* kp = const_cast<float*>(k.data());
-  float* vp = const_cast<float*>(v.data());
-  cpu::KVView kv;
-  kv.k_pages = &kp;
-  kv.v_pages = &vp;
-  kv.page = int(std::max<py::ssize_t>(S, 1));
-  kv.pos_stride = int(Hkv * d);  // [S, Hkv, d]: position-major
-  kv.head_stride = int(d);
-  const float* qp = q.data();
-  const int32_t* pp = qpos.data();
-  const float* sp = sinks.data();
-  float* o = out.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    std::vector<cpu::KVView> views(size_t(n), kv);
-    cpu::attention(qp, int(n), int(Hq * d), pp, views.data(), int(Hq), int(Hkv), int(d), window,
-                   sp, o);
-  }
+  if (bf16)
+    attention_on(q.data(), n, Hq, d, const_cast<uint16_t*>(kb.data()),
+                 const_cast<uint16_t*>(vb.data()), S, Hkv, qpos.data(), sinks.data(), window,
+                 out.mutable_data());
+  else
+    attention_on(q.data(), n, Hq, d, const_cast<float*>(kf.data()), const_cast<float*>(vf.data()),
+                 S, Hkv, qpos.data(), sinks.data(), window, out.mutable_data());
   return out;
 }
 
@@ -384,9 +402,10 @@ PYBIND11_MODULE(_C, m) {
                        int threads, int activation_levels, const std::string& device,
                        bool random_device_weights, double prefix_cache_gb,
                        const std::string& repack, const std::string& cache_dir,
-                       bool batch_invariant) {
+                       bool batch_invariant, const std::string& kv_dtype) {
              Options o;
              o.batch_invariant = batch_invariant;
+             o.kv_dtype = kv_dtype;
              o.prefix_cache_gb = prefix_cache_gb;
              o.repack = repack;
              o.cache_dir = cache_dir;
@@ -403,7 +422,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu",
            py::arg("random_device_weights") = false, py::arg("prefix_cache_gb") = 2.0,
            py::arg("repack") = "auto", py::arg("cache_dir") = "",
-           py::arg("batch_invariant") = false)
+           py::arg("batch_invariant") = false, py::arg("kv_dtype") = "auto")
       .def_property_readonly("weights_note", &Model::weights_note,
                              "how the backend holds the weights (repacked, mapped from where)")
       .def("start_from_cache", [](Model& m, int seq, const carray<int64_t>& tokens64) {
@@ -558,8 +577,9 @@ PYBIND11_MODULE(_C, m) {
           "repacked (into memory) for the AVX2 kernels, as the engine does on AVX2 processors");
   ops.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("qpos"),
           py::arg("sinks"), py::arg("window") = 0,
-          "q [n, Hq, d], k/v [S, Hkv, d] (key j at position j), qpos [n], sinks [Hq], window "
-          "(0: full causal) -> [n, Hq, d]");
+          "q [n, Hq, d], k/v [S, Hkv, d] (key j at position j; float32, or both uint16 bf16 "
+          "bits: the bf16 KV cache's kernels), qpos [n], sinks [Hq], window (0: full causal) -> "
+          "[n, Hq, d]");
   ops.def("rmsnorm", [](const py::array& x_in, const py::array& w_in, float eps) {
     auto x = f32(x_in, "x", {-1, -1});
     auto w = f32(w_in, "w", {x.shape(1)});

@@ -48,7 +48,8 @@ def cmd_generate(args) -> int:
     model = Model.from_pretrained(args.model, backend=args.backend, layout=args.layout,
                                   progress=True, prefix_cache_gb=args.prefix_cache_gb,
                                   repack=args.repack, cache_dir=args.cache_dir,
-                                  batch_invariant=args.batch_invariant)
+                                  batch_invariant=args.batch_invariant,
+                                  kv_dtype=args.kv_dtype)
     if args.verbose:
         print(f"[backend: {model.backend_note}; loaded in {time.perf_counter() - t0:.1f} s]",
               file=sys.stderr)
@@ -88,7 +89,8 @@ def cmd_chat(args) -> int:
     model = Model.from_pretrained(args.model, backend=args.backend, progress=True,
                                   prefix_cache_gb=args.prefix_cache_gb, repack=args.repack,
                                   cache_dir=args.cache_dir,
-                                  batch_invariant=args.batch_invariant)
+                                  batch_invariant=args.batch_invariant,
+                                  kv_dtype=args.kv_dtype)
     effort = args.reasoning_effort
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -219,7 +221,8 @@ def cmd_serve(args) -> int:
                                   max_context=args.max_context, threads=args.threads,
                                   prefix_cache_gb=args.prefix_cache_gb, repack=args.repack,
                                   cache_dir=args.cache_dir,
-                                  batch_invariant=args.batch_invariant)
+                                  batch_invariant=args.batch_invariant,
+                                  kv_dtype=args.kv_dtype)
     print(f"[gptoss serve: {model.backend_note}; http://{args.host}:{args.port}/v1]",
           file=sys.stderr)
     serve(model, host=args.host, port=args.port, model_name=args.model_name or
@@ -243,7 +246,7 @@ def _serve_ray(args, limits) -> int:
         mk["threads"] = args.threads
     if args.prefix_cache_gb is not None:
         mk["prefix_cache_gb"] = args.prefix_cache_gb
-    for k in ("repack", "cache_dir", "batch_invariant"):
+    for k in ("repack", "cache_dir", "batch_invariant", "kv_dtype"):
         if getattr(args, k) is not None:
             mk[k] = getattr(args, k)
     sk = {"model_name": args.model_name or os.path.basename(os.path.normpath(args.model)),
@@ -378,6 +381,10 @@ def _engine_flags(p) -> None:
                    help="CUDA backend: per-row kernels for any batch, so logits are bit-identical "
                         "however a prompt is split, cached or batched (slower prefill; the CPU "
                         "engine always is)")
+    p.add_argument("--kv-dtype", choices=("auto", "float32", "bf16"), default=None,
+                   help="how the KV cache holds keys and values: auto (float32 on the CPU, bf16 "
+                        "on CUDA), bf16 (half the memory and the bytes long contexts read) or "
+                        "float32 (not CUDA)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -78,7 +78,8 @@ class Model:
                         prefix_cache_gb: Optional[float] = None,
                         repack: Optional[str] = None,
                         cache_dir: Optional[str] = None,
-                        batch_invariant: Optional[bool] = None) -> "Model":
+                        batch_invariant: Optional[bool] = None,
+                        kv_dtype: Optional[str] = None) -> "Model":
         """Open a checkpoint directory (either layout), `random:PRESET`, or a Hugging Face
         repository id (`openai/gpt-oss-20b`, optionally `@revision`) already in the local Hugging
         Face cache (gptoss.hub: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub; never
@@ -100,7 +101,12 @@ class Model:
         rows, so a sequence's logits are bit-identical however its prompt was split, cached or
         batched (slower prefill; off by default). The C++ CPU engine is always batch-invariant;
         the numpy backend refuses True.
+        kv_dtype: how the KV cache holds keys and values: "auto" (default: float32 on the CPU and
+        in numpy, bf16 on CUDA), "bf16" (half the memory and the bytes a long-context step reads;
+        K and V rounded to bf16 after RoPE, attention itself in float32) or "float32" (not CUDA).
         """
+        if kv_dtype is not None and kv_dtype not in ("auto", "float32", "bf16"):
+            raise ValueError(f"kv_dtype={kv_dtype!r}: must be 'auto', 'float32' or 'bf16'")
         if repack is not None and repack not in ("auto", "memory", "off"):
             raise ValueError(f"repack={repack!r}: must be 'auto', 'memory' or 'off'")
         if prefix_cache_gb is not None and not (prefix_cache_gb >= 0):
@@ -109,7 +115,8 @@ class Model:
         engine, note = make_engine(weights, backend, max_context=max_context, threads=threads,
                                    activation_levels=activation_levels,
                                    prefix_cache_gb=prefix_cache_gb, repack=repack,
-                                   cache_dir=cache_dir, batch_invariant=batch_invariant)
+                                   cache_dir=cache_dir, batch_invariant=batch_invariant,
+                                   kv_dtype=kv_dtype)
         wn = getattr(engine, "weights_note", "")
         return cls(weights, engine, note + (f"; {wn}" if wn else ""))
 

@@ -90,6 +90,11 @@ struct Options {
   // per tile; long-context decode runs one split per row), so it is off by default. The CPU
   // backend is always batch-invariant and accepts either value.
   bool batch_invariant = false;
+  // How the KV cache holds keys and values (after RoPE): "auto" is float32 on the CPU (4 KiB
+  // per position per layer for gpt-oss) and bf16 on CUDA; "bf16" (2 KiB) halves the cache and
+  // the bytes a long-context step reads, rounding K and V to bf16 (relative error <= 2^-9,
+  // attention itself stays float32); "float32" is the CPU's only.
+  std::string kv_dtype = "auto";
 };
 
 struct PrefixCacheStats {

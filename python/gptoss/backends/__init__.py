@@ -75,7 +75,8 @@ def make_engine(weights, backend: str = "auto", max_context: Optional[int] = Non
                 **native_options):
     """(engine, note) for `backend`; `auto` takes the fastest available and says why.
 
-    native_options (threads, activation_levels) go to the C++ engine and are ignored by numpy.
+    native_options (threads, activation_levels, ...) go to the C++ engine and are ignored by
+    numpy, except kv_dtype, which every engine takes.
     """
     infos = {b.name: b for b in backends()}
     if backend != "auto":
@@ -110,7 +111,8 @@ def _build(name: str, weights, max_context, native_options):
                              "results across batch shapes (its matrix products are NumPy's); use "
                              "backend 'cpu' (always batch-invariant) or 'cuda'")
         from .numpy import NumpyEngine
-        return NumpyEngine(weights, max_context=max_context)
+        return NumpyEngine(weights, max_context=max_context,
+                           kv_dtype=native_options.get("kv_dtype") or "auto")
     from .native import NativeEngine
     opts = {k: v for k, v in native_options.items() if v is not None}
     return NativeEngine(weights, device=name, max_context=max_context, **opts)

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..config import Config
-from ..safetensors_io import bf16_to_f32
+from ..safetensors_io import bf16_to_f32, f32_to_bf16
 
 # ---------------------------------------------------------------------------------------- MXFP4
 FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
@@ -227,7 +227,12 @@ class NumpyEngine:
 
     name = "numpy"
 
-    def __init__(self, weights, max_context: Optional[int] = None):
+    def __init__(self, weights, max_context: Optional[int] = None, kv_dtype: str = "auto"):
+        if kv_dtype not in ("auto", "float32", "bf16"):
+            raise ValueError(f"kv_dtype={kv_dtype!r}: must be 'auto', 'float32' or 'bf16'")
+        # "bf16": keys and values (after RoPE) are rounded to bf16 before any query reads them,
+        # the chunk's own included, as the C++ engines' bf16 caches do; attention stays float32
+        self.kv_bf16 = kv_dtype == "bf16"
         if getattr(weights, "hollow", None):
             raise ValueError(f"{weights.hollow}: a hollow checkpoint (its matrices are holes, "
                              "made for benchmarks): only backend 'cuda' runs it")
@@ -308,6 +313,8 @@ class NumpyEngine:
         k = self._linear(t, "k_w", l, "k_b").reshape(T, cfg.num_kv_heads, cfg.head_dim)
         v = self._linear(t, "v_w", l, "v_b").reshape(T, cfg.num_kv_heads, cfg.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_bf16:
+            k, v = bf16_to_f32(f32_to_bf16(k)), bf16_to_f32(f32_to_bf16(v))
         cache = self.caches[l]
         ck, cv, cp = cache.view()
         keys = np.concatenate([ck, k]) if len(ck) else k
