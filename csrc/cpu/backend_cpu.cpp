@@ -40,16 +40,6 @@ cpu::Q8Act q8_rows_from(const cpu::Q8Act& q, int off) {
   return r;
 }
 
-cpu::Q16Act q16_rows_from(const cpu::Q16Act& q, int off) {
-  cpu::Q16Act r = q;
-  r.q += size_t(q.nb) * 32 * size_t(off);
-  r.corr += size_t(q.nb) * size_t(off);
-  r.step += size_t(q.nb) * size_t(off);
-  r.hi += size_t(q.nb) * 32 * size_t(off);
-  r.lo += size_t(q.nb) * 32 * size_t(off);
-  return r;
-}
-
 // Drops the pages of [p, p + bytes) of a read-only file mapping from this process (they stay in
 // the page cache): the checkpoint's experts once they are repacked.
 void release_pages(const void* p, size_t bytes) {
@@ -430,7 +420,7 @@ class CpuBackend final : public Backend {
     grow(u_, size_t(A) * 2 * I);
     run_items(E, 2 * I, [&](int e, int r0, int r1) {
       const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      cpu::mf4w_r16_gemm_rows(P.w1[size_t(e)], H / 32, r0, r1, q16_rows_from(qt, off), m,
+      cpu::mf4w_r16_gemm_rows(P.w1[size_t(e)], H / 32, r0, r1, qt.from_row(off), m,
                               w1_bias + size_t(e) * 2 * I, &u_[size_t(off) * 2 * I], 2 * I);
     });
     grow(a_, size_t(A) * I);
@@ -441,7 +431,7 @@ class CpuBackend final : public Backend {
     grow(y_, size_t(A) * H);
     run_items(E, H, [&](int e, int r0, int r1) {
       const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      cpu::mf4w_r16_gemm_rows(P.w2[size_t(e)], I / 32, r0, r1, q16_rows_from(qa, off), m,
+      cpu::mf4w_r16_gemm_rows(P.w2[size_t(e)], I / 32, r0, r1, qa.from_row(off), m,
                               w2_bias + size_t(e) * H, &y_[size_t(off) * H], H);
     });
   }
@@ -529,7 +519,7 @@ class CpuBackend final : public Backend {
 
   void quantize16(const float* x, int m, int K, const cpu::Q16Act& q) {
 #pragma omp parallel for schedule(static) if (m > 8)
-    for (int i = 0; i < m; ++i) cpu::q16_quantize(x + size_t(i) * K, 1, K, q16_rows_from(q, i));
+    for (int i = 0; i < m; ++i) cpu::q16_quantize(x + size_t(i) * K, 1, K, q.from_row(i));
   }
 
   void quantize(const float* x, int m, int K, const cpu::Q8Act& q) {

@@ -1,5 +1,6 @@
 // What SIMD the processor offers, read once at run time (x86: cpuid via the compiler builtins).
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace gptoss {
@@ -17,10 +18,18 @@ constexpr const char* kIsaNames = "plain, avx2, avx512bw, avx512, avx512bf16 or 
 Isa detect_isa();                   // the best this processor supports
 Isa active_isa();                   // what the kernels use now (detect_isa() unless forced)
 void force_isa(Isa isa);
-void check_simd_env();             // throws if GPTOSS_SIMD names an unknown or unsupported level            // tests force each variant; fails if unsupported here
+void check_simd_env();             // throws if GPTOSS_SIMD names an unknown or unsupported level
 const char* isa_name(Isa isa);
 int num_threads();
 void set_num_threads(int n);
+
+// The AMX kernels' ldtilecfg memory operand (palette 1): tile i has rows[i] rows of colsb[i] bytes.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
 
 }  // namespace cpu
 }  // namespace gptoss

@@ -256,14 +256,6 @@ GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int 
 #define GPTOSS_HAVE_AMX_BF16 1
 #define GPTOSS_AMX_BF16 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")))
 
-namespace {
-struct alignas(64) BfTileConfig {  // the ldtilecfg memory operand (palette 1)
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-}  // namespace
 
 static void bf16_amx_prepare(const float* x, int m, int K, uint16_t* out) {
   const int KC = (K + 31) / 32;
@@ -292,7 +284,7 @@ GPTOSS_AMX_BF16 static void bf16w_gemm_rows_amx(const uint16_t* W, size_t ldw, i
   const int KC = (K + 31) / 32, kfull = K / 32;
   alignas(64) float cbuf[16 * 16];
   alignas(64) uint16_t apad[16 * 32];  // a chunk of rows past r1 or past K, zero-filled
-  BfTileConfig cfg;
+  AmxTileConfig cfg;
   int cfg_n = -1;
   for (int t0 = 0; t0 < m; t0 += 16) {
     const int N = std::min(16, m - t0);

@@ -72,6 +72,17 @@ struct Q16Act {
   uint8_t* lo = nullptr;
   static size_t bytes(int m, int K);
   static Q16Act carve(void* workspace, int m, int K);
+  // the same workspace from token row `off` on
+  Q16Act from_row(int off) const {
+    Q16Act r = *this;
+    const size_t n = size_t(nb) * size_t(off);
+    r.q += n * 32;
+    r.corr += n;
+    r.step += n;
+    r.hi += n * 32;
+    r.lo += n * 32;
+    return r;
+  }
 };
 void q16_quantize(const float* x, int m, int K, const Q16Act& q);
 

@@ -388,26 +388,11 @@ GPTOSS_AVX512_R16 static void r16_rows_avx512(const uint8_t* packed, int nb, int
   __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 
 namespace {
-struct alignas(64) TileConfig {  // the ldtilecfg memory operand (palette 1)
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 // Blocks per row whose decoded B tiles are kept for all token tiles of a row group (on the
 // stack, 52 KiB); wider matrices decode each block where it is used.
 constexpr int kAmxMaxNb = 96;
 constexpr int kAmxMinTail = 9;
 
-Q16Act q16_tokens_from(const Q16Act& q, int off) {
-  Q16Act r = q;
-  r.q += size_t(q.nb) * 32 * size_t(off);
-  r.corr += size_t(q.nb) * size_t(off);
-  r.step += size_t(q.nb) * size_t(off);
-  r.hi += size_t(q.nb) * 32 * size_t(off);
-  r.lo += size_t(q.nb) * 32 * size_t(off);
-  return r;
-}
 }  // namespace
 
 // One record (16 rows x one 32-block) -> the B tile (8 rows of 64 bytes: chunk c's 4 values of
@@ -449,7 +434,7 @@ GPTOSS_AMX __attribute__((always_inline)) static inline void r16_amx_post(
 GPTOSS_AMX static void r16_rows_amx(const uint8_t* packed, int nb, int r0, int r1,
                                     const Q16Act& q, int mt, const float* bias, float* out,
                                     int ldo) {
-  TileConfig cfg;
+  AmxTileConfig cfg;
   cfg.rows[0] = cfg.rows[1] = 16, cfg.colsb[0] = cfg.colsb[1] = 64;  // C: the hi and lo sums
   cfg.rows[2] = cfg.rows[3] = 16, cfg.colsb[2] = cfg.colsb[3] = 32;  // A: 16 tokens' hi, lo
   cfg.rows[4] = 8, cfg.colsb[4] = 64;                                // B: one decoded record
@@ -532,7 +517,7 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
     const int mt = rem >= kAmxMinTail ? m : m - rem;
     if (mt > 0) r16_rows_amx(packed, nb, r0, r1, q, mt, bias, out, ldo);
     if (mt < m)
-      r16_rows_avx512(packed, nb, r0, r1, q16_tokens_from(q, mt), m - mt, bias,
+      r16_rows_avx512(packed, nb, r0, r1, q.from_row(mt), m - mt, bias,
                       out + size_t(mt) * ldo, ldo);
     return;
   }

@@ -176,23 +176,9 @@ GPTOSS_AVX512_ATT static inline __m512 ld16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
 }
 
-template <class T>
-GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVViewT<T>& kv, int kh, int lo,
-                                            int S, float scale, const float* sinks, float* og,
-                                            float* sc) {
-  for (int j = 0; j < S; ++j) {
-    const T* kr = kv.k(lo + j, kh);
-    const __m512 k0 = ld16(kr), k1 = ld16(kr + 16), k2 = ld16(kr + 32), k3 = ld16(kr + 48);
-    __m512 acc[8];
-    for (int g = 0; g < 8; ++g) {
-      const float* qh = qg + g * 64;
-      __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), k0);
-      a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16), k1, a);
-      a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 32), k2, a);
-      acc[g] = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 48), k3, a);
-    }
-    _mm256_storeu_ps(sc + size_t(j) * 8, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale)));
-  }
+// The softmax over S keys of 8 heads' scores, key-major sc [S, 8], with each head's sink in the
+// normaliser: sc becomes exp(score - max), inv the 8 reciprocals of the sums (sink included).
+GPTOSS_AVX512_ATT static void softmax_keys8(float* sc, int S, const float* sinks, float* inv) {
   // softmax across keys, 8 heads per vector (two keys per 512-bit register)
   const __m256 sink = _mm256_loadu_ps(sinks);
   __m256 mx = sink;
@@ -213,8 +199,28 @@ GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVViewT<T>& k
     sum = _mm256_add_ps(sum, e8);
   }
   const __m256 es = _mm512_castps512_ps256(exp512(_mm512_castps256_ps512(_mm256_sub_ps(sink, mx))));
-  alignas(32) float inv[8];
   _mm256_store_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(sum, es)));
+}
+
+template <class T>
+GPTOSS_AVX512_ATT static void attend_d64_g8(const float* qg, const KVViewT<T>& kv, int kh, int lo,
+                                            int S, float scale, const float* sinks, float* og,
+                                            float* sc) {
+  for (int j = 0; j < S; ++j) {
+    const T* kr = kv.k(lo + j, kh);
+    const __m512 k0 = ld16(kr), k1 = ld16(kr + 16), k2 = ld16(kr + 32), k3 = ld16(kr + 48);
+    __m512 acc[8];
+    for (int g = 0; g < 8; ++g) {
+      const float* qh = qg + g * 64;
+      __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), k0);
+      a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16), k1, a);
+      a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 32), k2, a);
+      acc[g] = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 48), k3, a);
+    }
+    _mm256_storeu_ps(sc + size_t(j) * 8, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale)));
+  }
+  alignas(32) float inv[8];
+  softmax_keys8(sc, S, sinks, inv);
   for (int h0 = 0; h0 < 8; h0 += 4) {
     __m512 o[4][4];
     for (int g = 0; g < 4; ++g)
