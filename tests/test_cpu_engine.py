@@ -130,6 +130,31 @@ def test_one_level_activations_within_their_bound(tiny_hf):
         NativeEngine(w, activation_levels=3)
 
 
+@pytest.mark.skipif("avx2" not in C.simd_levels(), reason="this processor lacks AVX2")
+def test_one_level_r16_on_avx2_bound_and_batch_invariant(tiny_hf):
+    """At the avx2 level activation_levels=1 runs the int8 r16 kernels on the repacked experts:
+    within the one-level bound of the NumPy engine, and a prompt fed whole, in chunks or token by
+    token gives the same bits."""
+    from test_cpu_kernels import Q1_BOUND
+    w = Weights(tiny_hf)
+    cfg = w.config
+    toks = np.random.default_rng(5).integers(0, 199998, 40).tolist()
+    C.force_simd("avx2")
+    try:
+        e = NativeEngine(w, activation_levels=1)
+        assert "repacked for the avx2 kernels" in e.weights_note, e.weights_note
+        whole = e.prefill(toks, all_logits=True)
+        e2 = NativeEngine(w, activation_levels=1)
+        parts = [e2.prefill(toks[:17], all_logits=True), e2.prefill(toks[17:30], all_logits=True)]
+        parts += [e2.decode(t)[None] for t in toks[30:]]
+    finally:
+        C.force_simd(C.simd_levels()[-1])
+    assert np.array_equal(np.concatenate(parts), whole)
+    want = NumpyEngine(w).prefill(toks)
+    b1 = 2 * cfg.num_layers * (Q1_BOUND + f32_bound(max(cfg.hidden_size, 2 * cfg.intermediate_size)))
+    assert rel_err(whole, want) < b1, rel_err(whole, want)
+
+
 def test_prompt_crossing_a_cache_page(tiny_original):
     """1100 positions: three prefill chunks (512) and the second 1024-position KV page."""
     w = Weights(tiny_original)

@@ -12,6 +12,9 @@ Tolerances (derived):
 - MXFP4 repacked for AVX2 (r16) on int16 activations: the step is max / 32767, giving
   4 * 4 / (32767 * 2 * sqrt(3)) = 1.4e-4 as for two levels; its block sums are exact integers, so
   every SIMD level and every grouping of rows and tokens gives the same bits (asserted exactly).
+  With levels=1 the r16 kernels take int8 activations (the one-level bound), and their block sums
+  are exact integers too: besides the bound, they are held to an emulation of that quantization
+  (float32 accumulation over blocks only) and to the same-bits assertions.
 """
 import math
 
@@ -168,18 +171,37 @@ def test_mxfp4_pack_r16_layout(R, nb):
                                     (1, 1, 1), (2, 5, 5), (13, 17, 6), (9, 48, 7), (16, 48, 7),
                                     (35, 33, 3), (22, 48, 7), (25, 48, 7), (64, 256, 90), (17, 20, 100),
                                     (30, 40, 100)])
-def test_mxfp4_r16_linear(simd, m, R, nb):
+@pytest.mark.parametrize("levels", [2, 1])
+def test_mxfp4_r16_linear(simd, m, R, nb, levels):
     rng = np.random.default_rng(R * nb + m + 1)
     blocks, scales = mxfp4_case(rng, R, nb)
     x = rng.standard_normal((m, nb * 32)).astype(np.float32)
     b = rng.standard_normal(R).astype(np.float32)
-    got = C.ops.mxfp4_r16_linear(x, C.ops.mxfp4_pack_r16(blocks, scales), R, b)
-    want = x.astype(np.float64) @ ref.mxfp4_dequantize(blocks, scales).astype(np.float64).T + b
+    got = C.ops.mxfp4_r16_linear(x, C.ops.mxfp4_pack_r16(blocks, scales), R, b, levels=levels)
+    w = ref.mxfp4_dequantize(blocks, scales).astype(np.float64)
+    want = x.astype(np.float64) @ w.T + b
     assert got.shape == (m, R)
-    assert rel_err(got, want) < Q16_BOUND + f32_bound(nb * 32), (simd, rel_err(got, want))
+    q = Q16_BOUND if levels == 2 else Q1_BOUND
+    assert rel_err(got, want) < q + f32_bound(nb * 32), (simd, rel_err(got, want))
+    if levels == 1:
+        # the int8 quantization itself, emulated: only the float32 sums over blocks differ
+        emu = x_int8_emulated(x).astype(np.float64) @ w.T + b
+        assert rel_err(got, emu) < f32_bound(nb * 32), (simd, rel_err(got, emu))
 
 
-def test_mxfp4_r16_same_bits_at_every_level_and_grouping():
+def x_int8_emulated(x):
+    """x as the one-level kernels see it: per 32-block q = clip(rint(x * (127 / max|x|)), +-127)
+    in float32 arithmetic, the value q * max / 127."""
+    xb = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(xb).max(axis=2, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(xb * inv), -127, 127)
+    return (q.astype(np.float64) * (amax.astype(np.float64) / 127)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("levels", [2, 1])
+def test_mxfp4_r16_same_bits_at_every_level_and_grouping(levels):
     rng = np.random.default_rng(11)
     blocks, scales = mxfp4_case(rng, 40, 7)
     x = rng.standard_normal((41, 224)).astype(np.float32)
@@ -189,18 +211,19 @@ def test_mxfp4_r16_same_bits_at_every_level_and_grouping():
     x[21, :] = 1e30        # a constant block: every int16 code at +-32767
     x[21, 1::2] *= -1
     P = C.ops.mxfp4_pack_r16(blocks, scales)
+    f = lambda x_, P_, rows: C.ops.mxfp4_r16_linear(x_, P_, rows, levels=levels)  # noqa: E731
     outs = {}
     for lv in LEVELS:
         C.force_simd(lv)
-        outs[lv] = C.ops.mxfp4_r16_linear(x, P, 40)
+        outs[lv] = f(x, P, 40)
         # each token alone (decode) gives the bits of the 41-token call (prefill: SIMD tiles of
         # 4 tokens; at the amx level three AMX tiles of 16, the last one partial) and of 35
         # tokens (two AMX tiles and three tokens of the AVX-512 code)
-        alone = np.concatenate([C.ops.mxfp4_r16_linear(x[i:i + 1], P, 40) for i in range(41)])
+        alone = np.concatenate([f(x[i:i + 1], P, 40) for i in range(41)])
         assert np.array_equal(alone, outs[lv]), lv
-        assert np.array_equal(C.ops.mxfp4_r16_linear(x[:35], P, 40), outs[lv][:35]), lv
+        assert np.array_equal(f(x[:35], P, 40), outs[lv][:35]), lv
         # the first 16 rows as a matrix of their own: the same bits
-        first = C.ops.mxfp4_r16_linear(x, C.ops.mxfp4_pack_r16(blocks[:16], scales[:16]), 16)
+        first = f(x, C.ops.mxfp4_pack_r16(blocks[:16], scales[:16]), 16)
         assert np.array_equal(first, outs[lv][:, :16]), lv
     C.force_simd(LEVELS[-1])
     for lv in LEVELS[1:]:
@@ -213,11 +236,13 @@ def test_mxfp4_r16_rejects_bad_arguments():
         C.ops.mxfp4_r16_linear(np.zeros((1, 64), np.float32), P, 40)
     with pytest.raises(ValueError, match="x"):
         C.ops.mxfp4_r16_linear(np.zeros((1, 96), np.float32), P, 20)
+    with pytest.raises(ValueError, match="levels = 3"):
+        C.ops.mxfp4_r16_linear(np.zeros((1, 64), np.float32), P, 20, levels=3)
 
 
 # --------------------------------------------------------------------------------- MoE
 @pytest.mark.parametrize("n,E,H,I", [(1, 32, 2880, 2880), (6, 32, 128, 96), (3, 128, 64, 32)])
-@pytest.mark.parametrize("levels,repack", [(2, False), (1, False), (2, True)])
+@pytest.mark.parametrize("levels,repack", [(2, False), (1, False), (2, True), (1, True)])
 def test_moe_matches_numpy_experts(simd, n, E, H, I, levels, repack):
     rng = np.random.default_rng(n + E)
     k = 4
@@ -244,7 +269,7 @@ def test_moe_matches_numpy_experts(simd, n, E, H, I, levels, repack):
             a = ref.swiglu(u.astype(np.float32), 1.702, 7.0).astype(np.float64)
             want[i] += wts[i, j] * (ref.mxfp4_dequantize(w2b[e], w2s[e]).astype(np.float64) @ a + b2[e])
     # two quantized products in sequence: twice the single bound
-    q = Q16_BOUND if repack else Q2_BOUND if levels == 2 else Q1_BOUND
+    q = Q1_BOUND if levels == 1 else Q16_BOUND if repack else Q2_BOUND
     assert rel_err(got, want) < 2 * (q + f32_bound(max(H, I))), rel_err(got, want)
 
 

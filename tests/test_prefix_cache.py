@@ -66,9 +66,11 @@ def test_cached_prefix_is_bit_identical(ckpts, layout, kv):
     assert e.cached_tokens() == 0
     st = e.prefix_cache_stats()
     assert st["cached_pages"] == 2 and st["hit_tokens"] == 0
-    # the next turn: the same start, new tokens after it
-    for extra, want_cached in ((toks(3, 100), 2 * PAGE), (np.zeros(0, np.int64), 2 * PAGE),
-                               (toks(4, 1), 2 * PAGE)):
+    # the next turn: the same start, new tokens after it; the first turn's partial last page
+    # (40 positions) is taken too, as far as the new prompt agrees with it (the prompt's last
+    # token is always computed)
+    for extra, want_cached in ((toks(3, 100), 2 * PAGE + 40), (np.zeros(0, np.int64), 2 * PAGE + 39),
+                               (toks(4, 1), 2 * PAGE + 40)):
         turn = np.concatenate([system, extra])
         e.reset()
         got = e.prefill(turn, False)
@@ -125,7 +127,7 @@ def test_sharing_between_running_sequences_and_batched_decode(ckpts, kv):
     decoded = np.array([step * 7 % V for step in range(PAGE)], np.int64)
     full = np.concatenate([ta, decoded])
     e.prefill_sequence(c, full, False)
-    assert e.cached_tokens(c) == 2 * PAGE
+    assert e.cached_tokens(c) == 2 * PAGE + 39  # and a's partial last page, but the last token
 
 
 def test_start_from_cache_then_chunks(ckpts):
@@ -147,6 +149,87 @@ def test_start_from_cache_then_chunks(ckpts):
     e.reset()
     e.prefill(prompt, True)
     assert e.cached_tokens() == 0
+
+
+@pytest.mark.parametrize("kv", ["float32", "bf16"])
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_partial_last_pages_are_reused_bit_identically(ckpts, layout, kv):
+    """A finished sequence's partial last page is kept (a tail): a later prompt agreeing with it
+    up to any point inside it resumes there from a copy of the page, with the ring layers' window
+    restored from its snapshots (before and past the first 128 positions of the page), and gets
+    the bits of an uncached prefill; the copy is the new sequence's own, so the tail stays intact
+    for the next one."""
+    path = ckpts[layout]
+    e, ref = engine(path, kv_dtype=kv), engine(path, prefix_cache_gb=0, kv_dtype=kv)
+    base = toks(20, PAGE + 200)                 # one full page and a tail of 200 positions
+    e.prefill(base, False)
+    e.reset()
+    st = e.prefix_cache_stats()
+    assert st["tails"] == 1 and st["tail_pages"] == 2, st   # the page and one aux snapshot id
+    for agree in (PAGE + 20, PAGE + 127, PAGE + 128, PAGE + 150, PAGE + 200):
+        turn = np.concatenate([base[:agree], toks(agree, 30)])
+        e.reset()
+        got = e.prefill(turn, False)
+        assert e.cached_tokens() == agree, agree
+        ref.reset()
+        assert np.array_equal(got, ref.prefill(turn, False)), agree
+        for tok in (3, 9):
+            assert np.array_equal(e.decode(tok), ref.decode(tok)), agree
+    # a short conversation (no full page at all): its tail is reused from position 0
+    short = toks(21, 90)
+    e.reset()
+    e.prefill(short, False)
+    e.reset()
+    turn = np.concatenate([short, toks(22, 12)])
+    got = e.prefill(turn, False)
+    assert e.cached_tokens() == 90
+    ref.reset()
+    assert np.array_equal(got, ref.prefill(turn, False))
+    # a tail shorter than 16 positions is not kept; a prompt that diverges before 16 takes none
+    e.reset()
+    e.prefill(toks(23, PAGE + 10), False)
+    e.reset()
+    e.prefill(np.concatenate([toks(23, PAGE + 10), toks(24, 5)]), False)
+    assert e.cached_tokens() == PAGE
+    e.reset()
+    e.prefill(np.concatenate([short[:10], toks(25, 40)]), False)
+    assert e.cached_tokens() == 0
+
+
+def test_tails_are_evicted_within_the_bound(ckpts):
+    path = ckpts["hf"]
+    page_bytes = engine(path).prefix_cache_stats()["page_bytes"]
+    e = engine(path, prefix_cache_gb=3.5 * page_bytes / 1e9)   # three idle page ids at most
+    ref = engine(path, prefix_cache_gb=0)
+
+    def turn(t, want_cached):
+        e.reset()
+        got = e.prefill(t, False)
+        assert e.cached_tokens() == want_cached
+        ref.reset()
+        assert np.array_equal(got, ref.prefill(t, False))
+
+    a, b, c = toks(30, 100), toks(31, 200), toks(32, 100)
+    turn(a, 0)
+    turn(b, 0)
+    e.reset()                                # tails of 1 and 2 page ids (b needs an aux one)
+    st = e.prefix_cache_stats()
+    assert st["tails"] == 2 and st["tail_pages"] == 3 and st["evictions"] == 0, st
+    turn(c, 0)
+    e.reset()                                # a third tail: the least recently used (a) goes
+    st = e.prefix_cache_stats()
+    assert st["tails"] == 2 and st["tail_pages"] == 3 and st["evictions"] == 1, st
+    b5 = np.concatenate([b, toks(33, 5)])
+    turn(b5, 200)
+    e.reset()                                # b + 5 extends b's tail and replaces it
+    st = e.prefix_cache_stats()
+    assert st["tails"] == 2 and st["tail_pages"] == 3 and st["evictions"] == 1, st
+    turn(np.concatenate([a, toks(34, 5)]), 0)   # a was evicted: recomputed, and still right
+    e.reset()                                # its tail evicts c, now the least recently used
+    st = e.prefix_cache_stats()
+    assert st["tails"] == 2 and st["tail_pages"] == 3 and st["evictions"] == 2, st
+    turn(np.concatenate([b5, toks(35, 3)]), 205)
+    turn(np.concatenate([c, toks(36, 3)]), 0)
 
 
 def test_eviction_is_lru_and_bounded(ckpts):
@@ -178,7 +261,8 @@ def test_model_api_reuses_prefixes(ckpts):
     p = toks(12, PAGE + 20).tolist()
     a = m.generate(p, max_new_tokens=4, temperature=0).run().tokens
     b = m.generate(p, max_new_tokens=4, temperature=0).run().tokens
-    assert len(a) == 4 and a == b and m.engine.cached_tokens() == PAGE
+    # the first run's partial last page is kept too: all but the prompt's last token are reused
+    assert len(a) == 4 and a == b and m.engine.cached_tokens() == len(p) - 1
     off = Model.from_pretrained(ckpts["hf"], backend="cpu", prefix_cache_gb=0)
     assert off.generate(p, max_new_tokens=4, temperature=0).run().tokens == a
     assert off.engine.cached_tokens() == 0
@@ -198,7 +282,7 @@ def test_cuda_cached_prefix_within_bound(ckpts):
     cu.reset()
     turn = np.concatenate([system, toks(14, 20)]).tolist()
     got = cu.prefill(turn, all_logits=False)
-    assert cu.cached_tokens() == PAGE
+    assert cu.cached_tokens() == PAGE + 30  # the full page and the first run's partial one
     want = ref.prefill(turn, all_logits=False)
     bound = 6 * w.config.num_layers * 2.0 ** -9 + 2.0 ** -9
     assert rel_err(got, want) < bound, rel_err(got, want)

@@ -48,7 +48,9 @@ def test_chat_reports_cached_tokens(servers):
     first, second = chat_turns(on)
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     cached = second.usage.prompt_tokens_details.cached_tokens
-    assert 256 <= cached < second.usage.prompt_tokens and cached % 256 == 0
+    # the system prompt's full page at least, and the first turn's partial last page as far as
+    # the second prompt agrees with it (through the first user message)
+    assert 256 <= cached < second.usage.prompt_tokens
     assert metric(on, "gptoss_prefix_cache_hit_tokens") >= cached
     f_off, s_off = chat_turns(off)
     assert s_off.usage.prompt_tokens_details.cached_tokens == 0

@@ -42,9 +42,9 @@ def m_layers(path):
     return Weights(path).config.num_layers
 
 
-def load(path, cache, repack="auto"):
+def load(path, cache, repack="auto", **kw):
     m = Model.from_pretrained(path, backend="cpu", repack=repack, cache_dir=str(cache),
-                              prefix_cache_gb=0)
+                              prefix_cache_gb=0, **kw)
     return m, m.engine.weights_note
 
 
@@ -176,15 +176,30 @@ def test_other_levels_and_options_keep_the_checkpoint_layout(ckpt, tmp_path):
     finally:
         C.force_simd(C.simd_levels()[-1])
     assert n == "experts in the checkpoint's layout (read directly by the plain kernels)"
-    C.force_simd("avx2")
-    try:
-        m = Model.from_pretrained(ckpt, backend="cpu", activation_levels=1, cache_dir=str(tmp_path))
-    finally:
-        C.force_simd(C.simd_levels()[-1])
-    assert "checkpoint's layout (activation_levels 1)" in m.engine.weights_note
-    assert not (tmp_path / "weights").exists()
+    if "avx512bw" in C.simd_levels():  # AVX-512 keeps its one-level kernels on the checkpoint's
+        C.force_simd("avx512bw")
+        try:
+            m = Model.from_pretrained(ckpt, backend="cpu", activation_levels=1, cache_dir=str(tmp_path))
+        finally:
+            C.force_simd(C.simd_levels()[-1])
+        assert "checkpoint's layout (activation_levels 1)" in m.engine.weights_note
+        assert not (tmp_path / "weights").exists()
     with pytest.raises(ValueError, match="repack='fast'"):
         Model.from_pretrained(ckpt, backend="cpu", repack="fast")
+
+
+def test_one_level_activations_share_the_repacked_file_on_avx2(ckpt, tmp_path):
+    """activation_levels=1 on AVX2 runs the int8 r16 kernels on the same cache file as the
+    default: built by whichever loads first, mapped by the other."""
+    C.force_simd("avx2")
+    try:
+        one, n1 = load(ckpt, tmp_path / "cache", activation_levels=1)
+        two, n2 = load(ckpt, tmp_path / "cache")
+    finally:
+        C.force_simd(C.simd_levels()[-1])
+    assert "experts repacked for the avx2 kernels" in n1 and "built" in n1, n1
+    assert "mapped" in n2 and "built" not in n2, n2
+    assert len(list((tmp_path / "cache" / "weights").glob("*.bin"))) == 1
 
 
 def test_cli_repack_and_cache_dir(ckpt, tmp_path):

@@ -97,7 +97,7 @@ class CpuBackend final : public Backend {
     const cpu::Isa isa = cpu::active_isa();
     if (repack_ == "off") {
       note_ = "experts in the checkpoint's layout (repack off)";
-    } else if (levels_ != 2) {
+    } else if (levels_ != 2 && !avx2_class(isa)) {
       note_ = "experts in the checkpoint's layout (activation_levels 1)";
     } else if (!wants_r16(isa)) {
       note_ = std::string("experts in the checkpoint's layout (read directly by the ") +
@@ -206,6 +206,17 @@ class CpuBackend final : public Backend {
             std::memcpy(p.v + ring, p.sv + snap, d * eb_);
           }
         }
+    }
+  }
+  void kv_page_copy(int src, int dst) override {
+    const size_t bytes = size_t(geo_.page) * size_t(geo_.kv_width) * eb_;
+    for (int l = 0; l < geo_.layers; ++l) {
+      if (geo_.ring_layer[size_t(l)]) continue;
+      Pool& p = kv_[size_t(l)];
+      GPTOSS_CHECK(size_t(std::max(src, dst) + 1) * geo_.page <= p.rows,
+                   "kv_page_copy: page " << std::max(src, dst) << " is not reserved");
+      std::memcpy(p.k + size_t(dst) * bytes, p.k + size_t(src) * bytes, bytes);
+      std::memcpy(p.v + size_t(dst) * bytes, p.v + size_t(src) * bytes, bytes);
     }
   }
   int kv_elem_bytes() const override { return int(eb_); }
@@ -401,9 +412,10 @@ class CpuBackend final : public Backend {
   };
   // AVX2 (no AVX-512) and AMX want the r16 layout; AVX-512 without AMX runs best on the
   // checkpoint's (cpu/mxfp4.cpp).
-  static bool wants_r16(cpu::Isa isa) {
-    return (isa >= cpu::Isa::Avx2 && isa < cpu::Isa::Avx512Bw) || isa >= cpu::Isa::Amx;
-  }
+  // (With activation_levels 1 only the AVX2 class does: its int8 r16 kernels beat the
+  // checkpoint layout's; AVX-512 and AMX keep their one-level kernels on the checkpoint's.)
+  static bool avx2_class(cpu::Isa isa) { return isa >= cpu::Isa::Avx2 && isa < cpu::Isa::Avx512Bw; }
+  static bool wants_r16(cpu::Isa isa) { return avx2_class(isa) || isa >= cpu::Isa::Amx; }
   const Packed* packed_for(const LayerTensors& L) const {
     for (const auto& p : packed_)
       if (p.first == L.w1_blocks.data) return &p.second;
@@ -415,7 +427,7 @@ class CpuBackend final : public Backend {
                float alpha, float limit) {
     const int E = int(P.w1.size());
     grow(qws1_, cpu::Q16Act::bytes(A, H));
-    const cpu::Q16Act qt = cpu::Q16Act::carve(qws1_.data(), A, H);
+    const cpu::Q16Act qt = cpu::Q16Act::carve(qws1_.data(), A, H, levels_);
     quantize16(tg_.data(), A, H, qt);
     grow(u_, size_t(A) * 2 * I);
     run_items(E, 2 * I, [&](int e, int r0, int r1) {
@@ -426,7 +438,7 @@ class CpuBackend final : public Backend {
     grow(a_, size_t(A) * I);
     cpu::swiglu(u_.data(), A, I, alpha, limit, a_.data());
     grow(qws2_, cpu::Q16Act::bytes(A, I));
-    const cpu::Q16Act qa = cpu::Q16Act::carve(qws2_.data(), A, I);
+    const cpu::Q16Act qa = cpu::Q16Act::carve(qws2_.data(), A, I, levels_);
     quantize16(a_.data(), A, I, qa);
     grow(y_, size_t(A) * H);
     run_items(E, H, [&](int e, int r0, int r1) {

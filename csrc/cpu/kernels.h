@@ -61,17 +61,23 @@ void mf4_r16_pack(const uint8_t* blocks, const uint8_t* scales, int R, int nb, i
                   uint8_t* out);
 
 // Activations in int16 per 32-block: x ~= 2 * step * q, |error| <= max|x_block| / 65534.
+// levels = 1 (activation_levels 1): int8 per block instead, x ~= 2 * step * q8 with
+// step = max|x| / 127 / 2, |error| <= max|x_block| / 254 (mxfp4_r16.cpp: the int8 kernels).
 struct Q16Act {
   int nb = 0;
-  int16_t* q = nullptr;      // [m, nb, 32] in the pair order of the packed weights
+  int levels = 2;
+  // levels 2: [m, nb, 32] in the pair order of the packed weights. levels 1: the same memory as
+  // [m, nb, 16] 32-bit words, word 2c + j of a block the int8 pair (q8[4c + j], q8[4c + j + 2])
+  // twice (the pair one vpmaddubsw lane meets, ready for a 32-bit broadcast)
+  int16_t* q = nullptr;
   int32_t* corr = nullptr;   // [m, nb] -12 * sum(q) of each block (the unsigned-weight trick)
-  float* step = nullptr;     // [m, nb] max|x| / 32767 / 2
+  float* step = nullptr;     // [m, nb] max|x| / 32767 / 2 (levels 1: max|x| / 127 / 2)
   // q split into bytes for the AMX kernel, q = 256 * hi + lo exactly: [m, nb * 32] each, the
   // values in the pair order of q
   int8_t* hi = nullptr;
   uint8_t* lo = nullptr;
   static size_t bytes(int m, int K);
-  static Q16Act carve(void* workspace, int m, int K);
+  static Q16Act carve(void* workspace, int m, int K, int levels = 2);
   // the same workspace from token row `off` on
   Q16Act from_row(int off) const {
     Q16Act r = *this;

@@ -46,6 +46,9 @@
 #include <immintrin.h>
 #endif
 
+#ifndef GPTOSS_R16Q8_TM
+#define GPTOSS_R16Q8_TM 4
+#endif
 namespace gptoss {
 namespace cpu {
 
@@ -95,9 +98,11 @@ size_t Q16Act::bytes(int m, int K) {
   return size_t(m) * nb * (32 * 2 + 4) + size_t(m + 15) * nb * (4 + 32 + 32) + 3 * 64;
 }
 
-Q16Act Q16Act::carve(void* ws, int m, int K) {
+Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
+  GPTOSS_CHECK(levels == 1 || levels == 2, "Q16Act: levels = " << levels << ": must be 1 or 2");
   Q16Act q;
   q.nb = K / 32;
+  q.levels = levels;
   const size_t nb = size_t(q.nb);
   uint8_t* p = static_cast<uint8_t*>(ws);
   auto align = [](uint8_t* x) {
@@ -125,6 +130,27 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
       const float* xb = x + size_t(t) * K + size_t(b) * 32;
       float amax = 0.f;
       for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      if (q.levels == 1) {  // int8, as mxfp4.cpp's first level
+        const float inv1 = amax > 0 ? 127.0f / amax : 0.f;
+        int8_t v[32];
+        int32_t sum = 0;
+        for (int i = 0; i < 32; ++i) {
+          float a = std::nearbyint(xb[i] * inv1);
+          a = std::min(127.f, std::max(-127.f, a));
+          v[i] = int8_t(a);
+          sum += v[i];
+        }
+        uint8_t* o = reinterpret_cast<uint8_t*>(q.q + (size_t(t) * nb + b) * 32);
+        for (int c = 0; c < 8; ++c)
+          for (int j = 0; j < 2; ++j) {
+            uint8_t* w = o + 4 * (2 * c + j);
+            w[0] = w[2] = uint8_t(v[4 * c + j]);
+            w[1] = w[3] = uint8_t(v[4 * c + j + 2]);
+          }
+        q.corr[size_t(t) * nb + b] = -12 * sum;
+        q.step[size_t(t) * nb + b] = amax / 127.0f * 0.5f;
+        continue;
+      }
       const float inv = amax > 0 ? 32767.0f / amax : 0.f;
       int16_t v[32];
       int32_t sum = 0;
@@ -160,12 +186,18 @@ static void r16_group_plain(const uint8_t* pk, int nb, const Q16Act& q, int t, f
   for (int b = 0; b < nb; ++b) {
     const uint8_t* rec = pk + size_t(b) * kR16RecordBytes;
     const int16_t* xb = xq + size_t(b) * 32;
+    const int8_t* x8 = reinterpret_cast<const int8_t*>(xb);  // levels 1: word 2c + j
     for (int p = 0; p < 16; ++p) {
       const int row = kLaneRow[p];
       const int L = row / 8, i = row % 8;
       int32_t s = corr[b];
       for (int c = 0; c < 8; ++c) {
         const uint8_t b0 = rec[32 * c + 16 * L + 2 * i], b1 = rec[32 * c + 16 * L + 2 * i + 1];
+        if (q.levels == 1) {
+          s += int32_t(kU8[b0 & 15]) * x8[8 * c] + int32_t(kU8[b1 & 15]) * x8[8 * c + 1];
+          s += int32_t(kU8[b0 >> 4]) * x8[8 * c + 4] + int32_t(kU8[b1 >> 4]) * x8[8 * c + 5];
+          continue;
+        }
         s += int32_t(kU8[b0 & 15]) * xb[4 * c] + int32_t(kU8[b1 & 15]) * xb[4 * c + 1];
         s += int32_t(kU8[b0 >> 4]) * xb[4 * c + 2] + int32_t(kU8[b1 >> 4]) * xb[4 * c + 3];
       }
@@ -249,21 +281,93 @@ GPTOSS_AVX2_FMA static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Ac
   }
 }
 
+// The int8 activations (levels 1): vpmaddubsw multiplies the unsigned weight bytes of a chunk
+// (lo codes: values 4c, 4c + 2 of each row; hi codes: 4c + 1, 4c + 3) by a broadcast pair of
+// signed activation bytes, giving each row's two products in one 16-bit lane (16 rows in one
+// register, |lane| <= 2 * 24 * 127); two chunks sum in 16 bits (|sum| <= 4 * 6096 < 2^15), and
+// vpmaddwd of the interleaved sums of chunks (c, c + 1) and (c + 2, c + 3) by ones widens them to
+// the rows' int32 lanes in the order of the int16 code. So the block sum is the same exact
+// integer the plain code computes, and the float steps after it are the int16 code's.
+template <int T>
+GPTOSS_AVX2_FMA static void r16q8_tile_avx2(const uint8_t* pk, int nb, const Q16Act& q, int t0,
+                                            float* f) {
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int32_t* xw = reinterpret_cast<const int32_t*>(q.q);
+  const size_t xs = size_t(nb) * 16;  // words per token
+  __m256 fa[T], fb[T];
+  for (int t = 0; t < T; ++t) fa[t] = fb[t] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* rec = pk + size_t(b) * kR16RecordBytes;
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 64), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 128), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 192), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kR16RecordBytes + 256), _MM_HINT_T0);
+    __m256i aa[T], ab[T];
+    for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm256_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
+    for (int c4 = 0; c4 < 8; c4 += 4) {
+      __m256i s01[T], s23[T];
+      for (int cc = 0; cc < 4; ++cc) {
+        const int c = c4 + cc;
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+        const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+        for (int t = 0; t < T; ++t) {
+          const int32_t* xp = xw + size_t(t0 + t) * xs + size_t(b) * 16 + 2 * c;
+          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xp[0])),
+                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xp[1])));
+          __m256i& s = cc < 2 ? s01[t] : s23[t];
+          s = (cc & 1) ? _mm256_add_epi16(s, p) : p;
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        aa[t] = _mm256_add_epi32(aa[t], _mm256_madd_epi16(_mm256_unpacklo_epi16(s01[t], s23[t]), ones));
+        ab[t] = _mm256_add_epi32(ab[t], _mm256_madd_epi16(_mm256_unpackhi_epi16(s01[t], s23[t]), ones));
+      }
+    }
+    const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
+    const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
+    const __m256 sb = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
+    for (int t = 0; t < T; ++t) {
+      const __m256 st = _mm256_set1_ps(q.step[size_t(t0 + t) * nb + b]);
+      fa[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st), fa[t]);
+      fb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st), fb[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    _mm256_storeu_ps(f + 16 * t, _mm256_permute2f128_ps(fa[t], fb[t], 0x20));
+    _mm256_storeu_ps(f + 16 * t + 8, _mm256_permute2f128_ps(fa[t], fb[t], 0x31));
+  }
+}
+
 GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0, int r1,
                                           const Q16Act& q, int m, const float* bias, float* out,
                                           int ldo) {
   constexpr int TM = 4;
+  const int tm = q.levels == 1 ? GPTOSS_R16Q8_TM : TM;
   alignas(32) float f[TM * 16];
   for (int g = r0 / kR16; g * kR16 < r1; ++g) {
     const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
     const int rows = std::min(kR16, r1 - g * kR16);
     for (int t = 0; t < m;) {
-      const int T = std::min(TM, m - t);
-      switch (T) {
-        case 4: r16_tile_avx2<4>(pk, nb, q, t, f); break;
-        case 3: r16_tile_avx2<3>(pk, nb, q, t, f); break;
-        case 2: r16_tile_avx2<2>(pk, nb, q, t, f); break;
-        default: r16_tile_avx2<1>(pk, nb, q, t, f); break;
+      const int T = std::min(tm, m - t);
+      if (q.levels == 1) {
+        switch (T) {
+          case 4: r16q8_tile_avx2<4>(pk, nb, q, t, f); break;
+          case 3: r16q8_tile_avx2<3>(pk, nb, q, t, f); break;
+          case 2: r16q8_tile_avx2<2>(pk, nb, q, t, f); break;
+          default: r16q8_tile_avx2<1>(pk, nb, q, t, f); break;
+        }
+      } else {
+        switch (T) {
+          case 4: r16_tile_avx2<4>(pk, nb, q, t, f); break;
+          case 3: r16_tile_avx2<3>(pk, nb, q, t, f); break;
+          case 2: r16_tile_avx2<2>(pk, nb, q, t, f); break;
+          default: r16_tile_avx2<1>(pk, nb, q, t, f); break;
+        }
       }
       for (int j = 0; j < T; ++j) {
         float* o = out + size_t(t + j) * ldo + size_t(g) * kR16;
@@ -508,6 +612,15 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
                                                                         << ") do not start a group");
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (q.levels == 1) {  // int8 activations: the AVX2 code (at every level that has AVX2) or plain
+    if (active_isa() >= Isa::Avx2)
+      r16_rows_avx2(packed, nb, r0, r1, q, m, bias, out, ldo);
+    else
+      r16_rows_plain(packed, nb, r0, r1, q, m, bias, out, ldo);
+    return;
+  }
+#endif
 #if defined(GPTOSS_HAVE_AMX)
   // A tile of 16 tokens costs the AMX kernel about what 8 tokens cost the AVX-512 code (measured
   // by bench/bench_cpu_kernels.py), so a last partial tile of kAmxMinTail tokens or more takes the

@@ -155,6 +155,20 @@ class CudaBackend final : public Backend {
       }
     }
   }
+  void kv_page_copy(int src, int dst) override {
+    const size_t bytes = size_t(geo_.page) * size_t(geo_.kv_width) * 2;
+    for (int l = 0; l < geo_.layers; ++l) {
+      if (geo_.ring_layer[size_t(l)]) continue;
+      Pool& p = kv_[size_t(l)];
+      GPTOSS_CHECK(size_t(std::max(src, dst) + 1) * geo_.page <= p.rows,
+                   "kv_page_copy: page " << std::max(src, dst) << " is not reserved");
+      for (uint16_t* base : {p.k, p.v}) {
+        char* b = reinterpret_cast<char*>(base);
+        GPTOSS_CUDA_CHECK(cudaMemcpyAsync(b + size_t(dst) * bytes, b + size_t(src) * bytes, bytes,
+                                          cudaMemcpyDeviceToDevice, stream_));
+      }
+    }
+  }
   int kv_elem_bytes() const override { return 2; }
   void rope_table(const float* cos, const float* sin, int max_pos, int half) override {
     const size_t bytes = size_t(max_pos) * half * sizeof(float);

@@ -92,6 +92,9 @@ class Backend {
   // snapshot of page id `page` (save), or from it into the slot's ring rows (load). Ordered on the
   // backend's stream like a step.
   virtual void kv_snapshot(int slot, int first, int page, bool save) = 0;
+  // Every paged layer: the rows of page id src copied over those of page id dst (a sequence
+  // continuing a cached partial page gets its own copy). Ordered on the backend's stream.
+  virtual void kv_page_copy(int src, int dst) = 0;
   // Bytes of one element of the KV cache (4: float32, 2: bf16).
   virtual int kv_elem_bytes() const = 0;
 

@@ -177,19 +177,119 @@ void Engine::unref_page(int32_t p) {
     free_pages_.push_back(p);
     return;
   }
+  make_idle(p);
+  evict_idle();
+}
+
+void Engine::make_idle(int32_t p) {
   page_idle_since_[size_t(p)] = clock_;
   idle_.insert({clock_++, p});
-  while (idle_.size() > cache_max_idle_) {
+}
+
+// At most cache_max_idle_ page ids idle: cached full pages no sequence holds, and tails with
+// their aux page ids; the least recently used go first.
+void Engine::evict_idle() {
+  while (!idle_.empty() && idle_.size() + size_t(tail_aux_) > cache_max_idle_) {
     const int32_t q = idle_.begin()->second;
     idle_.erase(idle_.begin());
+    ++stats_.evictions;
+    if (tails_.count(q)) {
+      drop_tail(q);
+      continue;
+    }
     cache_.erase(page_key_[size_t(q)]);
     page_key_[size_t(q)] = 0;
     free_pages_.push_back(q);
-    ++stats_.evictions;
   }
 }
 
+void Engine::drop_tail(int32_t page) {
+  auto it = tails_.find(page);
+  auto range = tails_by_parent_.equal_range(it->second.parent);
+  for (auto j = range.first; j != range.second; ++j)
+    if (j->second == page) {
+      tails_by_parent_.erase(j);
+      break;
+    }
+  for (int32_t a : it->second.aux) free_pages_.push_back(a);
+  tail_aux_ -= int(it->second.aux.size());
+  free_pages_.push_back(page);
+  tails_.erase(it);
+}
+
+int32_t Engine::take_page(bool* grew) {
+  int32_t p;
+  if (!free_pages_.empty()) {
+    p = free_pages_.back();
+    free_pages_.pop_back();
+  } else {
+    p = pages_total_++;
+    *grew = true;
+  }
+  size_page_arrays();
+  page_ref_[size_t(p)] = 1;
+  page_key_[size_t(p)] = 0;
+  return p;
+}
+
+// A finished sequence's partial last page (at least kMinTail positions) is kept as a tail: a
+// later prompt with the same tokens up to some point inside it continues from a copy of it
+// instead of prefilling those positions again (a chat's next turn re-sends the whole
+// conversation, which rarely ends on a page boundary). The ring layers need the `window`
+// positions before wherever the next sequence resumes, so all of the page's positions are
+// snapshotted from the ring, which still holds them (it keeps window + kChunk positions).
+void Engine::cache_tail(Sequence& s) {
+  if (!prefix_on_ || cache_max_idle_ == 0) return;
+  const int k = s.pos / kPage, L = s.pos % kPage;
+  if (L < kMinTail || int(s.pages.size()) <= k || int(s.keys.size()) < k ||
+      int(s.tokens.size()) < s.pos)
+    return;
+  const int32_t p = s.pages[size_t(k)];
+  if (page_ref_[size_t(p)] != 1 || page_key_[size_t(p)]) return;
+  const uint64_t parent = k ? s.keys[size_t(k) - 1] : 0;
+  // a tail that already holds these tokens (or more of them) makes this one redundant; one that
+  // holds fewer of them is made redundant by it
+  std::vector<int32_t> shorter;
+  auto range = tails_by_parent_.equal_range(parent);
+  for (auto it = range.first; it != range.second; ++it) {
+    const Tail& o = tails_.at(it->second);
+    const size_t c = std::min(o.tokens.size(), size_t(s.pos));
+    if (!std::equal(o.tokens.begin(), o.tokens.begin() + c, s.tokens.begin())) continue;
+    if (o.tokens.size() >= size_t(s.pos)) return;
+    shorter.push_back(it->second);
+  }
+  for (int32_t q : shorter) {
+    idle_.erase({page_idle_since_[size_t(q)], q});
+    drop_tail(q);
+  }
+  const int W = ck_.config.sliding_window;
+  Tail t;
+  t.parent = parent;
+  t.tokens.assign(s.tokens.begin(), s.tokens.begin() + s.pos);
+  t.page = p;
+  bool grew = false;
+  for (int first = k * kPage + W; W > 0 && first < s.pos; first += W) t.aux.push_back(take_page(&grew));
+  if (grew) {
+    size_page_arrays();
+    be_->kv_reserve(pages_total_, slots_total_);
+  }
+  if (W > 0) {
+    be_->kv_snapshot(s.slot, k * kPage, p, true);
+    for (size_t i = 0; i < t.aux.size(); ++i)
+      be_->kv_snapshot(s.slot, k * kPage + int(i + 1) * W, t.aux[i], true);
+  }
+  for (int32_t a : t.aux) page_ref_[size_t(a)] = 0;
+  page_ref_[size_t(p)] = 0;
+  s.pages.erase(s.pages.begin() + k);  // the tail owns it now
+  tail_aux_ += int(t.aux.size());
+  tails_by_parent_.emplace(parent, p);
+  tails_.emplace(p, std::move(t));
+  make_idle(p);
+  evict_idle();
+}
+
 void Engine::release_pages(Sequence& s) {
+  cache_tail(s);
   // the deepest pages first, so LRU eviction drops a chain's tail before its head
   for (size_t i = s.pages.size(); i-- > 0;) unref_page(s.pages[i]);
   s.pages.clear();
@@ -215,10 +315,24 @@ int Engine::reuse_prefix(Sequence& s, const int32_t* tokens, int n) {
     parent = key;
   }
   const int P = int(hit.size()) * kPage;
-  stats_.hit_tokens += P;
-  stats_.miss_tokens += n - P;
-  s.cached = P;
-  if (hit.empty()) return 0;
+  // then the longest cached tail continuing those pages (its whole prefix compared too)
+  int32_t tail = -1;
+  int J = 0;
+  auto range = tails_by_parent_.equal_range(parent);
+  for (auto it = range.first; it != range.second; ++it) {
+    const Tail& t = tails_.at(it->second);
+    if (int(t.tokens.size()) / kPage != int(hit.size()) || t.tokens.size() < size_t(P + kMinTail) ||
+        !std::equal(tokens, tokens + P, t.tokens.begin()))
+      continue;
+    const int lim = std::min(int(t.tokens.size()) - P, n - 1 - P);
+    int j = 0;
+    while (j < lim && t.tokens[size_t(P + j)] == tokens[P + j]) ++j;
+    if (j >= kMinTail && j > J) J = j, tail = it->second;
+  }
+  stats_.hit_tokens += P + J;
+  stats_.miss_tokens += n - P - J;
+  s.cached = P + J;
+  if (hit.empty() && tail < 0) return 0;
   for (size_t k = 0; k < hit.size(); ++k) {
     const int32_t p = hit[k];
     if (page_ref_[size_t(p)]++ == 0) idle_.erase({page_idle_since_[size_t(p)], p});
@@ -226,10 +340,30 @@ int Engine::reuse_prefix(Sequence& s, const int32_t* tokens, int n) {
     s.pages.push_back(p);
   }
   s.keys = keys;
-  s.tokens.assign(tokens, tokens + P);
-  be_->kv_snapshot(s.slot, P - ck_.config.sliding_window, hit.back(), false);
-  s.pos = P;
-  return P;
+  const int W = ck_.config.sliding_window;
+  if (!hit.empty()) be_->kv_snapshot(s.slot, P - W, hit.back(), false);
+  if (tail >= 0) {
+    bool grew = false;
+    const int32_t q = take_page(&grew);
+    if (grew) {
+      size_page_arrays();
+      be_->kv_reserve(pages_total_, slots_total_);
+    }
+    page_table_[size_t(s.slot) * max_pages_ + hit.size()] = q;
+    s.pages.push_back(q);
+    const Tail& t = tails_.at(tail);
+    be_->kv_page_copy(tail, q);
+    if (W > 0) {  // positions past P + J come back too; the prefill rewrites them before use
+      be_->kv_snapshot(s.slot, P, tail, false);
+      for (size_t i = 0; i < t.aux.size(); ++i)
+        be_->kv_snapshot(s.slot, P + int(i + 1) * W, t.aux[i], false);
+    }
+    idle_.erase({page_idle_since_[size_t(tail)], tail});  // most recently used now
+    make_idle(tail);
+  }
+  s.tokens.assign(tokens, tokens + P + J);
+  s.pos = P + J;
+  return P + J;
 }
 
 void Engine::cache_full_pages(Sequence& s, int old_pos) {
@@ -271,7 +405,9 @@ int Engine::start_from_cache(int seq, const int32_t* tokens, int n) {
 PrefixCacheStats Engine::prefix_cache_stats() const {
   PrefixCacheStats r = stats_;
   r.cached_pages = int(cache_.size());
-  r.idle_pages = int(idle_.size());
+  r.idle_pages = int(idle_.size() - tails_.size());
+  r.tails = int(tails_.size());
+  r.tail_pages = int(tails_.size()) + tail_aux_;
   return r;
 }
 
@@ -330,17 +466,7 @@ void Engine::ensure_pages(Sequence& s, int upto) {
   const int need = (upto + kPage - 1) / kPage;
   bool grew = false;
   while (int(s.pages.size()) < need) {
-    int32_t p;
-    if (!free_pages_.empty()) {
-      p = free_pages_.back();
-      free_pages_.pop_back();
-    } else {
-      p = pages_total_++;
-      grew = true;
-    }
-    size_page_arrays();
-    page_ref_[size_t(p)] = 1;
-    page_key_[size_t(p)] = 0;
+    const int32_t p = take_page(&grew);
     page_table_[size_t(s.slot) * max_pages_ + s.pages.size()] = p;
     s.pages.push_back(p);
   }

@@ -83,6 +83,16 @@ class Engine {
     std::vector<int32_t> tokens;
     int32_t page = 0;
   };
+  // The partial last page of a finished sequence ("tail"): the page itself (never shared: a
+  // sequence continuing it gets a copy) and the ring layers' positions past the last full page,
+  // whose first `window` rows sit in the page's own snapshot rows and the rest in `aux` page ids'.
+  // All the sequence's tokens are kept so a hash collision can never share it.
+  struct Tail {
+    uint64_t parent = 0;          // key of the last full page before it (0: none)
+    std::vector<int32_t> tokens;  // every position's token, the full pages' included
+    int32_t page = 0;
+    std::vector<int32_t> aux;
+  };
   // rows: n tokens; row i belongs to sequence seq_of[i] at position pos_of[i]. logit_rows lists
   // the rows whose logits (or, with sample, sampled tokens) are written, in order.
   void run(const int32_t* tokens, const int* seq_of, const int* pos_of, int n,
@@ -95,8 +105,13 @@ class Engine {
   // (returns the positions reused); cache the pages a step completed; give a sequence's pages back
   int reuse_prefix(Sequence& s, const int32_t* tokens, int n);
   void cache_full_pages(Sequence& s, int old_pos);
+  void cache_tail(Sequence& s);
   void release_pages(Sequence& s);
   void unref_page(int32_t p);
+  void make_idle(int32_t p);
+  void evict_idle();
+  void drop_tail(int32_t page);
+  int32_t take_page(bool* grew);  // a free page id (or a new one: *grew), not yet reserved
   static uint64_t page_key(uint64_t parent, const int32_t* tokens);
   Sequence& sequence(int seq);
   const Sequence& sequence(int seq) const;
@@ -128,6 +143,11 @@ class Engine {
   std::vector<uint64_t> page_key_;                 // [pages]: its cache key, 0 if not cached
   std::vector<uint64_t> page_idle_since_;          // [pages]: its place in idle_
   std::set<std::pair<uint64_t, int32_t>> idle_;    // cached pages no sequence holds, LRU first
+                                                   // (and tails, by their page)
+  std::unordered_map<int32_t, Tail> tails_;         // by the tail's page id
+  std::unordered_multimap<uint64_t, int32_t> tails_by_parent_;
+  int tail_aux_ = 0;                               // aux page ids all tails hold
+  static constexpr int kMinTail = 16;              // shorter partial pages are not kept
   uint64_t clock_ = 0;
   PrefixCacheStats stats_;
   std::vector<int32_t> step_tokens_, step_pos_, step_slot_, step_logit_rows_;

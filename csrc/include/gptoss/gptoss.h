@@ -104,6 +104,8 @@ struct PrefixCacheStats {
   int64_t evictions = 0;    // pages dropped from the cache
   int cached_pages = 0;     // pages in the cache (held by a sequence or idle)
   int idle_pages = 0;       // cached pages no sequence holds
+  int tails = 0;            // cached partial last pages of finished sequences
+  int tail_pages = 0;       // page ids those hold (the page, and ring snapshots past its first 128)
   size_t page_bytes = 0;    // KV bytes per page, snapshot included
 };
 
