@@ -52,6 +52,7 @@ def test_chat_reports_cached_tokens(servers):
     # the second prompt agrees with it (through the first user message)
     assert 256 <= cached < second.usage.prompt_tokens
     assert metric(on, "gptoss_prefix_cache_hit_tokens") >= cached
+    assert metric(on, "gptoss_prefix_cache_tails") >= 1   # the finished turns' partial pages
     f_off, s_off = chat_turns(off)
     assert s_off.usage.prompt_tokens_details.cached_tokens == 0
     # the same answers with and without the cache (bit-identical logits, greedy)

@@ -162,14 +162,16 @@ class Ops:
              st["hit_tokens"], True),
             ("gptoss_prefix_cache_miss_tokens", "prompt positions computed by prefills that "
              "looked in the prefix cache", st["miss_tokens"], True),
-            ("gptoss_prefix_cache_evictions", "KV pages dropped from the prefix cache",
+            ("gptoss_prefix_cache_evictions", "KV pages and tails dropped from the prefix cache",
              st["evictions"], True),
             ("gptoss_prefix_cache_pages", "KV pages in the prefix cache", st["cached_pages"],
              False),
             ("gptoss_prefix_cache_idle_pages", "cached KV pages no sequence holds",
              st["idle_pages"], False),
-            ("gptoss_prefix_cache_bytes", "bytes of the KV pages in the prefix cache",
-             st["bytes"], False),
+            ("gptoss_prefix_cache_tails", "cached partial last pages of finished sequences",
+             st.get("tails", 0), False),
+            ("gptoss_prefix_cache_bytes", "bytes of the KV pages in the prefix cache, tails "
+             "included", st["bytes"], False),
         ]
 
     def live(self):
