@@ -422,65 +422,67 @@ class CpuBackend final : public Backend {
     return nullptr;
   }
 
-  // The expert products on the repacked weights: u_ then y_ for the A gathered rows of tg_.
-  void moe_r16(const Packed& P, const float* w1_bias, const float* w2_bias, int A, int H, int I,
-               float alpha, float limit) {
-    const int E = int(P.w1.size());
-    grow(qws1_, cpu::Q16Act::bytes(A, H));
-    const cpu::Q16Act qt = cpu::Q16Act::carve(qws1_.data(), A, H, levels_);
-    quantize16(tg_.data(), A, H, qt);
+  // The expert products for the A gathered rows of tg_: u_ = W1 rows, the SwiGLU into a_, then
+  // y_ = W2 rows; prep quantizes activations into a workspace, mul runs one band of rows of one
+  // expert's product (which: 0 for W1, 1 for W2) on them.
+  template <class Prep, class Mul>
+  void moe_experts(int E, const float* w1_bias, const float* w2_bias, int A, int H, int I,
+                   float alpha, float limit, Prep&& prep, Mul&& mul) {
+    const auto qt = prep(tg_.data(), A, H, qws1_);
     grow(u_, size_t(A) * 2 * I);
     run_items(E, 2 * I, [&](int e, int r0, int r1) {
       const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      cpu::mf4w_r16_gemm_rows(P.w1[size_t(e)], H / 32, r0, r1, qt.from_row(off), m,
-                              w1_bias + size_t(e) * 2 * I, &u_[size_t(off) * 2 * I], 2 * I);
+      mul(0, e, qt, off, m, r0, r1, w1_bias + size_t(e) * 2 * I, &u_[size_t(off) * 2 * I], 2 * I);
     });
     grow(a_, size_t(A) * I);
     cpu::swiglu(u_.data(), A, I, alpha, limit, a_.data());
-    grow(qws2_, cpu::Q16Act::bytes(A, I));
-    const cpu::Q16Act qa = cpu::Q16Act::carve(qws2_.data(), A, I, levels_);
-    quantize16(a_.data(), A, I, qa);
+    const auto qa = prep(a_.data(), A, I, qws2_);
     grow(y_, size_t(A) * H);
     run_items(E, H, [&](int e, int r0, int r1) {
       const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      cpu::mf4w_r16_gemm_rows(P.w2[size_t(e)], I / 32, r0, r1, qa.from_row(off), m,
-                              w2_bias + size_t(e) * H, &y_[size_t(off) * H], H);
+      mul(1, e, qa, off, m, r0, r1, w2_bias + size_t(e) * H, &y_[size_t(off) * H], H);
     });
   }
 
+  // on the repacked weights (int16 activations, or int8 with activation_levels 1)
+  void moe_r16(const Packed& P, const float* w1_bias, const float* w2_bias, int A, int H, int I,
+               float alpha, float limit) {
+    moe_experts(
+        int(P.w1.size()), w1_bias, w2_bias, A, H, I, alpha, limit,
+        [&](const float* x, int m, int K, std::vector<uint8_t>& ws) {
+          grow(ws, cpu::Q16Act::bytes(m, K));
+          const cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels_);
+          quantize16(x, m, K, q);
+          return q;
+        },
+        [&](int which, int e, const cpu::Q16Act& q, int off, int m, int r0, int r1,
+            const float* bias, float* out, int ldo) {
+          cpu::mf4w_r16_gemm_rows(which ? P.w2[size_t(e)] : P.w1[size_t(e)], (which ? I : H) / 32,
+                                  r0, r1, q.from_row(off), m, bias, out, ldo);
+        });
+  }
+
+  // on the checkpoint's layout (cpu/mxfp4.cpp)
   void moe_checkpoint_layout(const LayerTensors& L, const float* w1_bias, const float* w2_bias,
                              int A, int H, int I, float alpha, float limit, int levels) {
-    const int E = int(L.w1_blocks.shape[0]);
-    grow(qws1_, cpu::Q8Act::bytes(A, H));
-    const cpu::Q8Act qt = cpu::Q8Act::carve(qws1_.data(), A, H);
-    quantize(tg_.data(), A, H, qt);
-
-    // work items: (expert, band of rows) for the first projection
-    const uint8_t* w1b = L.w1_blocks.data;
-    const uint8_t* w1s = L.w1_scales.data;
-    const uint8_t* w2b = L.w2_blocks.data;
-    const uint8_t* w2s = L.w2_scales.data;
-    const size_t w1_eb = size_t(2 * I) * (H / 32) * 16, w1_es = size_t(2 * I) * (H / 32);
-    const size_t w2_eb = size_t(H) * (I / 32) * 16, w2_es = size_t(H) * (I / 32);
-    grow(u_, size_t(A) * 2 * I);
-    run_items(E, 2 * I, [&](int e, int r0, int r1) {
-      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      cpu::mf4w_q8_gemm_rows(w1b + size_t(e) * w1_eb, w1s + size_t(e) * w1_es, r0, r1,
-                             q8_rows_from(qt, off), m, w1_bias + size_t(e) * 2 * I,
-                             &u_[size_t(off) * 2 * I], 2 * I, levels);
-    });
-    grow(a_, size_t(A) * I);
-    cpu::swiglu(u_.data(), A, I, alpha, limit, a_.data());
-    grow(qws2_, cpu::Q8Act::bytes(A, I));
-    const cpu::Q8Act qa = cpu::Q8Act::carve(qws2_.data(), A, I);
-    quantize(a_.data(), A, I, qa);
-    grow(y_, size_t(A) * H);
-    run_items(E, H, [&](int e, int r0, int r1) {
-      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      cpu::mf4w_q8_gemm_rows(w2b + size_t(e) * w2_eb, w2s + size_t(e) * w2_es, r0, r1,
-                             q8_rows_from(qa, off), m, w2_bias + size_t(e) * H,
-                             &y_[size_t(off) * H], H, levels);
-    });
+    const size_t eb[2] = {size_t(2 * I) * (H / 32) * 16, size_t(H) * (I / 32) * 16};
+    const size_t es[2] = {size_t(2 * I) * (H / 32), size_t(H) * (I / 32)};
+    const uint8_t* blocks[2] = {L.w1_blocks.data, L.w2_blocks.data};
+    const uint8_t* scales[2] = {L.w1_scales.data, L.w2_scales.data};
+    moe_experts(
+        int(L.w1_blocks.shape[0]), w1_bias, w2_bias, A, H, I, alpha, limit,
+        [&](const float* x, int m, int K, std::vector<uint8_t>& ws) {
+          grow(ws, cpu::Q8Act::bytes(m, K));
+          const cpu::Q8Act q = cpu::Q8Act::carve(ws.data(), m, K);
+          quantize(x, m, K, q);
+          return q;
+        },
+        [&](int which, int e, const cpu::Q8Act& q, int off, int m, int r0, int r1,
+            const float* bias, float* out, int ldo) {
+          cpu::mf4w_q8_gemm_rows(blocks[which] + size_t(e) * eb[which],
+                                 scales[which] + size_t(e) * es[which], r0, r1, q8_rows_from(q, off),
+                                 m, bias, out, ldo, levels);
+        });
   }
 
   // Element offset of (position, kv head) in a layer's pool: each page (paged layers) or each
