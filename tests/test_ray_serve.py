@@ -150,7 +150,11 @@ def test_usage_reports_the_cached_tokens_through_the_ingress(cluster):
         messages = messages + [
             {"role": "assistant", "content": body["choices"][0]["message"]["content"] or "ok"},
             {"role": "user", "content": f"Turn {turn + 2}?"}]
-    assert cached[0] == 0 and all(c >= 2 * ray_serve.PAGE_TOKENS for c in cached[1:]), cached
+    # the first turn can take only what it shares with earlier conversations on that replica (the
+    # rendered header before the system prompt, from their cached partial pages); the later ones
+    # at least the system prompt's two full pages
+    assert cached[0] < 2 * ray_serve.PAGE_TOKENS, cached
+    assert all(c >= 2 * ray_serve.PAGE_TOKENS for c in cached[1:]), cached
 
 
 def test_responses_follow_previous_response_id_to_the_replica_that_stored_it(cluster):
