@@ -70,7 +70,9 @@ struct Options {
   // keyed by their tokens and everything before them, and a new sequence's prefill starts from
   // its longest cached prefix. At most this many GB of cached pages that no sequence holds (LRU
   // eviction); 0 turns caching off. Each page also keeps a snapshot of the sliding-window
-  // layers' last 128 positions (half the page's own size for gpt-oss).
+  // layers' last 128 positions (half the page's own size for gpt-oss). A finished sequence's
+  // partial last page (16 positions or more) is kept too (a "tail", one or two page ids within
+  // the same budget): a prompt agreeing with it up to any point inside resumes from a copy.
   double prefix_cache_gb = 2.0;
   // The CPU backend's MXFP4 experts on AVX2-class processors (without AVX-512), whose kernels
   // want another layout than the checkpoint's: "auto" repacks them once into a cache file under
