@@ -228,40 +228,71 @@ static void r16_rows_plain(const uint8_t* packed, int nb, int r0, int r1, const 
 
 // One group of 16 rows against T tokens (t0 .. t0 + T): each chunk's 64 decoded weights serve
 // all T tokens. f receives [T][16] floats in row order.
-template <int T>
+//
+// Q8: the int8 activations (levels 1). vpmaddubsw multiplies the unsigned weight bytes of a chunk
+// (lo codes: values 4c, 4c + 2 of each row; hi codes: 4c + 1, 4c + 3) by a broadcast pair of
+// signed activation bytes, giving each row's two products in one 16-bit lane (16 rows in one
+// register, |lane| <= 2 * 24 * 127); two chunks sum in 16 bits (|sum| <= 4 * 6096 < 2^15), and
+// vpmaddwd of the interleaved sums of chunks (c, c + 1) and (c + 2, c + 3) by ones widens them to
+// the rows' int32 lanes in the order of the int16 code. So the block sum is the same exact
+// integer the plain code computes, and the float steps after it are the int16 code's.
+template <int T, bool Q8>
 GPTOSS_AVX2_FMA static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Act& q, int t0,
                                           float* f) {
   const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
-  const size_t xs = size_t(nb) * 32;
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256 fa[T], fb[T];
   for (int t = 0; t < T; ++t) fa[t] = fb[t] = _mm256_setzero_ps();
   for (int b = 0; b < nb; ++b) {
     const uint8_t* rec = pk + size_t(b) * kR16RecordBytes;
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 64), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 128), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 192), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 256), _MM_HINT_T0);
+    for (int o = 0; o < 320; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + o), _MM_HINT_T0);
     __m256i aa[T], ab[T];
     for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm256_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
-    for (int c = 0; c < 8; ++c) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
-      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
-      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
-      const __m256i la = _mm256_unpacklo_epi8(lo, zero), lb = _mm256_unpackhi_epi8(lo, zero);
-      const __m256i ha = _mm256_unpacklo_epi8(hi, zero), hb = _mm256_unpackhi_epi8(hi, zero);
-      for (int t = 0; t < T; ++t) {
-        const int16_t* xp = q.q + size_t(t0 + t) * xs + size_t(b) * 32 + 4 * c;
-        int32_t pl, ph;
-        std::memcpy(&pl, xp, 4);
-        std::memcpy(&ph, xp + 2, 4);
-        const __m256i xl = _mm256_set1_epi32(pl), xh = _mm256_set1_epi32(ph);
-        aa[t] = _mm256_add_epi32(aa[t], _mm256_add_epi32(_mm256_madd_epi16(la, xl),
-                                                         _mm256_madd_epi16(ha, xh)));
-        ab[t] = _mm256_add_epi32(ab[t], _mm256_add_epi32(_mm256_madd_epi16(lb, xl),
-                                                         _mm256_madd_epi16(hb, xh)));
+    if constexpr (Q8) {
+      const int32_t* xw = reinterpret_cast<const int32_t*>(q.q);
+      const size_t xs = size_t(nb) * 16;  // words per token
+      for (int c4 = 0; c4 < 8; c4 += 4) {
+        __m256i s01[T], s23[T];
+        for (int cc = 0; cc < 4; ++cc) {
+          const int c = c4 + cc;
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+          const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+          const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+          for (int t = 0; t < T; ++t) {
+            const int32_t* xp = xw + size_t(t0 + t) * xs + size_t(b) * 16 + 2 * c;
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xp[0])),
+                                               _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xp[1])));
+            __m256i& s = cc < 2 ? s01[t] : s23[t];
+            s = (cc & 1) ? _mm256_add_epi16(s, p) : p;
+          }
+        }
+        for (int t = 0; t < T; ++t) {
+          aa[t] = _mm256_add_epi32(aa[t], _mm256_madd_epi16(_mm256_unpacklo_epi16(s01[t], s23[t]), ones));
+          ab[t] = _mm256_add_epi32(ab[t], _mm256_madd_epi16(_mm256_unpackhi_epi16(s01[t], s23[t]), ones));
+        }
+      }
+    } else {
+      const size_t xs = size_t(nb) * 32;
+      for (int c = 0; c < 8; ++c) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+        const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+        const __m256i la = _mm256_unpacklo_epi8(lo, zero), lb = _mm256_unpackhi_epi8(lo, zero);
+        const __m256i ha = _mm256_unpacklo_epi8(hi, zero), hb = _mm256_unpackhi_epi8(hi, zero);
+        for (int t = 0; t < T; ++t) {
+          const int16_t* xp = q.q + size_t(t0 + t) * xs + size_t(b) * 32 + 4 * c;
+          int32_t pl, ph;
+          std::memcpy(&pl, xp, 4);
+          std::memcpy(&ph, xp + 2, 4);
+          const __m256i xl = _mm256_set1_epi32(pl), xh = _mm256_set1_epi32(ph);
+          aa[t] = _mm256_add_epi32(aa[t], _mm256_add_epi32(_mm256_madd_epi16(la, xl),
+                                                           _mm256_madd_epi16(ha, xh)));
+          ab[t] = _mm256_add_epi32(ab[t], _mm256_add_epi32(_mm256_madd_epi16(lb, xl),
+                                                           _mm256_madd_epi16(hb, xh)));
+        }
       }
     }
     const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
@@ -280,65 +311,14 @@ GPTOSS_AVX2_FMA static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Ac
   }
 }
 
-// The int8 activations (levels 1): vpmaddubsw multiplies the unsigned weight bytes of a chunk
-// (lo codes: values 4c, 4c + 2 of each row; hi codes: 4c + 1, 4c + 3) by a broadcast pair of
-// signed activation bytes, giving each row's two products in one 16-bit lane (16 rows in one
-// register, |lane| <= 2 * 24 * 127); two chunks sum in 16 bits (|sum| <= 4 * 6096 < 2^15), and
-// vpmaddwd of the interleaved sums of chunks (c, c + 1) and (c + 2, c + 3) by ones widens them to
-// the rows' int32 lanes in the order of the int16 code. So the block sum is the same exact
-// integer the plain code computes, and the float steps after it are the int16 code's.
-template <int T>
-GPTOSS_AVX2_FMA static void r16q8_tile_avx2(const uint8_t* pk, int nb, const Q16Act& q, int t0,
-                                            float* f) {
-  const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
-  const int32_t* xw = reinterpret_cast<const int32_t*>(q.q);
-  const size_t xs = size_t(nb) * 16;  // words per token
-  __m256 fa[T], fb[T];
-  for (int t = 0; t < T; ++t) fa[t] = fb[t] = _mm256_setzero_ps();
-  for (int b = 0; b < nb; ++b) {
-    const uint8_t* rec = pk + size_t(b) * kR16RecordBytes;
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 64), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 128), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 192), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + 256), _MM_HINT_T0);
-    __m256i aa[T], ab[T];
-    for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm256_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
-    for (int c4 = 0; c4 < 8; c4 += 4) {
-      __m256i s01[T], s23[T];
-      for (int cc = 0; cc < 4; ++cc) {
-        const int c = c4 + cc;
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
-        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
-        const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
-        for (int t = 0; t < T; ++t) {
-          const int32_t* xp = xw + size_t(t0 + t) * xs + size_t(b) * 16 + 2 * c;
-          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xp[0])),
-                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xp[1])));
-          __m256i& s = cc < 2 ? s01[t] : s23[t];
-          s = (cc & 1) ? _mm256_add_epi16(s, p) : p;
-        }
-      }
-      for (int t = 0; t < T; ++t) {
-        aa[t] = _mm256_add_epi32(aa[t], _mm256_madd_epi16(_mm256_unpacklo_epi16(s01[t], s23[t]), ones));
-        ab[t] = _mm256_add_epi32(ab[t], _mm256_madd_epi16(_mm256_unpackhi_epi16(s01[t], s23[t]), ones));
-      }
-    }
-    const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
-    const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
-    const __m256 sb = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
-    for (int t = 0; t < T; ++t) {
-      const __m256 st = _mm256_set1_ps(q.step[size_t(t0 + t) * nb + b]);
-      fa[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st), fa[t]);
-      fb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st), fb[t]);
-    }
-  }
-  for (int t = 0; t < T; ++t) {
-    _mm256_storeu_ps(f + 16 * t, _mm256_permute2f128_ps(fa[t], fb[t], 0x20));
-    _mm256_storeu_ps(f + 16 * t + 8, _mm256_permute2f128_ps(fa[t], fb[t], 0x31));
+template <bool Q8>
+GPTOSS_AVX2_FMA static void r16_tile_avx2_n(int T, const uint8_t* pk, int nb, const Q16Act& q,
+                                            int t0, float* f) {
+  switch (T) {
+    case 4: r16_tile_avx2<4, Q8>(pk, nb, q, t0, f); break;
+    case 3: r16_tile_avx2<3, Q8>(pk, nb, q, t0, f); break;
+    case 2: r16_tile_avx2<2, Q8>(pk, nb, q, t0, f); break;
+    default: r16_tile_avx2<1, Q8>(pk, nb, q, t0, f); break;
   }
 }
 
@@ -352,21 +332,10 @@ GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0,
     const int rows = std::min(kR16, r1 - g * kR16);
     for (int t = 0; t < m;) {
       const int T = std::min(TM, m - t);
-      if (q.levels == 1) {
-        switch (T) {
-          case 4: r16q8_tile_avx2<4>(pk, nb, q, t, f); break;
-          case 3: r16q8_tile_avx2<3>(pk, nb, q, t, f); break;
-          case 2: r16q8_tile_avx2<2>(pk, nb, q, t, f); break;
-          default: r16q8_tile_avx2<1>(pk, nb, q, t, f); break;
-        }
-      } else {
-        switch (T) {
-          case 4: r16_tile_avx2<4>(pk, nb, q, t, f); break;
-          case 3: r16_tile_avx2<3>(pk, nb, q, t, f); break;
-          case 2: r16_tile_avx2<2>(pk, nb, q, t, f); break;
-          default: r16_tile_avx2<1>(pk, nb, q, t, f); break;
-        }
-      }
+      if (q.levels == 1)
+        r16_tile_avx2_n<true>(T, pk, nb, q, t, f);
+      else
+        r16_tile_avx2_n<false>(T, pk, nb, q, t, f);
       for (int j = 0; j < T; ++j) {
         float* o = out + size_t(t + j) * ldo + size_t(g) * kR16;
         const float* fj = f + 16 * j;

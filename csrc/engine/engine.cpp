@@ -266,18 +266,10 @@ void Engine::cache_tail(Sequence& s) {
   Tail t;
   t.parent = parent;
   t.tokens.assign(s.tokens.begin(), s.tokens.begin() + s.pos);
-  t.page = p;
   bool grew = false;
   for (int first = k * kPage + W; W > 0 && first < s.pos; first += W) t.aux.push_back(take_page(&grew));
-  if (grew) {
-    size_page_arrays();
-    be_->kv_reserve(pages_total_, slots_total_);
-  }
-  if (W > 0) {
-    be_->kv_snapshot(s.slot, k * kPage, p, true);
-    for (size_t i = 0; i < t.aux.size(); ++i)
-      be_->kv_snapshot(s.slot, k * kPage + int(i + 1) * W, t.aux[i], true);
-  }
+  reserve_taken(grew);
+  tail_snapshots(s.slot, k * kPage, p, t, true);
   for (int32_t a : t.aux) page_ref_[size_t(a)] = 0;
   page_ref_[size_t(p)] = 0;
   s.pages.erase(s.pages.begin() + k);  // the tail owns it now
@@ -286,6 +278,16 @@ void Engine::cache_tail(Sequence& s) {
   tails_.emplace(p, std::move(t));
   make_idle(p);
   evict_idle();
+}
+
+// The ring layers' positions first, first + W, ... of a tail: the first W in its page's own
+// snapshot rows, the rest in its aux page ids' (save: from the slot's ring; else back into it).
+void Engine::tail_snapshots(int slot, int first, int32_t page, const Tail& t, bool save) {
+  const int W = ck_.config.sliding_window;
+  if (W <= 0) return;
+  be_->kv_snapshot(slot, first, page, save);
+  for (size_t i = 0; i < t.aux.size(); ++i)
+    be_->kv_snapshot(slot, first + int(i + 1) * W, t.aux[i], save);
 }
 
 void Engine::release_pages(Sequence& s) {
@@ -340,24 +342,16 @@ int Engine::reuse_prefix(Sequence& s, const int32_t* tokens, int n) {
     s.pages.push_back(p);
   }
   s.keys = keys;
-  const int W = ck_.config.sliding_window;
-  if (!hit.empty()) be_->kv_snapshot(s.slot, P - W, hit.back(), false);
+  if (!hit.empty()) be_->kv_snapshot(s.slot, P - ck_.config.sliding_window, hit.back(), false);
   if (tail >= 0) {
     bool grew = false;
     const int32_t q = take_page(&grew);
-    if (grew) {
-      size_page_arrays();
-      be_->kv_reserve(pages_total_, slots_total_);
-    }
+    reserve_taken(grew);
     page_table_[size_t(s.slot) * max_pages_ + hit.size()] = q;
     s.pages.push_back(q);
-    const Tail& t = tails_.at(tail);
     be_->kv_page_copy(tail, q);
-    if (W > 0) {  // positions past P + J come back too; the prefill rewrites them before use
-      be_->kv_snapshot(s.slot, P, tail, false);
-      for (size_t i = 0; i < t.aux.size(); ++i)
-        be_->kv_snapshot(s.slot, P + int(i + 1) * W, t.aux[i], false);
-    }
+    // positions past P + J come back too; the prefill rewrites them before they are read
+    tail_snapshots(s.slot, P, tail, tails_.at(tail), false);
     idle_.erase({page_idle_since_[size_t(tail)], tail});  // most recently used now
     make_idle(tail);
   }
@@ -470,14 +464,17 @@ void Engine::ensure_pages(Sequence& s, int upto) {
     page_table_[size_t(s.slot) * max_pages_ + s.pages.size()] = p;
     s.pages.push_back(p);
   }
-  if (grew) {
-    // grow by at least half again, so a long prompt does not reallocate page by page
-    const int target = std::max(pages_total_, pages_total_ + pages_total_ / 2);
-    for (int p = pages_total_; p < target; ++p) free_pages_.insert(free_pages_.begin(), p);
-    pages_total_ = target;
-    size_page_arrays();
-    be_->kv_reserve(pages_total_, slots_total_);
-  }
+  reserve_taken(grew);
+}
+
+void Engine::reserve_taken(bool grew) {
+  if (!grew) return;
+  // grow by at least half again, so a long prompt does not reallocate page by page
+  const int target = std::max(pages_total_, pages_total_ + pages_total_ / 2);
+  for (int p = pages_total_; p < target; ++p) free_pages_.insert(free_pages_.begin(), p);
+  pages_total_ = target;
+  size_page_arrays();
+  be_->kv_reserve(pages_total_, slots_total_);
 }
 
 void Engine::forward(const int32_t* tokens, int n, float* logits, bool all_logits, int seq) {

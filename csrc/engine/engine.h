@@ -83,14 +83,14 @@ class Engine {
     std::vector<int32_t> tokens;
     int32_t page = 0;
   };
-  // The partial last page of a finished sequence ("tail"): the page itself (never shared: a
-  // sequence continuing it gets a copy) and the ring layers' positions past the last full page,
-  // whose first `window` rows sit in the page's own snapshot rows and the rest in `aux` page ids'.
-  // All the sequence's tokens are kept so a hash collision can never share it.
+  // The partial last page of a finished sequence ("tail", kept under its page id): the page
+  // itself (never shared: a sequence continuing it gets a copy) and the ring layers' positions
+  // past the last full page, whose first `window` rows sit in the page's own snapshot rows and
+  // the rest in `aux` page ids'. All the sequence's tokens are kept so a hash collision can never
+  // share it.
   struct Tail {
     uint64_t parent = 0;          // key of the last full page before it (0: none)
     std::vector<int32_t> tokens;  // every position's token, the full pages' included
-    int32_t page = 0;
     std::vector<int32_t> aux;
   };
   // rows: n tokens; row i belongs to sequence seq_of[i] at position pos_of[i]. logit_rows lists
@@ -112,6 +112,8 @@ class Engine {
   void evict_idle();
   void drop_tail(int32_t page);
   int32_t take_page(bool* grew);  // a free page id (or a new one: *grew), not yet reserved
+  void reserve_taken(bool grew);  // after take_page: new page ids reserved on the backend
+  void tail_snapshots(int slot, int first, int32_t page, const Tail& t, bool save);
   static uint64_t page_key(uint64_t parent, const int32_t* tokens);
   Sequence& sequence(int seq);
   const Sequence& sequence(int seq) const;
