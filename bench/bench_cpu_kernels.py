@@ -71,22 +71,28 @@ def main():
     S2 = (118 + rng.integers(0, 3, (E, H, I // 32))).astype(np.uint8)
     b1 = np.zeros((E, 2 * I), np.float32)
     b2 = np.zeros((E, H), np.float32)
+    x64 = rng.standard_normal((64, H)).astype(np.float32)
     for lv in (2, 1):
         t, _ = median_time(lambda: [_C.ops.mxfp4_linear(x1, B1[e], S1[e], levels=lv)
                                     for e in range(E)], max(3, a.repeats // 3))
         record(f"mxfp4_linear levels={lv} (decode)", "32 x [1,2880] x [5760,2880]", t,
                B1.nbytes + S1.nbytes)
+        t, _ = median_time(lambda: [_C.ops.mxfp4_linear(x64, B1[e], S1[e], levels=lv)
+                                    for e in range(4)], 3)
+        record(f"mxfp4_linear levels={lv} (64 tokens)", "4 x [64,2880] x [5760,2880]", t,
+               flops=4 * 2 * 64 * 2 * I * H)
     # the AVX2 layout the engine repacks the experts into (mxfp4_r16.cpp): decode over the 32
     # experts, and one expert's product at the 64 tokens an expert sees in a 512-token prefill
     P1 = [_C.ops.mxfp4_pack_r16(B1[e], S1[e]) for e in range(E)]
-    t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(x1, P1[e], 2 * I) for e in range(E)],
-                       max(3, a.repeats // 3))
-    record("mxfp4_r16_linear (decode)", "32 x [1,2880] x [5760,2880]", t,
-           sum(p.nbytes for p in P1))
-    x64 = rng.standard_normal((64, H)).astype(np.float32)
-    t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(x64, P1[e], 2 * I) for e in range(4)], 3)
-    record("mxfp4_r16_linear (prefill, 64 tokens)", "4 x [64,2880] x [5760,2880]", t,
-           flops=4 * 2 * 64 * 2 * I * H)
+    for lv in (2, 1):  # int16 activations (the default), int8 (activation_levels=1)
+        t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(x1, P1[e], 2 * I, levels=lv)
+                                    for e in range(E)], max(3, a.repeats // 3))
+        record(f"mxfp4_r16_linear levels={lv} (decode)", "32 x [1,2880] x [5760,2880]", t,
+               sum(p.nbytes for p in P1))
+        t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(x64, P1[e], 2 * I, levels=lv)
+                                    for e in range(4)], 3)
+        record(f"mxfp4_r16_linear levels={lv} (64 tokens)", "4 x [64,2880] x [5760,2880]", t,
+               flops=4 * 2 * 64 * 2 * I * H)
     # tokens per call: where a tile of 16 tokens (the amx level) costs what m tokens of the AVX2
     # code do (mxfp4_r16.cpp's kAmxMinTail)
     for m in (1, 2, 4, 6, 8, 16):

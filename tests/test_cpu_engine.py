@@ -130,19 +130,21 @@ def test_one_level_activations_within_their_bound(tiny_hf):
         NativeEngine(w, activation_levels=3)
 
 
-@pytest.mark.skipif("avx2" not in C.simd_levels(), reason="this processor lacks AVX2")
-def test_one_level_r16_on_avx2_bound_and_batch_invariant(tiny_hf):
-    """At the avx2 level activation_levels=1 runs the int8 r16 kernels on the repacked experts:
-    within the one-level bound of the NumPy engine, and a prompt fed whole, in chunks or token by
-    token gives the same bits."""
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+def test_one_level_r16_bound_and_batch_invariant(tiny_hf, level):
+    """At every SIMD level activation_levels=1 runs the int8 r16 kernels on the repacked experts
+    (AVX2 vpmaddubsw, AVX-512 VNNI vpdpbusd): within the one-level bound of the NumPy engine, and
+    a prompt fed whole, in chunks or token by token gives the same bits."""
+    if level not in C.simd_levels():
+        pytest.skip(f"this processor lacks the {level} level")
     from test_cpu_kernels import Q1_BOUND
     w = Weights(tiny_hf)
     cfg = w.config
     toks = np.random.default_rng(5).integers(0, 199998, 40).tolist()
-    C.force_simd("avx2")
+    C.force_simd(level)
     try:
         e = NativeEngine(w, activation_levels=1)
-        assert "repacked for the avx2 kernels" in e.weights_note, e.weights_note
+        assert f"repacked for the {level} kernels" in e.weights_note, e.weights_note
         whole = e.prefill(toks, all_logits=True)
         e2 = NativeEngine(w, activation_levels=1)
         parts = [e2.prefill(toks[:17], all_logits=True), e2.prefill(toks[17:30], all_logits=True)]

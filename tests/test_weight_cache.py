@@ -1,10 +1,10 @@
-"""The CPU engine's repacked experts (AVX2 processors) and the weight cache they live in
+"""The CPU engine's repacked experts (every SIMD level) and the weight cache they live in
 (csrc/engine/weight_cache.h): built once and mapped, reused, rejected when corrupt, rebuilt when
 the checkpoint changes, and repacked into memory where no cache can be written -- the logits the
 same bits every way, and within the engine's bound of the NumPy engine.
 
-The repack happens where the active SIMD level is AVX2 without AVX-512; these tests pin avx2
-(skipped where the processor lacks it), so they run on AVX-512 machines too."""
+The repack happens at every SIMD level from AVX2 up (the plain level reads the checkpoint's
+layout); these tests pin avx2 (skipped where the processor lacks it), the oldest such level."""
 import os
 import re
 import shutil
@@ -169,21 +169,26 @@ def test_unwritable_cache_dir_falls_back_to_memory(avx2, ckpt, tmp_path):
     assert np.array_equal(m.forward(TOKENS), m2.forward(TOKENS))
 
 
-def test_other_levels_and_options_keep_the_checkpoint_layout(ckpt, tmp_path):
+def test_plain_keeps_the_checkpoint_layout_every_simd_level_repacks(ckpt, tmp_path):
     C.force_simd("plain")
     try:
         _, n = load(ckpt, tmp_path / "cache")
     finally:
         C.force_simd(C.simd_levels()[-1])
     assert n == "experts in the checkpoint's layout (read directly by the plain kernels)"
-    if "avx512bw" in C.simd_levels():  # AVX-512 keeps its one-level kernels on the checkpoint's
-        C.force_simd("avx512bw")
+    assert not (tmp_path / "cache" / "weights").exists()
+    # every AVX-512 level repacks too, for either activation code, into the file AVX2 maps
+    for lv in ("avx512bw", "avx512"):
+        if lv not in C.simd_levels():
+            continue
+        C.force_simd(lv)
         try:
-            m = Model.from_pretrained(ckpt, backend="cpu", activation_levels=1, cache_dir=str(tmp_path))
+            m, n = load(ckpt, tmp_path / "cache", activation_levels=1)
         finally:
             C.force_simd(C.simd_levels()[-1])
-        assert "checkpoint's layout (activation_levels 1)" in m.engine.weights_note
-        assert not (tmp_path / "weights").exists()
+        assert f"experts repacked for the {lv} kernels" in n, n
+    if "avx512bw" in C.simd_levels():
+        assert len(list((tmp_path / "cache" / "weights").glob("*.bin"))) == 1
     with pytest.raises(ValueError, match="repack='fast'"):
         Model.from_pretrained(ckpt, backend="cpu", repack="fast")
 

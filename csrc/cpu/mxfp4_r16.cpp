@@ -364,31 +364,58 @@ GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0,
 // runs at twice the width. The block sums and the float steps are the AVX2 code's, lane for lane.
 #define GPTOSS_AVX512_R16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 
+// The steps both AVX-512 tiles share: prefetch, the codes of chunk c of both records as the
+// unsigned bytes u (lo: the low nibbles, hi: the high ones), and the float step of a block.
+GPTOSS_AVX512_R16 __attribute__((always_inline)) static inline void r16_prefetch2(
+    const uint8_t* rec0, const uint8_t* rec1) {
+  for (int o = 0; o < 320; o += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(rec0 + kR16PrefetchAhead * kR16RecordBytes + o), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(rec1 + kR16PrefetchAhead * kR16RecordBytes + o), _MM_HINT_T0);
+  }
+}
+GPTOSS_AVX512_R16 __attribute__((always_inline)) static inline void r16_codes2(
+    const uint8_t* rec0, const uint8_t* rec1, int c, __m512i lut, __m512i& lo, __m512i& hi) {
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512i w = _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec0 + 32 * c))),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec1 + 32 * c)), 1);
+  lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
+  hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+}
+// f += S * (scale * step) for both groups, S the block sums in lanes
+// [g: rows 0-3 | g: 8-11 | g+1: 0-3 | g+1: 8-11] (aa) and [4-7 | 12-15 | ...] (ab)
+GPTOSS_AVX512_R16 __attribute__((always_inline)) static inline void r16_block_fma2(
+    const uint8_t* rec0, const uint8_t* rec1, __m512i aa, __m512i ab, float step, __m512& f0,
+    __m512& f1) {
+  const __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec0 + 256))), 23));
+  const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec1 + 256))), 23));
+  const __m512 st = _mm512_set1_ps(step);
+  // each group's 16 rows in accumulator-lane order (kLaneRow), as its scales
+  const __m512i S0 = _mm512_shuffle_i64x2(aa, ab, 0x44);
+  const __m512i S1 = _mm512_shuffle_i64x2(aa, ab, 0xEE);
+  f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(s0, st), f0);
+  f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(s1, st), f1);
+}
+
 template <int T>
 GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t* pk1, int nb,
                                                const Q16Act& q, int t0, __m512* f0, __m512* f1) {
   const __m512i lut =
       _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
   const __m512i zero = _mm512_setzero_si512();
   const size_t xs = size_t(nb) * 32;
   for (int t = 0; t < T; ++t) f0[t] = f1[t] = _mm512_setzero_ps();
   for (int b = 0; b < nb; ++b) {
     const uint8_t* rec0 = pk0 + size_t(b) * kR16RecordBytes;
     const uint8_t* rec1 = pk1 + size_t(b) * kR16RecordBytes;
-    for (int o = 0; o < 320; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(rec0 + 4 * kR16RecordBytes + o), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(rec1 + 4 * kR16RecordBytes + o), _MM_HINT_T0);
-    }
-    // lanes [g: rows 0-3 | g: 8-11 | g+1: 0-3 | g+1: 8-11] and [rows 4-7 | 12-15 | ...]
+    r16_prefetch2(rec0, rec1);
     __m512i aa[T], ab[T];
     for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm512_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
     for (int c = 0; c < 8; ++c) {
-      const __m512i w = _mm512_inserti64x4(
-          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec0 + 32 * c))),
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec1 + 32 * c)), 1);
-      const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
-      const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
+      __m512i lo, hi;
+      r16_codes2(rec0, rec1, c, lut, lo, hi);
       const __m512i la = _mm512_unpacklo_epi8(lo, zero), lb = _mm512_unpackhi_epi8(lo, zero);
       const __m512i ha = _mm512_unpacklo_epi8(hi, zero), hb = _mm512_unpackhi_epi8(hi, zero);
       for (int t = 0; t < T; ++t) {
@@ -403,24 +430,79 @@ GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t
                                                          _mm512_madd_epi16(hb, xh)));
       }
     }
-    const __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec0 + 256))), 23));
-    const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec1 + 256))), 23));
-    for (int t = 0; t < T; ++t) {
-      const __m512 st = _mm512_set1_ps(q.step[size_t(t0 + t) * nb + b]);
-      // each group's 16 rows in accumulator-lane order (kLaneRow), as its scales
-      const __m512i S0 = _mm512_shuffle_i64x2(aa[t], ab[t], 0x44);
-      const __m512i S1 = _mm512_shuffle_i64x2(aa[t], ab[t], 0xEE);
-      f0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S0), _mm512_mul_ps(s0, st), f0[t]);
-      f1[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S1), _mm512_mul_ps(s1, st), f1[t]);
-    }
+    for (int t = 0; t < T; ++t)
+      r16_block_fma2(rec0, rec1, aa[t], ab[t], q.step[size_t(t0 + t) * nb + b], f0[t], f1[t]);
   }
 }
 
-GPTOSS_AVX512_R16 static void r16_rows_avx512(const uint8_t* packed, int nb, int r0, int r1,
-                                              const Q16Act& q, int m, const float* bias,
-                                              float* out, int ldo) {
+// With VNNI (the avx512 level and up): vpdpwssd does the int16 code's vpmaddwd and add in one,
+// the same integers. And the int8 activations (levels 1) get a tile of their own: unpacking the
+// lo and hi code bytes by 16 bits puts each row's four u of chunk c in one 32-bit lane, in the
+// order (4c, 4c + 2, 4c + 1, 4c + 3); the four activation bytes from byte 2 of the block's word
+// 2c on are that order (q16_quantize's words), so one vpdpbusd adds the row's four products
+// exactly, for both groups' 32 rows at once.
+#define GPTOSS_AVX512_VNNI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")))
+template <int T, bool Q8>
+GPTOSS_AVX512_VNNI static void r16_tile2_vnni(const uint8_t* pk0, const uint8_t* pk1, int nb,
+                                              const Q16Act& q, int t0, __m512* f0, __m512* f1) {
+  const __m512i lut =
+      _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m512i zero = _mm512_setzero_si512();
+  const size_t xs = size_t(nb) * 64;  // bytes per token
+  const uint8_t* xq = reinterpret_cast<const uint8_t*>(q.q);
+  for (int t = 0; t < T; ++t) f0[t] = f1[t] = _mm512_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* rec0 = pk0 + size_t(b) * kR16RecordBytes;
+    const uint8_t* rec1 = pk1 + size_t(b) * kR16RecordBytes;
+    r16_prefetch2(rec0, rec1);
+    __m512i aa[T], ab[T];
+    for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm512_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
+    for (int c = 0; c < 8; ++c) {
+      __m512i lo, hi;
+      r16_codes2(rec0, rec1, c, lut, lo, hi);
+      if constexpr (Q8) {
+        const __m512i pa = _mm512_unpacklo_epi16(lo, hi), pb = _mm512_unpackhi_epi16(lo, hi);
+        for (int t = 0; t < T; ++t) {
+          int32_t x4;
+          std::memcpy(&x4, xq + size_t(t0 + t) * xs + size_t(b) * 64 + 8 * c + 2, 4);
+          const __m512i x = _mm512_set1_epi32(x4);
+          aa[t] = _mm512_dpbusd_epi32(aa[t], pa, x);
+          ab[t] = _mm512_dpbusd_epi32(ab[t], pb, x);
+        }
+      } else {
+        const __m512i la = _mm512_unpacklo_epi8(lo, zero), lb = _mm512_unpackhi_epi8(lo, zero);
+        const __m512i ha = _mm512_unpacklo_epi8(hi, zero), hb = _mm512_unpackhi_epi8(hi, zero);
+        for (int t = 0; t < T; ++t) {
+          const uint8_t* xp = xq + size_t(t0 + t) * xs + size_t(b) * 64 + 8 * c;
+          int32_t pl, ph;
+          std::memcpy(&pl, xp, 4);
+          std::memcpy(&ph, xp + 4, 4);
+          const __m512i xl = _mm512_set1_epi32(pl), xh = _mm512_set1_epi32(ph);
+          aa[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(aa[t], la, xl), ha, xh);
+          ab[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(ab[t], lb, xl), hb, xh);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t)
+      r16_block_fma2(rec0, rec1, aa[t], ab[t], q.step[size_t(t0 + t) * nb + b], f0[t], f1[t]);
+  }
+}
+
+// Which AVX-512 tile: 0 the int16 code without VNNI, 1 with, 2 the int8 code (VNNI).
+template <int Code, int T>
+GPTOSS_AVX512_R16 static void r16_tile2(const uint8_t* pk0, const uint8_t* pk1, int nb,
+                                        const Q16Act& q, int t0, __m512* f0, __m512* f1) {
+  if constexpr (Code == 0)
+    r16_tile2_avx512<T>(pk0, pk1, nb, q, t0, f0, f1);
+  else
+    r16_tile2_vnni<T, Code == 2>(pk0, pk1, nb, q, t0, f0, f1);
+}
+
+template <int Code>
+GPTOSS_AVX512_R16 static void r16_rows_avx512_code(const uint8_t* packed, int nb, int r0, int r1,
+                                                   const Q16Act& q, int m, const float* bias,
+                                                   float* out, int ldo) {
   const __m512i to_rows = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
   const int gend = (r1 + kR16 - 1) / kR16;
   int g = r0 / kR16;
@@ -435,10 +517,10 @@ GPTOSS_AVX512_R16 static void r16_rows_avx512(const uint8_t* packed, int nb, int
     for (int t = 0; t < m;) {
       const int T = std::min(4, m - t);
       switch (T) {
-        case 4: r16_tile2_avx512<4>(pk0, pk1, nb, q, t, f0, f1); break;
-        case 3: r16_tile2_avx512<3>(pk0, pk1, nb, q, t, f0, f1); break;
-        case 2: r16_tile2_avx512<2>(pk0, pk1, nb, q, t, f0, f1); break;
-        default: r16_tile2_avx512<1>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 4: r16_tile2<Code, 4>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 3: r16_tile2<Code, 3>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 2: r16_tile2<Code, 2>(pk0, pk1, nb, q, t, f0, f1); break;
+        default: r16_tile2<Code, 1>(pk0, pk1, nb, q, t, f0, f1); break;
       }
       for (int j = 0; j < T; ++j) {
         float* o = out + size_t(t + j) * ldo + size_t(g) * kR16;
@@ -449,6 +531,17 @@ GPTOSS_AVX512_R16 static void r16_rows_avx512(const uint8_t* packed, int nb, int
     }
   }
   if (g < gend) r16_rows_avx2(packed, nb, g * kR16, r1, q, m, bias, out, ldo);  // an odd last group
+}
+
+// The AVX-512 code for the active level and the activations' code.
+static void r16_rows_avx512(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q,
+                            int m, const float* bias, float* out, int ldo) {
+  if (q.levels == 1)
+    r16_rows_avx512_code<2>(packed, nb, r0, r1, q, m, bias, out, ldo);
+  else if (active_isa() >= Isa::Avx512)
+    r16_rows_avx512_code<1>(packed, nb, r0, r1, q, m, bias, out, ldo);
+  else
+    r16_rows_avx512_code<0>(packed, nb, r0, r1, q, m, bias, out, ldo);
 }
 #endif
 
@@ -580,8 +673,10 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (q.levels == 1) {  // int8 activations: the AVX2 code (at every level that has AVX2) or plain
-    if (active_isa() >= Isa::Avx2)
+  if (q.levels == 1) {  // int8 activations: the VNNI code, the AVX2 code or plain
+    if (active_isa() >= Isa::Avx512)
+      r16_rows_avx512(packed, nb, r0, r1, q, m, bias, out, ldo);
+    else if (active_isa() >= Isa::Avx2)
       r16_rows_avx2(packed, nb, r0, r1, q, m, bias, out, ldo);
     else
       r16_rows_plain(packed, nb, r0, r1, q, m, bias, out, ldo);
