@@ -260,10 +260,12 @@ class CpuBackend final : public Backend {
     const size_t ldw = W.row_stride_bytes / 2;
     const int bands = (R + kBand - 1) / kBand;
     const float* xp = nullptr;
-    if (cpu::bf16_wants_pair_order()) {
-      grow(xpair_, cpu::bf16_pair_order_floats(n, K));
-      cpu::bf16_pair_order(x, n, K, xpair_.data());
-      xp = xpair_.data();
+    if (cpu::bf16_wants_pair_order()) {  // 64-byte aligned: the AVX-512 loads stay in one line
+      grow(xpair_, cpu::bf16_pair_order_floats(n, K) + 16);
+      float* a = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(xpair_.data()) + 63) &
+                                          ~uintptr_t(63));
+      cpu::bf16_pair_order(x, n, K, a);
+      xp = a;
     }
     auto band = [&](int b) {
       cpu::bf16w_gemm_rows(w, ldw, b * kBand, std::min(R, (b + 1) * kBand), x, xp, n, K, bias,

@@ -102,9 +102,10 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
 // ------------------------------------------------------------------------------------ bf16
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]), W bf16 [R, K] with row stride ldw elements,
 // x [m, K] f32, rows r in [r0, r1). Single-threaded; callers split rows over threads.
-// x in pair order for the AVX2 kernel: in each run of 16 values the 8 even then the 8 odd ones
-// (the tail past the last whole 16 in place). bf16_wants_pair_order(): whether the active level
-// reads xpair (callers arrange x once per product, not per band of rows).
+// xpair: x in pair order for the SIMD kernels, in each run of 16 (AVX2) or 32 (AVX-512) values
+// the even then the odd ones (the tail past the last whole run in place), prepared by
+// bf16_pair_order. bf16_wants_pair_order(): whether the active level reads xpair (callers
+// arrange x once per product, not per band of rows).
 void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x,
                      const float* xpair, int m, int K, const float* bias, float* out, int ldo);
 // At the amx level the prepared x is the AMX kernel's (gemm_bf16.cpp): two bf16 terms per value
