@@ -120,10 +120,57 @@ Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
   return q;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The int16 code of one block (levels 2) at the AVX-512 levels: the plain code's operations in
+// vectors, so the same values. amax is the same scalar maximum; the product x * inv is the
+// same float multiply; clamping before the round-to-nearest-even conversion gives what rounding
+// then clamping gives (also for an infinite product: a tiny block's inv overflows), and max_ps
+// returns its second operand for a NaN, as std::max(-32767, NaN) does. vpermw puts the values in
+// the pair order of the packed weights.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void q16_block_avx512(
+    const float* xb, int16_t* o, int8_t* hi, uint8_t* lo, int32_t* corr, float* step) {
+  const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+  float amax = 0.f;
+  {
+    alignas(64) float v[32];
+    _mm512_store_ps(v, _mm512_abs_ps(x0));
+    _mm512_store_ps(v + 16, _mm512_abs_ps(x1));
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, v[i]);
+  }
+  const float inv = amax > 0 ? 32767.0f / amax : 0.f;
+  const __m512 vi = _mm512_set1_ps(inv), lim = _mm512_set1_ps(32767.f), nlim = _mm512_set1_ps(-32767.f);
+  const __m512i q0 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x0, vi), nlim), lim));
+  const __m512i q1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x1, vi), nlim), lim));
+  const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  const __m512i v16 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(q0)),
+                                         _mm512_cvtepi32_epi16(q1), 1);
+  const __m512i pair = _mm512_set_epi16(31, 29, 30, 28, 27, 25, 26, 24, 23, 21, 22, 20, 19, 17, 18, 16,
+                                        15, 13, 14, 12, 11, 9, 10, 8, 7, 5, 6, 4, 3, 1, 2, 0);
+  const __m512i ov = _mm512_permutexvar_epi16(pair, v16);
+  _mm512_storeu_si512(o, ov);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi), _mm512_cvtepi16_epi8(_mm512_srai_epi16(ov, 8)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo),
+                      _mm512_cvtepi16_epi8(_mm512_and_si512(ov, _mm512_set1_epi16(255))));
+  *corr = -12 * sum;
+  *step = amax / 32767.0f * 0.5f;
+}
+#endif
+
 void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
   GPTOSS_CHECK(K % 32 == 0 && K / 32 == q.nb,
                "q16_quantize: K = " << K << " does not match " << q.nb << " blocks");
   const int nb = q.nb;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (q.levels == 2 && active_isa() >= Isa::Avx512Bw) {
+    for (int t = 0; t < m; ++t)
+      for (int b = 0; b < nb; ++b) {
+        const size_t i = size_t(t) * nb + b;
+        q16_block_avx512(x + size_t(t) * K + size_t(b) * 32, q.q + i * 32, q.hi + i * 32,
+                         q.lo + i * 32, q.corr + i, q.step + i);
+      }
+    return;
+  }
+#endif
   for (int t = 0; t < m; ++t) {
     for (int b = 0; b < nb; ++b) {
       const float* xb = x + size_t(t) * K + size_t(b) * 32;
@@ -503,6 +550,9 @@ template <int Code>
 GPTOSS_AVX512_R16 static void r16_rows_avx512_code(const uint8_t* packed, int nb, int r0, int r1,
                                                    const Q16Act& q, int m, const float* bias,
                                                    float* out, int ldo) {
+  // tokens a tile: 8 for the VNNI codes (their fewer temporaries leave the registers for 16
+  // accumulators), 4 without VNNI
+  constexpr int kTM = Code == 0 ? 4 : 8;
   const __m512i to_rows = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
   const int gend = (r1 + kR16 - 1) / kR16;
   int g = r0 / kR16;
@@ -513,10 +563,14 @@ GPTOSS_AVX512_R16 static void r16_rows_avx512_code(const uint8_t* packed, int nb
     const __mmask16 m1 = __mmask16((1u << rows1) - 1u);
     const __m512 b0 = bias ? _mm512_loadu_ps(bias + size_t(g) * kR16) : _mm512_setzero_ps();
     const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + size_t(g + 1) * kR16) : _mm512_setzero_ps();
-    __m512 f0[4], f1[4];
+    __m512 f0[kTM], f1[kTM];
     for (int t = 0; t < m;) {
-      const int T = std::min(4, m - t);
+      const int T = std::min(kTM, m - t);
       switch (T) {
+        case 8: r16_tile2<Code, kTM>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 7: r16_tile2<Code, kTM == 8 ? 7 : 1>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 6: r16_tile2<Code, kTM == 8 ? 6 : 1>(pk0, pk1, nb, q, t, f0, f1); break;
+        case 5: r16_tile2<Code, kTM == 8 ? 5 : 1>(pk0, pk1, nb, q, t, f0, f1); break;
         case 4: r16_tile2<Code, 4>(pk0, pk1, nb, q, t, f0, f1); break;
         case 3: r16_tile2<Code, 3>(pk0, pk1, nb, q, t, f0, f1); break;
         case 2: r16_tile2<Code, 2>(pk0, pk1, nb, q, t, f0, f1); break;
