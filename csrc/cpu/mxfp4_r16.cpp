@@ -1,5 +1,5 @@
-// MXFP4 experts repacked for AVX2-class processors: 16 rows interleaved ("r16"), int16
-// activations, exact integer block sums.
+// MXFP4 experts repacked for the SIMD levels (AVX2, AVX-512, AMX): 16 rows interleaved ("r16"),
+// int16 activations, exact integer block sums.
 //
 // Why another layout. On AVX2 the checkpoint layout (one row's blocks contiguous, mxfp4.cpp)
 // costs a horizontal reduction per output row, a scalar build of each block's scale vector and

@@ -373,7 +373,7 @@ def _engine_flags(p) -> None:
     p.add_argument("--prefix-cache-gb", type=float, default=None, metavar="GB",
                    help="KV pages of earlier prompts kept for reuse (C++ engines; default 2, 0: off)")
     p.add_argument("--repack", choices=("auto", "memory", "off"), default=None,
-                   help="C++ CPU engine on AVX2: the experts repacked once into the weight cache "
+                   help="C++ CPU engine (AVX2 and up): the experts repacked once into the weight cache "
                         "and mapped (auto, the default), into memory, or kept as in the checkpoint")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")

@@ -91,7 +91,7 @@ class Model:
         MXFP4 experts: faster prefill, ~0.5% error per product) for the C++ CPU engine.
         prefix_cache_gb: the C++ engines' prefix cache (default 2 GB of idle cached KV pages; 0
         turns it off): a prompt that starts like an earlier one reuses its KV pages.
-        repack: the C++ CPU engine's MXFP4 experts on AVX2 processors (without AVX-512), whose
+        repack: the C++ CPU engine's MXFP4 experts at every SIMD level (AVX2, AVX-512, AMX), whose
         kernels want another layout: "auto" (default) repacks them once into a cache file and
         maps it like the checkpoint (later loads are as fast, the pages stay reclaimable);
         "memory" repacks into memory; "off" keeps the checkpoint's layout (slower kernels).

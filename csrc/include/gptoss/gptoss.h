@@ -74,13 +74,13 @@ struct Options {
   // partial last page (16 positions or more) is kept too (a "tail", one or two page ids within
   // the same budget): a prompt agreeing with it up to any point inside resumes from a copy.
   double prefix_cache_gb = 2.0;
-  // The CPU backend's MXFP4 experts on AVX2-class processors (without AVX-512), whose kernels
+  // The CPU backend's MXFP4 experts at every SIMD level (AVX2, AVX-512, AMX), whose kernels
   // want another layout than the checkpoint's: "auto" repacks them once into a cache file under
   // cache_dir (keyed by a fingerprint of the checkpoint; written atomically, checked before use)
   // and maps it read-only like the checkpoint, so later loads are as fast and the pages stay
   // reclaimable and shared; where it cannot be written they are repacked into memory (and
   // weights_note() says why). "memory": always into memory; "off": keep the checkpoint layout
-  // (the slower kernels). Other processors read the checkpoint's layout directly.
+  // (the slower kernels). The plain C++ level reads the checkpoint's layout directly.
   std::string repack = "auto";
   // Where repacked weights are cached: "" is $GPTOSS_CACHE, else $XDG_CACHE_HOME/gptoss, else
   // ~/.cache/gptoss (files under weights/).
