@@ -488,11 +488,51 @@ GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t
 // order (4c, 4c + 2, 4c + 1, 4c + 3); the four activation bytes from byte 2 of the block's word
 // 2c on are that order (q16_quantize's words), so one vpdpbusd adds the row's four products
 // exactly, for both groups' 32 rows at once.
+//
+// One token (decode) of the int16 code takes the activations' byte split instead (q = 256 * hi +
+// lo, as the AMX kernel does): with the rows' four u of a chunk in one 32-bit lane, as above,
+// vpdpbusd(u, hi) and vpdpbusd(lo, u) (u fits a signed byte) give the two exact sums, and
+// 256 * S_hi + S_lo is the block sum S: 2 unpacks and 4 vpdpbusd a chunk where the int16 lanes
+// take 4 unpacks and 4 vpdpwssd, at one token most of the work. The same integers again.
 #define GPTOSS_AVX512_VNNI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")))
+GPTOSS_AVX512_VNNI static void r16_tile2_vnni_1tok(const uint8_t* pk0, const uint8_t* pk1, int nb,
+                                                   const Q16Act& q, int t0, __m512* f0,
+                                                   __m512* f1) {
+  const __m512i lut =
+      _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const int8_t* xh = q.hi + size_t(t0) * nb * 32;
+  const uint8_t* xl = q.lo + size_t(t0) * nb * 32;
+  *f0 = *f1 = _mm512_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* rec0 = pk0 + size_t(b) * kR16RecordBytes;
+    const uint8_t* rec1 = pk1 + size_t(b) * kR16RecordBytes;
+    r16_prefetch2(rec0, rec1);
+    __m512i ha = _mm512_setzero_si512(), hb = ha, la = ha, lb = ha;
+    for (int c = 0; c < 8; ++c) {
+      __m512i lo, hi;
+      r16_codes2(rec0, rec1, c, lut, lo, hi);
+      const __m512i pa = _mm512_unpacklo_epi16(lo, hi), pb = _mm512_unpackhi_epi16(lo, hi);
+      int32_t h4, l4;
+      std::memcpy(&h4, xh + size_t(b) * 32 + 4 * c, 4);
+      std::memcpy(&l4, xl + size_t(b) * 32 + 4 * c, 4);
+      const __m512i H = _mm512_set1_epi32(h4), L = _mm512_set1_epi32(l4);
+      ha = _mm512_dpbusd_epi32(ha, pa, H);
+      hb = _mm512_dpbusd_epi32(hb, pb, H);
+      la = _mm512_dpbusd_epi32(la, L, pa);
+      lb = _mm512_dpbusd_epi32(lb, L, pb);
+    }
+    const __m512i corr = _mm512_set1_epi32(q.corr[size_t(t0) * nb + b]);
+    const __m512i aa = _mm512_add_epi32(corr, _mm512_add_epi32(_mm512_slli_epi32(ha, 8), la));
+    const __m512i ab = _mm512_add_epi32(corr, _mm512_add_epi32(_mm512_slli_epi32(hb, 8), lb));
+    r16_block_fma2(rec0, rec1, aa, ab, q.step[size_t(t0) * nb + b], *f0, *f1);
+  }
+}
+
 template <int T, bool Q8>
 GPTOSS_AVX512_VNNI static void r16_tile2_vnni(const uint8_t* pk0, const uint8_t* pk1, int nb,
                                               const Q16Act& q, int t0, __m512* f0, __m512* f1) {
+  if constexpr (T == 1 && !Q8) return r16_tile2_vnni_1tok(pk0, pk1, nb, q, t0, f0, f1);
   const __m512i lut =
       _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
   const __m512i zero = _mm512_setzero_si512();
