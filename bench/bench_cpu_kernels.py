@@ -81,7 +81,7 @@ def main():
                                     for e in range(4)], 3)
         record(f"mxfp4_linear levels={lv} (64 tokens)", "4 x [64,2880] x [5760,2880]", t,
                flops=4 * 2 * 64 * 2 * I * H)
-    # the AVX2 layout the engine repacks the experts into (mxfp4_r16.cpp): decode over the 32
+    # the layout the engine repacks the experts into (mxfp4_r16.cpp): decode over the 32
     # experts, and one expert's product at the 64 tokens an expert sees in a 512-token prefill
     P1 = [_C.ops.mxfp4_pack_r16(B1[e], S1[e]) for e in range(E)]
     for lv in (2, 1):  # int16 activations (the default), int8 (activation_levels=1)

@@ -69,8 +69,8 @@ def test_bf16_linear(simd, m, R, K):
 
 
 def test_bf16_linear_rows_do_not_depend_on_the_batch(simd):
-    # decode (one row) and prefill tiles (any number of rows, K blocked, row pairs and a last odd
-    # row) give the same bits
+    # decode (one row) and prefill tiles (any number of rows, K blocked, 4-row tiles and the rows
+    # past the last whole tile) give the same bits
     rng = np.random.default_rng(4)
     w = f32_to_bf16(rng.standard_normal((71, 1100)).astype(np.float32))  # a last band of 7 rows
     x = rng.standard_normal((37, 1100)).astype(np.float32)

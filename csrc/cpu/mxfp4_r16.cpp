@@ -411,8 +411,8 @@ GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0,
 // runs at twice the width. The block sums and the float steps are the AVX2 code's, lane for lane.
 #define GPTOSS_AVX512_R16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 
-// The steps both AVX-512 tiles share: prefetch, the codes of chunk c of both records as the
-// unsigned bytes u (lo: the low nibbles, hi: the high ones), and the float step of a block.
+// The steps the AVX-512 tiles share: prefetch, the codes of chunk c of both records as the
+// unsigned bytes u (lo: the low nibbles, hi: the high ones), and the float steps of a block.
 GPTOSS_AVX512_R16 __attribute__((always_inline)) static inline void r16_prefetch2(
     const uint8_t* rec0, const uint8_t* rec1) {
   for (int o = 0; o < 320; o += 64) {
@@ -429,15 +429,18 @@ GPTOSS_AVX512_R16 __attribute__((always_inline)) static inline void r16_codes2(
   lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
   hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
 }
+// the two records' 16 scales each as floats, in accumulator-lane order (once per block)
+GPTOSS_AVX512_R16 __attribute__((always_inline)) static inline void r16_scales2(
+    const uint8_t* rec0, const uint8_t* rec1, __m512& s0, __m512& s1) {
+  s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec0 + 256))), 23));
+  s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec1 + 256))), 23));
+}
 // f += S * (scale * step) for both groups, S the block sums in lanes
 // [g: rows 0-3 | g: 8-11 | g+1: 0-3 | g+1: 8-11] (aa) and [4-7 | 12-15 | ...] (ab)
 GPTOSS_AVX512_R16 __attribute__((always_inline)) static inline void r16_block_fma2(
-    const uint8_t* rec0, const uint8_t* rec1, __m512i aa, __m512i ab, float step, __m512& f0,
-    __m512& f1) {
-  const __m512 s0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec0 + 256))), 23));
-  const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec1 + 256))), 23));
+    __m512 s0, __m512 s1, __m512i aa, __m512i ab, float step, __m512& f0, __m512& f1) {
   const __m512 st = _mm512_set1_ps(step);
   // each group's 16 rows in accumulator-lane order (kLaneRow), as its scales
   const __m512i S0 = _mm512_shuffle_i64x2(aa, ab, 0x44);
@@ -477,8 +480,10 @@ GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t
                                                          _mm512_madd_epi16(hb, xh)));
       }
     }
+    __m512 s0, s1;
+    r16_scales2(rec0, rec1, s0, s1);
     for (int t = 0; t < T; ++t)
-      r16_block_fma2(rec0, rec1, aa[t], ab[t], q.step[size_t(t0 + t) * nb + b], f0[t], f1[t]);
+      r16_block_fma2(s0, s1, aa[t], ab[t], q.step[size_t(t0 + t) * nb + b], f0[t], f1[t]);
   }
 }
 
@@ -525,14 +530,15 @@ GPTOSS_AVX512_VNNI static void r16_tile2_vnni_1tok(const uint8_t* pk0, const uin
     const __m512i corr = _mm512_set1_epi32(q.corr[size_t(t0) * nb + b]);
     const __m512i aa = _mm512_add_epi32(corr, _mm512_add_epi32(_mm512_slli_epi32(ha, 8), la));
     const __m512i ab = _mm512_add_epi32(corr, _mm512_add_epi32(_mm512_slli_epi32(hb, 8), lb));
-    r16_block_fma2(rec0, rec1, aa, ab, q.step[size_t(t0) * nb + b], *f0, *f1);
+    __m512 s0, s1;
+    r16_scales2(rec0, rec1, s0, s1);
+    r16_block_fma2(s0, s1, aa, ab, q.step[size_t(t0) * nb + b], *f0, *f1);
   }
 }
 
 template <int T, bool Q8>
 GPTOSS_AVX512_VNNI static void r16_tile2_vnni(const uint8_t* pk0, const uint8_t* pk1, int nb,
                                               const Q16Act& q, int t0, __m512* f0, __m512* f1) {
-  if constexpr (T == 1 && !Q8) return r16_tile2_vnni_1tok(pk0, pk1, nb, q, t0, f0, f1);
   const __m512i lut =
       _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
   const __m512i zero = _mm512_setzero_si512();
@@ -571,17 +577,22 @@ GPTOSS_AVX512_VNNI static void r16_tile2_vnni(const uint8_t* pk0, const uint8_t*
         }
       }
     }
+    __m512 s0, s1;
+    r16_scales2(rec0, rec1, s0, s1);
     for (int t = 0; t < T; ++t)
-      r16_block_fma2(rec0, rec1, aa[t], ab[t], q.step[size_t(t0 + t) * nb + b], f0[t], f1[t]);
+      r16_block_fma2(s0, s1, aa[t], ab[t], q.step[size_t(t0 + t) * nb + b], f0[t], f1[t]);
   }
 }
 
-// Which AVX-512 tile: 0 the int16 code without VNNI, 1 with, 2 the int8 code (VNNI).
+// Which AVX-512 tile: 0 the int16 code without VNNI, 1 with (one token: its byte split), 2 the
+// int8 code (VNNI).
 template <int Code, int T>
 GPTOSS_AVX512_R16 static void r16_tile2(const uint8_t* pk0, const uint8_t* pk1, int nb,
                                         const Q16Act& q, int t0, __m512* f0, __m512* f1) {
   if constexpr (Code == 0)
     r16_tile2_avx512<T>(pk0, pk1, nb, q, t0, f0, f1);
+  else if constexpr (Code == 1 && T == 1)
+    r16_tile2_vnni_1tok(pk0, pk1, nb, q, t0, f0, f1);
   else
     r16_tile2_vnni<T, Code == 2>(pk0, pk1, nb, q, t0, f0, f1);
 }
@@ -627,15 +638,20 @@ GPTOSS_AVX512_R16 static void r16_rows_avx512_code(const uint8_t* packed, int nb
   if (g < gend) r16_rows_avx2(packed, nb, g * kR16, r1, q, m, bias, out, ldo);  // an odd last group
 }
 
-// The AVX-512 code for the active level and the activations' code.
+// The AVX-512 code for the active level and the activations' code (int8 activations without
+// VNNI take the AVX2 code).
 static void r16_rows_avx512(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q,
                             int m, const float* bias, float* out, int ldo) {
-  if (q.levels == 1)
-    r16_rows_avx512_code<2>(packed, nb, r0, r1, q, m, bias, out, ldo);
-  else if (active_isa() >= Isa::Avx512)
-    r16_rows_avx512_code<1>(packed, nb, r0, r1, q, m, bias, out, ldo);
-  else
+  if (active_isa() >= Isa::Avx512) {
+    if (q.levels == 1)
+      r16_rows_avx512_code<2>(packed, nb, r0, r1, q, m, bias, out, ldo);
+    else
+      r16_rows_avx512_code<1>(packed, nb, r0, r1, q, m, bias, out, ldo);
+  } else if (q.levels == 1) {
+    r16_rows_avx2(packed, nb, r0, r1, q, m, bias, out, ldo);
+  } else {
     r16_rows_avx512_code<0>(packed, nb, r0, r1, q, m, bias, out, ldo);
+  }
 }
 #endif
 
@@ -766,22 +782,12 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
                                                                         << ") do not start a group");
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (q.levels == 1) {  // int8 activations: the VNNI code, the AVX2 code or plain
-    if (active_isa() >= Isa::Avx512)
-      r16_rows_avx512(packed, nb, r0, r1, q, m, bias, out, ldo);
-    else if (active_isa() >= Isa::Avx2)
-      r16_rows_avx2(packed, nb, r0, r1, q, m, bias, out, ldo);
-    else
-      r16_rows_plain(packed, nb, r0, r1, q, m, bias, out, ldo);
-    return;
-  }
-#endif
 #if defined(GPTOSS_HAVE_AMX)
   // A tile of 16 tokens costs the AMX kernel about what 8 tokens cost the AVX-512 code (measured
   // by bench/bench_cpu_kernels.py), so a last partial tile of kAmxMinTail tokens or more takes the
-  // tiles too, and fewer take the AVX-512 code; either way the same bits.
-  if (active_isa() >= Isa::Amx && q.hi != nullptr) {
+  // tiles too, and fewer take the AVX-512 code; either way the same bits. (int8 activations,
+  // levels 1, take the AVX-512 VNNI code throughout.)
+  if (active_isa() >= Isa::Amx && q.levels == 2) {
     const int rem = m % 16;
     const int mt = rem >= kAmxMinTail ? m : m - rem;
     if (mt > 0) r16_rows_amx(packed, nb, r0, r1, q, mt, bias, out, ldo);

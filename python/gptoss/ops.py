@@ -7,8 +7,9 @@ arrays. Shapes:
     bf16_linear(x [m, K] f32, w [R, K] bf16 bits as uint16, bias [R] | None) -> [m, R]
     mxfp4_linear(x [m, K], blocks [R, K/32, 16] u8, scales [R, K/32] u8, bias, levels=2) -> [m, R]
     mxfp4_pack_r16(blocks [R, K/32, 16], scales [R, K/32]) -> u8 [ceil(R/16), K/32, 272], the
-        repacked layout of the SIMD levels (16 rows of each 32-block together); mxfp4_r16_linear(x, packed, rows, bias,
-        levels=2) -> [m, rows] computes with it on int16 activations (levels=1: int8)
+        repacked layout of the SIMD levels (16 rows of each 32-block together);
+        mxfp4_r16_linear(x, packed, rows, bias, levels=2) -> [m, rows] computes with it on int16
+        activations (levels=1: int8)
     mxfp4_dequantize(blocks [..., nb, 16] u8, scales [..., nb] u8) -> f32 [..., nb * 32]
     moe(t [n, H], experts [n, k], weights [n, k], w1_blocks, w1_scales, w1_bias, w2_blocks,
         w2_scales, w2_bias, alpha=1.702, limit=7.0, levels=2) -> [n, H]

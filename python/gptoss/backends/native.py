@@ -29,8 +29,8 @@ class NativeEngine:
                                cache_dir=str(cache_dir or ""),
                                batch_invariant=bool(batch_invariant), kv_dtype=str(kv_dtype))
         self.max_context = self._e.max_context
-        # how the engine holds the weights: e.g. the CPU backend's experts repacked for its kernels and
-        # mapped from the weight cache (Options::repack in gptoss.h)
+        # how the engine holds the weights: e.g. the CPU backend's experts repacked for its
+        # kernels and mapped from the weight cache (Options::repack in gptoss.h)
         self.weights_note = self._e.weights_note
 
     @property
