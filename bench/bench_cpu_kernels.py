@@ -93,9 +93,9 @@ def main():
                                     for e in range(4)], 3)
         record(f"mxfp4_r16_linear levels={lv} (64 tokens)", "4 x [64,2880] x [5760,2880]", t,
                flops=4 * 2 * 64 * 2 * I * H)
-    # tokens per call: where a tile of 16 tokens (the amx level) costs what m tokens of the AVX2
-    # code do (mxfp4_r16.cpp's kAmxMinTail)
-    for m in (1, 2, 4, 6, 8, 16):
+    # tokens per call: where the AMX-BF16 tiles (the amx level, 8 tokens or more: mxfp4_r16.cpp's
+    # kAmxMinTokens) overtake the AVX-512 code, and the tiles' rate as tokens grow
+    for m in (1, 2, 4, 6, 8, 16, 128):
         xm = rng.standard_normal((m, H)).astype(np.float32)
         t, _ = median_time(lambda: [_C.ops.mxfp4_r16_linear(xm, P1[e], 2 * I) for e in range(4)], 3)
         record(f"mxfp4_r16_linear ({m} tokens)", f"4 x [{m},2880] x [5760,2880]", t,

@@ -54,6 +54,9 @@ constexpr int kBand = 32;
 // Steps of at most this many token rows (decode, small batches) hand bands out dynamically.
 constexpr int kDynamicRows = 8;
 static_assert(kBand % cpu::kR16 == 0, "bands must hold whole r16 groups");
+// tokens per pass of a dense product at the amx level (a multiple of the 16-token tiles)
+constexpr int kAmxTokenBlock = 64;
+static_assert(kAmxTokenBlock % 16 == 0, "token blocks must hold whole AMX tiles");
 
 // The repacked layout's name in the weight cache; bump the version when mf4_r16_pack changes.
 constexpr const char* kR16Format = "mxfp4-r16-v1";
@@ -258,7 +261,6 @@ class CpuBackend final : public Backend {
     const int R = int(W.shape[0]), K = int(W.shape[1]);
     const uint16_t* w = reinterpret_cast<const uint16_t*>(W.data);
     const size_t ldw = W.row_stride_bytes / 2;
-    const int bands = (R + kBand - 1) / kBand;
     const float* xp = nullptr;
     if (cpu::bf16_wants_pair_order()) {  // 64-byte aligned: the AVX-512 loads stay in one line
       grow(xpair_, cpu::bf16_pair_order_floats(n, K) + 16);
@@ -267,6 +269,19 @@ class CpuBackend final : public Backend {
       cpu::bf16_pair_order(x, n, K, a);
       xp = a;
     }
+    // At the amx level a long prompt's products go 64 tokens at a time, so that a band's tokens
+    // (two bf16 terms each) stay in L2 while its 32 rows are reused (a [512, 2880] x [5120, 2880]
+    // product 1.4x faster than in one pass, the weights then read 8 times instead of once).
+    const int tb = cpu::active_isa() >= cpu::Isa::Amx ? kAmxTokenBlock : n;
+    for (int t0 = 0; t0 < n; t0 += tb)
+      linear_tokens(w, ldw, R, K, x + size_t(t0) * K,
+                    xp ? xp + cpu::bf16_pair_order_floats(t0, K) : nullptr, std::min(tb, n - t0),
+                    bias, out + size_t(t0) * ldo, ldo);
+  }
+
+  void linear_tokens(const uint16_t* w, size_t ldw, int R, int K, const float* x,
+                     const float* xp, int n, const float* bias, float* out, int ldo) {
+    const int bands = (R + kBand - 1) / kBand;
     auto band = [&](int b) {
       cpu::bf16w_gemm_rows(w, ldw, b * kBand, std::min(R, (b + 1) * kBand), x, xp, n, K, bias,
                            out, ldo);

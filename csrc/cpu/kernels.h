@@ -72,10 +72,14 @@ struct Q16Act {
   int16_t* q = nullptr;
   int32_t* corr = nullptr;   // [m, nb] -12 * sum(q) of each block (the unsigned-weight trick)
   float* step = nullptr;     // [m, nb] max|x| / 32767 / 2 (levels 1: max|x| / 127 / 2)
-  // q split into bytes for the AMX kernel, q = 256 * hi + lo exactly: [m, nb * 32] each, the
-  // values in the pair order of q
+  // q split into bytes for the one-token VNNI kernel, q = 256 * hi + lo exactly: [m, nb * 32]
+  // each, the values in the pair order of q
   int8_t* hi = nullptr;
   uint8_t* lo = nullptr;
+  // levels 2 at the amx level only (q16_quantize fills them there): x as two bf16 terms,
+  // xh = bf16(x), xl = bf16(x - xh), [m, nb * 32] each in K order (the AMX-BF16 tiles' A rows)
+  uint16_t* xh = nullptr;
+  uint16_t* xl = nullptr;
   static size_t bytes(int m, int K);
   static Q16Act carve(void* workspace, int m, int K, int levels = 2);
   // the same workspace from token row `off` on
@@ -87,6 +91,8 @@ struct Q16Act {
     r.step += n;
     r.hi += n * 32;
     r.lo += n * 32;
+    r.xh += n * 32;
+    r.xl += n * 32;
     return r;
   }
 };
@@ -94,8 +100,8 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q);
 
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]) for rows [r0, r1) (r0 a multiple of kR16) of
 // the packed matrix with nb blocks per row, and the m rows of q. Single-threaded. At the amx
-// level, whole tiles of 16 tokens go through the AMX int8 tiles (the same bits as every other
-// level; mxfp4_r16.cpp says why), the rest through the AVX-512 code.
+// level with levels 2, 8 tokens or more go through the AMX-BF16 tiles (float32-class, not the
+// int16 code's bits; mxfp4_r16.cpp says why), fewer through the AVX-512 code.
 void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
                         const float* bias, float* out, int ldo);
 

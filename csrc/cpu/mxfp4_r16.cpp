@@ -24,19 +24,22 @@
 // same operations, so the two give the same bits, and a row's result does not depend on how
 // many tokens or rows share a call (decode and prefill agree exactly).
 //
-// AMX (the amx level). The tiles multiply bytes, so each int16 activation is split exactly into
-// q = 256 * hi + lo (hi signed, lo unsigned) and the codes become the signed bytes 2 * value
-// (-12..12). A block of 16 rows is decoded into one B tile (8 rows of 64 bytes: for each of the
-// 16 weight rows the 4 values of one chunk, in the pair order above); A tiles hold 16 tokens' 32
-// bytes of one block. tdpbssd (hi) and tdpbusd (lo) give the two exact int32 sums, and
-// 256 * S_hi + S_lo is the block sum S of the code above, integer for integer; the float steps
-// after it (the scale times the step, one fma per block in block order) are the AVX2 code's. So
-// the AMX results are the same bits as every other level's, and a token gives the same bits in a
-// tile of 16 (prefill) as alone (decode). A block's sum needs its own tile product (the scales
-// differ per block), so the tiles run at K = 32 and the float work per block is AVX-512's.
+// AMX (the amx level, int16 code: levels 2). A call of 8 tokens or more runs on the AMX-BF16
+// tiles instead. Each record (16 rows x one block) is decoded into one B tile of bf16 weights,
+// 2^(s - 127) * value(code): exact, since an FP4 value has two significant bits. Each activation
+// is split into two bf16 terms, hi = bf16(x) and lo = bf16(x - hi) (together 16 significant
+// bits: |x - hi - lo| < 2^-17 |x|, closer than the int16 code's 1/65534 of the block
+// maximum), and tdpbf16ps accumulates both terms' products in float32 in the C tile across all
+// of K, in block order. The scales are in the weights, so there is no per-block float work and
+// the tiles run at their full K of 32 pairs. Float32-class like the int16 code, but not its
+// bits: a token's result does not depend on the other tokens of a call of 8 or more nor on its
+// place in a tile, but a call of fewer tokens (decode) takes the AVX-512 int16 code. The
+// activations' int16 split into a signed high and an unsigned low byte (q = 256 hi + lo) serves
+// the one-token VNNI code.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "common/numeric.h"
 #include "cpu/kernels.h"
@@ -90,11 +93,11 @@ void mf4_r16_pack(const uint8_t* blocks, const uint8_t* scales, int R, int nb, i
 }
 
 // ------------------------------------------------------------------------------------ Q16Act
-// The step, hi and lo arrays carry 15 rows more than m: the AMX kernel's last tile of 16 tokens
-// may read past the last token (and drops those rows' results).
+// The step, hi, lo, xh and xl arrays carry 15 rows more than m: the AMX kernel's last tile of
+// 16 tokens may read past the last token (and drops those rows' results).
 size_t Q16Act::bytes(int m, int K) {
   const size_t nb = size_t(K / 32);
-  return size_t(m) * nb * (32 * 2 + 4) + size_t(m + 15) * nb * (4 + 32 + 32) + 3 * 64;
+  return size_t(m) * nb * (32 * 2 + 4) + size_t(m + 15) * nb * (4 + 32 + 32 + 64 + 64) + 5 * 64;
 }
 
 Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
@@ -117,6 +120,10 @@ Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
   q.hi = reinterpret_cast<int8_t*>(p);
   p = align(p + size_t(m + 15) * nb * 32);
   q.lo = p;
+  p = align(p + size_t(m + 15) * nb * 32);
+  q.xh = reinterpret_cast<uint16_t*>(p);
+  p = align(p + size_t(m + 15) * nb * 64);
+  q.xl = reinterpret_cast<uint16_t*>(p);
   return q;
 }
 
@@ -156,11 +163,39 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void q16_bl
 }
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// x as two bf16 terms for the AMX tiles: h = bf16(x) rounded to nearest even (a NaN a quiet NaN,
+// as f32_to_bf16), l = bf16(x - h); n a multiple of 16
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline)) static inline __m512i
+bf16_rne_avx512(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                       _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
+      16);
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void bf16_terms_avx512(
+    const float* x, size_t n, uint16_t* h, uint16_t* l) {
+  auto rne = bf16_rne_avx512;
+  for (size_t i = 0; i < n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m512i hb = rne(v);
+    const __m512i lb = rne(_mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm512_cvtepi32_epi16(hb));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(l + i), _mm512_cvtepi32_epi16(lb));
+  }
+}
+#endif
+
 void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
   GPTOSS_CHECK(K % 32 == 0 && K / 32 == q.nb,
                "q16_quantize: K = " << K << " does not match " << q.nb << " blocks");
   const int nb = q.nb;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (q.levels == 2 && active_isa() >= Isa::Amx)  // the AMX kernel's bf16 terms
+    bf16_terms_avx512(x, size_t(m) * K, q.xh, q.xl);
   if (q.levels == 2 && active_isa() >= Isa::Avx512Bw) {
     for (int t = 0; t < m; ++t)
       for (int b = 0; b < nb; ++b) {
@@ -659,116 +694,126 @@ static void r16_rows_avx512(const uint8_t* packed, int nb, int r0, int r1, const
 #if defined(__x86_64__) && defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 11)
 #define GPTOSS_HAVE_AMX 1
 #define GPTOSS_AMX \
-  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 
 namespace {
-// Blocks per row whose decoded B tiles are kept for all token tiles of a row group (on the
-// stack, 52 KiB); wider matrices decode each block where it is used.
-constexpr int kAmxMaxNb = 96;
-constexpr int kAmxMinTail = 9;
+// A call with this many tokens or more runs all of them on the AMX tiles (a last partial tile
+// included), fewer take the AVX-512 code (bench/bench_cpu_kernels.py: below it the decode of the
+// weights into bf16 tiles costs more than the tiles save).
+constexpr int kAmxMinTokens = 8;
 
+// the decoded B tiles of one band (up to 2 groups x nb blocks x 1 KiB), per thread
+thread_local std::vector<uint16_t> amx_btiles;
 }  // namespace
 
-// One record (16 rows x one 32-block) -> the B tile (8 rows of 64 bytes: chunk c's 4 values of
-// each weight row, the rows in accumulator-lane order kLaneRow, as the record's scales) and the
-// 16 scales as floats.
-GPTOSS_AMX static void r16_b_tile(const uint8_t* rec, int8_t* bt, float* sc) {
-  const __m512i lut =
-      _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kS8)));
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  for (int c = 0; c < 8; c += 2) {  // chunks c and c + 1: 128-bit lanes [c L0, c L1, c+1 L0, c+1 L1]
-    const __m512i w = _mm512_loadu_si512(rec + 32 * c);
-    const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, low4));
-    const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), low4));
-    // per weight row the 4 bytes lo(2c), lo(2c+1), hi(2c), hi(2c+1): values 4c, 4c+2, 4c+1, 4c+3
-    const __m512i ul = _mm512_unpacklo_epi16(lo, hi);  // rows 0-3 | 8-11 of each chunk
-    const __m512i uh = _mm512_unpackhi_epi16(lo, hi);  // rows 4-7 | 12-15
-    _mm512_store_si512(bt + 64 * c, _mm512_shuffle_i64x2(ul, uh, 0x44));
-    _mm512_store_si512(bt + 64 * (c + 1), _mm512_shuffle_i64x2(ul, uh, 0xEE));
-  }
+// One B tile row from 16 rows' codes (the low 4 bits of lo_idx, hi_idx) and scales sc.
+GPTOSS_AMX __attribute__((always_inline)) static inline void r16_bf16_row(
+    __m512i lo_idx, __m512i hi_idx, __m512 lut, __m512 sc, uint16_t* o) {
+  // vpermps reads the low 4 bits of each index: the code
+  const __m512i l = _mm512_castps_si512(_mm512_mul_ps(_mm512_permutexvar_ps(lo_idx, lut), sc));
+  const __m512i h = _mm512_castps_si512(_mm512_mul_ps(_mm512_permutexvar_ps(hi_idx, lut), sc));
+  // (h & 0xffff0000) | (l >> 16)
+  _mm512_store_si512(o, _mm512_ternarylogic_epi32(h, _mm512_srli_epi32(l, 16),
+                                                  _mm512_set1_epi32(int(0xffff0000u)), 0xE4));
+}
+
+// One record (16 rows x one 32-block) -> the AMX-BF16 B tile: 16 rows j (byte j of the block:
+// values 2j, 2j + 1) of 16 pairs, pair n = (w[n][2j], w[n][2j + 1]) of weight row n of the
+// group, each value 2^(s - 127) * value(code) in float32 (exact: two significant bits) and cut
+// to its bf16 upper half (exact too). Record chunk c's 16-bit word n holds bytes 2c, 2c + 1 of
+// row n, so one zero-extension gives every row's two bytes, the bf16 rows 2c and 2c + 1.
+GPTOSS_AMX static void r16_bf16_tile(const uint8_t* rec, uint16_t* bt) {
+  const __m512 lut = _mm512_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f,
+                                    -1.5f, -2.f, -3.f, -4.f, -6.f);
+  // the record's scales are in accumulator-lane order (kLaneRow, its own inverse): to rows
+  const __m512i to_rows = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
   const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
-  _mm512_store_ps(sc, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(s8), 23)));
-}
-
-// One block's float work: f[t] += float(256 * S_hi + S_lo) * (scale * step[t]) for 16 tokens.
-GPTOSS_AMX __attribute__((always_inline)) static inline void r16_amx_post(
-    const int32_t* p1, const int32_t* p2, const float* scale, const float* st, int nb, __m512* f) {
-  const __m512 s = _mm512_load_ps(scale);
-  for (int t = 0; t < 16; ++t) {
-    const __m512i S = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(p1 + 16 * t), 8),
-                                       _mm512_load_si512(p2 + 16 * t));
-    const __m512 ws = _mm512_mul_ps(s, _mm512_set1_ps(st[size_t(t) * nb]));
-    f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), ws, f[t]);
+  const __m512 sc = _mm512_castsi512_ps(
+      _mm512_permutexvar_epi32(to_rows, _mm512_slli_epi32(_mm512_cvtepu8_epi32(s8), 23)));
+  for (int c = 0; c < 8; ++c) {
+    const __m512i d =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c)));
+    r16_bf16_row(d, _mm512_srli_epi32(d, 4), lut, sc, bt + 64 * c);
+    r16_bf16_row(_mm512_srli_epi32(d, 8), _mm512_srli_epi32(d, 12), lut, sc, bt + 64 * c + 32);
   }
 }
 
-// Rows [r0, r1) against the first mt tokens of q, in tiles of 16 tokens; the last tile may be
-// partial: its A tiles then read up to 15 rows past mt (inside the workspace: Q16Act::bytes pads
-// it), whose results are never stored.
+// NT token tiles (16 tokens each, from t0) against NG groups of 16 rows (B tiles decoded in
+// bt: group g, block b at bt + (g * nb + b) * 512): C tile 2 t + g accumulates over all of K,
+// both activation terms, in the same order for every token.
+template <int NG, int NT>
+GPTOSS_AMX static void r16_amx_block(const uint16_t* bt, int nb, const uint16_t* xh,
+                                     const uint16_t* xl, size_t ldx, float* cbuf) {
+  _tile_zero(0);
+  if (NG > 1) _tile_zero(1);
+  if (NT > 1) _tile_zero(2);
+  if (NG > 1 && NT > 1) _tile_zero(3);
+  const uint16_t* ah1 = xh + 16 * ldx;
+  const uint16_t* al1 = xl + 16 * ldx;
+  const size_t lda = ldx * 2;
+  for (int b = 0; b < nb; ++b) {
+    const size_t k = size_t(b) * 32;
+    _tile_loadd(4, bt + size_t(b) * 512, 64);
+    if (NG > 1) _tile_loadd(5, bt + size_t(nb + b) * 512, 64);
+    // the hi terms of both token tiles, then the lo terms: a C tile's two products of a block
+    // are NG * NT products apart
+    _tile_loadd(6, xh + k, lda);
+    if (NT > 1) _tile_loadd(7, ah1 + k, lda);
+    _tile_dpbf16ps(0, 6, 4);
+    if (NG > 1) _tile_dpbf16ps(1, 6, 5);
+    if (NT > 1) _tile_dpbf16ps(2, 7, 4);
+    if (NG > 1 && NT > 1) _tile_dpbf16ps(3, 7, 5);
+    _tile_loadd(6, xl + k, lda);
+    if (NT > 1) _tile_loadd(7, al1 + k, lda);
+    _tile_dpbf16ps(0, 6, 4);
+    if (NG > 1) _tile_dpbf16ps(1, 6, 5);
+    if (NT > 1) _tile_dpbf16ps(2, 7, 4);
+    if (NG > 1 && NT > 1) _tile_dpbf16ps(3, 7, 5);
+  }
+  _tile_stored(0, cbuf, 64);
+  if (NG > 1) _tile_stored(1, cbuf + 256, 64);
+  if (NT > 1) _tile_stored(2, cbuf + 512, 64);
+  if (NG > 1 && NT > 1) _tile_stored(3, cbuf + 768, 64);
+}
+
+// Rows [r0, r1) against the m tokens of q on the AMX-BF16 tiles, two groups of rows and two
+// tiles of tokens at a time. The last token tile may be partial: its A tiles then read up to 15
+// rows past m (inside the workspace: Q16Act::bytes pads it), whose results are never stored.
 GPTOSS_AMX static void r16_rows_amx(const uint8_t* packed, int nb, int r0, int r1,
-                                    const Q16Act& q, int mt, const float* bias, float* out,
+                                    const Q16Act& q, int m, const float* bias, float* out,
                                     int ldo) {
   AmxTileConfig cfg;
-  cfg.rows[0] = cfg.rows[1] = 16, cfg.colsb[0] = cfg.colsb[1] = 64;  // C: the hi and lo sums
-  cfg.rows[2] = cfg.rows[3] = 16, cfg.colsb[2] = cfg.colsb[3] = 32;  // A: 16 tokens' hi, lo
-  cfg.rows[4] = 8, cfg.colsb[4] = 64;                                // B: one decoded record
-  cfg.rows[5] = cfg.rows[6] = 16, cfg.colsb[5] = cfg.colsb[6] = 64;  // the second set
-  cfg.rows[7] = 8, cfg.colsb[7] = 64;
+  for (int i = 0; i < 8; ++i) cfg.rows[i] = 16, cfg.colsb[i] = 64;
   _tile_loadconfig(&cfg);
-  const bool keep = nb <= kAmxMaxNb;
-  alignas(64) int8_t bt[kAmxMaxNb * 512];
-  alignas(64) float sc[kAmxMaxNb * 16];
-  alignas(64) int32_t c1[512], c2[512];
-  const size_t xs = size_t(nb) * 32;
-  // lane -> row is its own inverse (kLaneRow), so one permute puts the lanes in row order
-  const __m512i to_rows = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
-  for (int g = r0 / kR16; g * kR16 < r1; ++g) {
-    const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
-    const int rows = std::min(kR16, r1 - g * kR16);
-    const __mmask16 rmask = __mmask16((1u << rows) - 1u);
-    if (keep)
-      for (int b = 0; b < nb; ++b) r16_b_tile(pk + size_t(b) * kR16RecordBytes, bt + 512 * b, sc + 16 * b);
-    for (int t0 = 0; t0 < mt; t0 += 16) {
-      __m512 f[16];
-      for (int t = 0; t < 16; ++t) f[t] = _mm512_setzero_ps();
-      const int8_t* ah = q.hi + size_t(t0) * xs;
-      const uint8_t* al = q.lo + size_t(t0) * xs;
-      const float* st = q.step + size_t(t0) * nb;
-      // Two sets of tiles and result buffers, so the tile products of block b run while the
-      // float work of block b - 1 does (tiles 0, 1, 4 / 5, 6, 7; the A tiles 2, 3 shared).
-#define GPTOSS_AMX_ISSUE(T1, T2, TB, b_)                                                  \
-  do {                                                                                   \
-    const int bi_ = (b_);                                                                \
-    int8_t* bb_ = bt + 512 * (keep ? bi_ : (bi_ & 1));                                   \
-    if (!keep) r16_b_tile(pk + size_t(bi_) * kR16RecordBytes, bb_, sc + 16 * (bi_ & 1)); \
-    _tile_zero(T1);                                                                      \
-    _tile_zero(T2);                                                                      \
-    _tile_loadd(2, ah + 32 * size_t(bi_), xs);                                           \
-    _tile_loadd(3, al + 32 * size_t(bi_), xs);                                           \
-    _tile_loadd(TB, bb_, 64);                                                            \
-    _tile_dpbssd(T1, 2, TB);                                                             \
-    _tile_dpbusd(T2, 3, TB);                                                             \
-    _tile_stored(T1, c1 + 256 * (bi_ & 1), 64);                                          \
-    _tile_stored(T2, c2 + 256 * (bi_ & 1), 64);                                          \
-  } while (0)
-#define GPTOSS_AMX_POST(b_)                                                              \
-  r16_amx_post(c1 + 256 * ((b_) & 1), c2 + 256 * ((b_) & 1),                             \
-               sc + 16 * (keep ? (b_) : ((b_) & 1)), st + (b_), nb, f)
-      GPTOSS_AMX_ISSUE(0, 1, 4, 0);
-      for (int b = 1; b < nb; ++b) {
-        if (b & 1)
-          GPTOSS_AMX_ISSUE(5, 6, 7, b);
-        else
-          GPTOSS_AMX_ISSUE(0, 1, 4, b);
-        GPTOSS_AMX_POST(b - 1);
-      }
-      GPTOSS_AMX_POST(nb - 1);
-#undef GPTOSS_AMX_ISSUE
-#undef GPTOSS_AMX_POST
-      const __m512 bv = bias ? _mm512_maskz_loadu_ps(rmask, bias + size_t(g) * kR16) : _mm512_setzero_ps();
-      for (int t = 0; t < std::min(16, mt - t0); ++t) {
-        const __m512 v = _mm512_add_ps(_mm512_permutexvar_ps(to_rows, f[t]), bv);
-        _mm512_mask_storeu_ps(out + size_t(t0 + t) * ldo + size_t(g) * kR16, rmask, v);
+  std::vector<uint16_t>& buf = amx_btiles;
+  if (buf.size() < size_t(2) * nb * 512 + 32) buf.resize(size_t(2) * nb * 512 + 32);
+  uint16_t* const btp = reinterpret_cast<uint16_t*>(
+      (reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  alignas(64) float cbuf[4 * 256];
+  const size_t ldx = size_t(nb) * 32;
+  for (int g0 = r0 / kR16; g0 * kR16 < r1; g0 += 2) {
+    const int ng = std::min(2, (r1 - g0 * kR16 + kR16 - 1) / kR16);
+    for (int g = 0; g < ng; ++g)
+      for (int b = 0; b < nb; ++b)
+        r16_bf16_tile(packed + (size_t(g0 + g) * nb + b) * kR16RecordBytes,
+                      btp + (size_t(g) * nb + b) * 512);
+    for (int t0 = 0; t0 < m; t0 += 32) {
+      const int nt = m - t0 > 16 ? 2 : 1;
+      const uint16_t* xh = q.xh + size_t(t0) * ldx;
+      const uint16_t* xl = q.xl + size_t(t0) * ldx;
+      if (ng == 2 && nt == 2) r16_amx_block<2, 2>(btp, nb, xh, xl, ldx, cbuf);
+      else if (ng == 2) r16_amx_block<2, 1>(btp, nb, xh, xl, ldx, cbuf);
+      else if (nt == 2) r16_amx_block<1, 2>(btp, nb, xh, xl, ldx, cbuf);
+      else r16_amx_block<1, 1>(btp, nb, xh, xl, ldx, cbuf);
+      for (int g = 0; g < ng; ++g) {
+        const int row0 = (g0 + g) * kR16, rows = std::min(kR16, r1 - row0);
+        const __mmask16 rmask = __mmask16((1u << rows) - 1u);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(rmask, bias + row0) : _mm512_setzero_ps();
+        for (int t = 0; t < std::min(32, m - t0); ++t) {
+          const float* c = cbuf + 512 * (t / 16) + 256 * g + 16 * (t % 16);
+          _mm512_mask_storeu_ps(out + size_t(t0 + t) * ldo + row0, rmask,
+                                _mm512_add_ps(_mm512_load_ps(c), bv));
+        }
       }
     }
   }
@@ -783,17 +828,9 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
 #if defined(GPTOSS_HAVE_AMX)
-  // A tile of 16 tokens costs the AMX kernel about what 8 tokens cost the AVX-512 code (measured
-  // by bench/bench_cpu_kernels.py), so a last partial tile of kAmxMinTail tokens or more takes the
-  // tiles too, and fewer take the AVX-512 code; either way the same bits. (int8 activations,
-  // levels 1, take the AVX-512 VNNI code throughout.)
-  if (active_isa() >= Isa::Amx && q.levels == 2) {
-    const int rem = m % 16;
-    const int mt = rem >= kAmxMinTail ? m : m - rem;
-    if (mt > 0) r16_rows_amx(packed, nb, r0, r1, q, mt, bias, out, ldo);
-    if (mt < m)
-      r16_rows_avx512(packed, nb, r0, r1, q.from_row(mt), m - mt, bias,
-                      out + size_t(mt) * ldo, ldo);
+  // (int8 activations, levels 1, take the AVX-512 VNNI code throughout)
+  if (active_isa() >= Isa::Amx && q.levels == 2 && m >= kAmxMinTokens) {
+    r16_rows_amx(packed, nb, r0, r1, q, m, bias, out, ldo);
     return;
   }
 #endif
