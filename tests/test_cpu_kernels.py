@@ -165,7 +165,7 @@ def test_mxfp4_pack_r16_layout(R, nb):
     assert np.array_equal(got, pack_r16_numpy(blocks, scales))
 
 
-# m >= 8 takes the AMX-BF16 tiles at the amx level (levels 2): tiles of 16 tokens, the last one
+# m >= 8 takes the AMX-BF16 tiles at the amx level (either levels): tiles of 16 tokens, the last one
 # partial where m is not a multiple of 16, bands of one or two groups of 16 rows; fewer tokens
 # the AVX-512 code
 @pytest.mark.parametrize("m,R,nb", [(1, 5760, 90), (1, 2880, 90), (4, 64, 90), (7, 33, 3),
@@ -185,8 +185,10 @@ def test_mxfp4_r16_linear(simd, m, R, nb, levels):
     q = Q16_BOUND if levels == 2 else Q1_BOUND
     assert rel_err(got, want) < q + f32_bound(nb * 32), (simd, rel_err(got, want))
     if levels == 1:
-        # the int8 quantization itself, emulated: only the float32 sums over blocks differ
-        emu = x_int8_emulated(x).astype(np.float64) @ w.T + b
+        # the quantization itself, emulated: only the float32 sums over blocks differ (at the
+        # amx level 8 tokens or more take bf16 activations on the AMX tiles, fewer int8)
+        xq = bf16_to_f32(f32_to_bf16(x)) if simd == "amx" and m >= 8 else x_int8_emulated(x)
+        emu = xq.astype(np.float64) @ w.T + b
         assert rel_err(got, emu) < f32_bound(nb * 32), (simd, rel_err(got, emu))
 
 
@@ -218,17 +220,19 @@ def test_mxfp4_r16_same_bits_at_every_level_and_grouping(levels):
         C.force_simd(lv)
         outs[lv] = f(x, P, 40)
         alone = np.concatenate([f(x[i:i + 1], P, 40) for i in range(41)])
-        if lv == "amx" and levels == 2:
-            # calls of 8 tokens or more run on the AMX-BF16 tiles (x as two bf16 terms, float32
-            # sums over all of K): a token's bits do not depend on the other tokens of its call
-            # nor on its place in a tile (41: three tiles, the last one partial; 8: one partial)
+        if lv == "amx":
+            # calls of 8 tokens or more run on the AMX-BF16 tiles (x as two bf16 terms, one with
+            # levels 1; float32 sums over all of K): a token's bits do not depend on the other
+            # tokens of its call nor on its place in a tile (41: three tiles, the last one
+            # partial; 8: one partial)
             for lo, hi in ((0, 35), (6, 41), (13, 21), (33, 41), (0, 16), (1, 17)):
                 assert np.array_equal(f(x[lo:hi], P, 40), outs[lv][lo:hi]), (lo, hi)
-            # fewer tokens (decode) take the AVX-512 int16 code: the plain code's bits
+            # fewer tokens (decode) take the AVX-512 integer code: the plain code's bits
             assert np.array_equal(alone, outs["plain"])
             assert np.array_equal(f(x[:7], P, 40), outs["plain"][:7])
-            # and the two codes agree within the int16 code's bound
-            assert rel_err(outs[lv], outs["plain"]) < 2 * (Q16_BOUND + f32_bound(224))
+            # and the two agree within the integer code's bound
+            q = Q16_BOUND if levels == 2 else Q1_BOUND
+            assert rel_err(outs[lv], outs["plain"]) < 2 * (q + f32_bound(224))
         else:
             # each token alone (decode) gives the bits of the 41-token call (prefill: SIMD tiles
             # of 4 or 8 tokens) and of 35 tokens
@@ -239,7 +243,7 @@ def test_mxfp4_r16_same_bits_at_every_level_and_grouping(levels):
         assert np.array_equal(first, outs[lv][:, :16]), lv
     C.force_simd(LEVELS[-1])
     for lv in LEVELS[1:]:
-        if not (lv == "amx" and levels == 2):
+        if lv != "amx":
             assert np.array_equal(outs[lv], outs["plain"]), lv
 
 

@@ -35,7 +35,9 @@
 // bits: a token's result does not depend on the other tokens of a call of 8 or more nor on its
 // place in a tile, but a call of fewer tokens (decode) takes the AVX-512 int16 code. The
 // activations' int16 split into a signed high and an unsigned low byte (q = 256 hi + lo) serves
-// the one-token VNNI code.
+// the one-token VNNI code. With levels 1 (activation_levels=1) the same tiles take the first term
+// alone: bf16 activations (an error below 2^-9 of each value, within the int8 code's 1/254 of
+// the block maximum), one tile product a block instead of two.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -165,7 +167,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void q16_bl
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // x as two bf16 terms for the AMX tiles: h = bf16(x) rounded to nearest even (a NaN a quiet NaN,
-// as f32_to_bf16), l = bf16(x - h); n a multiple of 16
+// as f32_to_bf16), l = bf16(x - h) (where l is given); n a multiple of 16
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline)) static inline __m512i
 bf16_rne_avx512(__m512 v) {
   const __m512i u = _mm512_castps_si512(v);
@@ -184,7 +186,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void bf16_t
     const __m512i hb = rne(v);
     const __m512i lb = rne(_mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16))));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm512_cvtepi32_epi16(hb));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(l + i), _mm512_cvtepi32_epi16(lb));
+    if (l) _mm256_storeu_si256(reinterpret_cast<__m256i*>(l + i), _mm512_cvtepi32_epi16(lb));
   }
 }
 #endif
@@ -194,8 +196,8 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
                "q16_quantize: K = " << K << " does not match " << q.nb << " blocks");
   const int nb = q.nb;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (q.levels == 2 && active_isa() >= Isa::Amx)  // the AMX kernel's bf16 terms
-    bf16_terms_avx512(x, size_t(m) * K, q.xh, q.xl);
+  if (active_isa() >= Isa::Amx)  // the AMX kernel's bf16 terms (levels 1: the first only)
+    bf16_terms_avx512(x, size_t(m) * K, q.xh, q.levels == 2 ? q.xl : nullptr);
   if (q.levels == 2 && active_isa() >= Isa::Avx512Bw) {
     for (int t = 0; t < m; ++t)
       for (int b = 0; b < nb; ++b) {
@@ -740,8 +742,9 @@ GPTOSS_AMX static void r16_bf16_tile(const uint8_t* rec, uint16_t* bt) {
 
 // NT token tiles (16 tokens each, from t0) against NG groups of 16 rows (B tiles decoded in
 // bt: group g, block b at bt + (g * nb + b) * 512): C tile 2 t + g accumulates over all of K,
-// both activation terms, in the same order for every token.
-template <int NG, int NT>
+// the TERMS activation terms (levels 2: hi and lo; levels 1: hi), in the same order for every
+// token.
+template <int NG, int NT, int TERMS>
 GPTOSS_AMX static void r16_amx_block(const uint16_t* bt, int nb, const uint16_t* xh,
                                      const uint16_t* xl, size_t ldx, float* cbuf) {
   _tile_zero(0);
@@ -763,6 +766,7 @@ GPTOSS_AMX static void r16_amx_block(const uint16_t* bt, int nb, const uint16_t*
     if (NG > 1) _tile_dpbf16ps(1, 6, 5);
     if (NT > 1) _tile_dpbf16ps(2, 7, 4);
     if (NG > 1 && NT > 1) _tile_dpbf16ps(3, 7, 5);
+    if (TERMS == 1) continue;
     _tile_loadd(6, xl + k, lda);
     if (NT > 1) _tile_loadd(7, al1 + k, lda);
     _tile_dpbf16ps(0, 6, 4);
@@ -801,10 +805,17 @@ GPTOSS_AMX static void r16_rows_amx(const uint8_t* packed, int nb, int r0, int r
       const int nt = m - t0 > 16 ? 2 : 1;
       const uint16_t* xh = q.xh + size_t(t0) * ldx;
       const uint16_t* xl = q.xl + size_t(t0) * ldx;
-      if (ng == 2 && nt == 2) r16_amx_block<2, 2>(btp, nb, xh, xl, ldx, cbuf);
-      else if (ng == 2) r16_amx_block<2, 1>(btp, nb, xh, xl, ldx, cbuf);
-      else if (nt == 2) r16_amx_block<1, 2>(btp, nb, xh, xl, ldx, cbuf);
-      else r16_amx_block<1, 1>(btp, nb, xh, xl, ldx, cbuf);
+      if (q.levels == 1) {
+        if (ng == 2 && nt == 2) r16_amx_block<2, 2, 1>(btp, nb, xh, xl, ldx, cbuf);
+        else if (ng == 2) r16_amx_block<2, 1, 1>(btp, nb, xh, xl, ldx, cbuf);
+        else if (nt == 2) r16_amx_block<1, 2, 1>(btp, nb, xh, xl, ldx, cbuf);
+        else r16_amx_block<1, 1, 1>(btp, nb, xh, xl, ldx, cbuf);
+      } else {
+        if (ng == 2 && nt == 2) r16_amx_block<2, 2, 2>(btp, nb, xh, xl, ldx, cbuf);
+        else if (ng == 2) r16_amx_block<2, 1, 2>(btp, nb, xh, xl, ldx, cbuf);
+        else if (nt == 2) r16_amx_block<1, 2, 2>(btp, nb, xh, xl, ldx, cbuf);
+        else r16_amx_block<1, 1, 2>(btp, nb, xh, xl, ldx, cbuf);
+      }
       for (int g = 0; g < ng; ++g) {
         const int row0 = (g0 + g) * kR16, rows = std::min(kR16, r1 - row0);
         const __mmask16 rmask = __mmask16((1u << rows) - 1u);
@@ -828,8 +839,7 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
 #if defined(GPTOSS_HAVE_AMX)
-  // (int8 activations, levels 1, take the AVX-512 VNNI code throughout)
-  if (active_isa() >= Isa::Amx && q.levels == 2 && m >= kAmxMinTokens) {
+  if (active_isa() >= Isa::Amx && m >= kAmxMinTokens) {
     r16_rows_amx(packed, nb, r0, r1, q, m, bias, out, ldo);
     return;
   }
