@@ -85,7 +85,7 @@ def main():
     p.add_argument("--batch", type=int, default=0,
                    help="C++ engine: also time decode steps of this many sequences at once")
     p.add_argument("--simd", default=None,
-                   help="pin the CPU kernels' SIMD level (plain, avx2, avx512bw, avx512, avx512bf16, amx)")
+                   help="pin the CPU kernels' SIMD level (plain, avx2, avx2vnni, avx512bw, avx512, avx512bf16, amx)")
     p.add_argument("--repack", default=None, choices=("auto", "memory", "off"),
                    help="C++ CPU engine: the AVX2 layout of the experts (auto: repacked once into "
                         "the weight cache and mapped; memory; off: the checkpoint's layout)")

@@ -130,10 +130,10 @@ def test_one_level_activations_within_their_bound(tiny_hf):
         NativeEngine(w, activation_levels=3)
 
 
-@pytest.mark.parametrize("level", ["avx2", "avx512"])
+@pytest.mark.parametrize("level", ["avx2", "avx2vnni", "avx512"])
 def test_one_level_r16_bound_and_batch_invariant(tiny_hf, level):
     """At every SIMD level activation_levels=1 runs the int8 r16 kernels on the repacked experts
-    (AVX2 vpmaddubsw, AVX-512 VNNI vpdpbusd): within the one-level bound of the NumPy engine, and
+    (AVX2 vpmaddubsw, AVX-VNNI and AVX-512 VNNI vpdpbusd): within the one-level bound of the NumPy engine, and
     a prompt fed whole, in chunks or token by token gives the same bits."""
     if level not in C.simd_levels():
         pytest.skip(f"this processor lacks the {level} level")

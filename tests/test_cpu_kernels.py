@@ -47,6 +47,10 @@ def simd(request):
 
 def test_levels_include_plain_and_the_best():
     assert LEVELS[0] == "plain" and C.build_info()["simd_best"] == LEVELS[-1]
+    # in the order of the levels (avx2vnni is listed only where the processor has AVX-VNNI,
+    # which the AVX-512 levels need not have)
+    order = ["plain", "avx2", "avx2vnni", "avx512bw", "avx512", "avx512bf16", "amx"]
+    assert LEVELS == [lv for lv in order if lv in LEVELS]
     with pytest.raises(ValueError, match="unknown SIMD level"):
         C.force_simd("sse9")
 

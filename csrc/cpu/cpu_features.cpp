@@ -43,6 +43,16 @@ static bool amx_usable() {
 }
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// AVX-VNNI, the VEX forms of vpdpbusd/vpdpwssd: cpuid leaf 7 subleaf 1, eax bit 4 (the OS's YMM
+// state is what AVX2 already needs)
+static bool avx_vnni() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return ((a >> 4) & 1) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
 Isa detect_isa() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
@@ -61,14 +71,23 @@ Isa detect_isa() {
   if (bf16) return Isa::Avx512Bf16;
   if (avx512) return Isa::Avx512;
   if (avx512bw) return Isa::Avx512Bw;
+  if (avx2 && avx_vnni()) return Isa::Avx2Vnni;
   if (avx2) return Isa::Avx2;
 #endif
   return Isa::Plain;
 }
 
+bool isa_supported(Isa isa) {
+  if (int(isa) > int(detect_isa())) return false;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (isa == Isa::Avx2Vnni) return avx_vnni();
+#endif
+  return true;
+}
+
 static std::atomic<int> g_forced{-1};
 
-// GPTOSS_SIMD=plain|avx2|avx512bw|avx512|avx512bf16|amx in the environment pins the kernels for a process
+// GPTOSS_SIMD=plain|avx2|avx2vnni|avx512bw|avx512|avx512bf16|amx in the environment pins the kernels for a process
 // (tests, or a user comparing variants). Kernels may first ask from inside a parallel region,
 // where nothing may throw, so a bad value falls back to the best level here and is reported by
 // check_simd_env(), which the engine calls when it is created.
@@ -80,9 +99,9 @@ static Isa initial_isa() {
   if (!env || !*env) return best;
   for (Isa i : kIsas) {
     if (std::strcmp(env, isa_name(i)) == 0) {
-      if (int(i) <= int(best)) return i;
-      g_env_error = std::string("GPTOSS_SIMD=") + env + ": this processor supports at most " +
-                    isa_name(best);
+      if (isa_supported(i)) return i;
+      g_env_error = std::string("GPTOSS_SIMD=") + env + ": this processor does not support it (best: " +
+                    isa_name(best) + ")";
       return best;
     }
   }
@@ -102,7 +121,7 @@ void check_simd_env() {
 }
 
 void force_isa(Isa isa) {
-  GPTOSS_CHECK(int(isa) <= int(detect_isa()),
+  GPTOSS_CHECK(isa_supported(isa),
                "this processor does not support the " << isa_name(isa) << " kernels (best: "
                                                        << isa_name(detect_isa()) << ")");
   g_forced.store(int(isa));
@@ -112,6 +131,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Plain: return "plain";
     case Isa::Avx2: return "avx2";
+    case Isa::Avx2Vnni: return "avx2vnni";
     case Isa::Avx512Bw: return "avx512bw";
     case Isa::Avx512: return "avx512";
     case Isa::Avx512Bf16: return "avx512bf16";

@@ -6,16 +6,20 @@
 namespace gptoss {
 namespace cpu {
 
-// Each level includes the ones before it. avx512bw: AVX-512 F/BW/DQ/VL (e.g. Skylake-SP);
+// Each level includes the ones before it, except avx2vnni. avx2: AVX2 + FMA; avx2vnni: those plus
+// the VEX-encoded AVX-VNNI (vpdpbusd/vpdpwssd on 256 bits: e.g. Alder Lake and later Intel
+// desktops without AVX-512), which the AVX-512 levels need not have (a Zen 4 has not), so it is
+// asked for by isa_supported(), not by order; avx512bw: AVX-512 F/BW/DQ/VL (e.g. Skylake-SP);
 // avx512: those plus VNNI (vpdpbusd); avx512bf16: plus BF16; amx: plus the AMX tiles with int8
 // and bf16 dot products (AMX-TILE, AMX-INT8, AMX-BF16), enabled by the OS and granted to this
 // process.
-enum class Isa { Plain = 0, Avx2 = 1, Avx512Bw = 2, Avx512 = 3, Avx512Bf16 = 4, Amx = 5 };
-constexpr Isa kIsas[] = {Isa::Plain,  Isa::Avx2,       Isa::Avx512Bw,
+enum class Isa { Plain = 0, Avx2 = 1, Avx2Vnni = 2, Avx512Bw = 3, Avx512 = 4, Avx512Bf16 = 5, Amx = 6 };
+constexpr Isa kIsas[] = {Isa::Plain,  Isa::Avx2,   Isa::Avx2Vnni,   Isa::Avx512Bw,
                          Isa::Avx512, Isa::Avx512Bf16, Isa::Amx};
-constexpr const char* kIsaNames = "plain, avx2, avx512bw, avx512, avx512bf16 or amx";
+constexpr const char* kIsaNames = "plain, avx2, avx2vnni, avx512bw, avx512, avx512bf16 or amx";
 
 Isa detect_isa();                   // the best this processor supports
+bool isa_supported(Isa isa);        // whether this processor can run that level's kernels
 Isa active_isa();                   // what the kernels use now (detect_isa() unless forced)
 void force_isa(Isa isa);
 void check_simd_env();             // throws if GPTOSS_SIMD names an unknown or unsupported level

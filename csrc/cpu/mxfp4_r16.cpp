@@ -59,8 +59,6 @@ namespace {
 constexpr int kR16PrefetchAhead = 4;  // 12 and 24 measured no faster (Zen 3)
 // code -> 2 * value + 12
 alignas(16) const uint8_t kU8[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
-// code -> 2 * value (the AMX kernel's signed bytes)
-alignas(16) const int8_t kS8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 // accumulator lane -> row within the group: lanes 0..7 of the first accumulator, then the second
 constexpr int kLaneRow[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
 
@@ -406,20 +404,130 @@ GPTOSS_AVX2_FMA static void r16_tile_avx2_n(int T, const uint8_t* pk, int nb, co
   }
 }
 
+// With AVX-VNNI (the avx2vnni level: the VEX forms of the AVX-512 VNNI code's instructions on
+// 256 bits, one group of 16 rows a register): the int16 code's vpmaddwd and add in one vpdpwssd;
+// one token of it through the activations' byte split (q = 256 * hi + lo: 2 unpacks and 4
+// vpdpbusd a chunk, the AVX-512 one-token code); and the int8 code (levels 1) with each row's
+// four u of a chunk in one 32-bit lane against the four activation bytes from byte 2 of the
+// block's word 2c on (one vpdpbusd for two chunks' worth of vpmaddubsw, add and vpmaddwd). The
+// accumulators' lanes are the AVX2 code's (unpacks within 128-bit lanes) and the integers the
+// same, so the float steps after them give the same bits.
+#define GPTOSS_AVX2_VNNI __attribute__((target("avx2,fma,avxvnni")))
+template <int T, bool Q8>
+GPTOSS_AVX2_VNNI static void r16_tile_avxvnni(const uint8_t* pk, int nb, const Q16Act& q, int t0,
+                                              float* f) {
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  const uint8_t* xq = reinterpret_cast<const uint8_t*>(q.q);
+  const size_t xs = size_t(nb) * 64;  // activation bytes per token
+  __m256 fa[T], fb[T];
+  for (int t = 0; t < T; ++t) fa[t] = fb[t] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* rec = pk + size_t(b) * kR16RecordBytes;
+    for (int o = 0; o < 320; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + o), _MM_HINT_T0);
+    __m256i aa[T], ab[T];
+    if constexpr (!Q8 && T == 1) {  // one token: the byte split
+      __m256i ha = zero, hb = zero, la = zero, lb = zero;
+      const int8_t* xh = q.hi + (size_t(t0) * nb + b) * 32;
+      const uint8_t* xl = q.lo + (size_t(t0) * nb + b) * 32;
+      for (int c = 0; c < 8; ++c) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+        const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+        const __m256i pa = _mm256_unpacklo_epi16(lo, hi), pb = _mm256_unpackhi_epi16(lo, hi);
+        int32_t h4, l4;
+        std::memcpy(&h4, xh + 4 * c, 4);
+        std::memcpy(&l4, xl + 4 * c, 4);
+        const __m256i H = _mm256_set1_epi32(h4), L = _mm256_set1_epi32(l4);
+        ha = _mm256_dpbusd_avx_epi32(ha, pa, H);
+        hb = _mm256_dpbusd_avx_epi32(hb, pb, H);
+        la = _mm256_dpbusd_avx_epi32(la, L, pa);
+        lb = _mm256_dpbusd_avx_epi32(lb, L, pb);
+      }
+      const __m256i corr = _mm256_set1_epi32(q.corr[size_t(t0) * nb + b]);
+      aa[0] = _mm256_add_epi32(corr, _mm256_add_epi32(_mm256_slli_epi32(ha, 8), la));
+      ab[0] = _mm256_add_epi32(corr, _mm256_add_epi32(_mm256_slli_epi32(hb, 8), lb));
+    } else {
+      for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm256_set1_epi32(q.corr[size_t(t0 + t) * nb + b]);
+      for (int c = 0; c < 8; ++c) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+        const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+        if constexpr (Q8) {
+          const __m256i pa = _mm256_unpacklo_epi16(lo, hi), pb = _mm256_unpackhi_epi16(lo, hi);
+          for (int t = 0; t < T; ++t) {
+            int32_t x4;
+            std::memcpy(&x4, xq + size_t(t0 + t) * xs + size_t(b) * 64 + 8 * c + 2, 4);
+            const __m256i x = _mm256_set1_epi32(x4);
+            aa[t] = _mm256_dpbusd_avx_epi32(aa[t], pa, x);
+            ab[t] = _mm256_dpbusd_avx_epi32(ab[t], pb, x);
+          }
+        } else {
+          const __m256i la = _mm256_unpacklo_epi8(lo, zero), lb = _mm256_unpackhi_epi8(lo, zero);
+          const __m256i ha = _mm256_unpacklo_epi8(hi, zero), hb = _mm256_unpackhi_epi8(hi, zero);
+          for (int t = 0; t < T; ++t) {
+            const uint8_t* xp = xq + size_t(t0 + t) * xs + size_t(b) * 64 + 8 * c;
+            int32_t pl, ph;
+            std::memcpy(&pl, xp, 4);
+            std::memcpy(&ph, xp + 4, 4);
+            const __m256i xl = _mm256_set1_epi32(pl), xh = _mm256_set1_epi32(ph);
+            aa[t] = _mm256_dpwssd_avx_epi32(_mm256_dpwssd_avx_epi32(aa[t], la, xl), ha, xh);
+            ab[t] = _mm256_dpwssd_avx_epi32(_mm256_dpwssd_avx_epi32(ab[t], lb, xl), hb, xh);
+          }
+        }
+      }
+    }
+    // the AVX2 code's float steps
+    const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
+    const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
+    const __m256 sb = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
+    for (int t = 0; t < T; ++t) {
+      const __m256 st = _mm256_set1_ps(q.step[size_t(t0 + t) * nb + b]);
+      fa[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st), fa[t]);
+      fb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st), fb[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {  // lanes (rows 0-3, 8-11 | 4-7, 12-15) -> row order
+    _mm256_storeu_ps(f + 16 * t, _mm256_permute2f128_ps(fa[t], fb[t], 0x20));
+    _mm256_storeu_ps(f + 16 * t + 8, _mm256_permute2f128_ps(fa[t], fb[t], 0x31));
+  }
+}
+
+template <bool Q8>
+GPTOSS_AVX2_VNNI static void r16_tile_avxvnni_n(int T, const uint8_t* pk, int nb, const Q16Act& q,
+                                                int t0, float* f) {
+  switch (T) {
+    case 4: r16_tile_avxvnni<4, Q8>(pk, nb, q, t0, f); break;
+    case 3: r16_tile_avxvnni<3, Q8>(pk, nb, q, t0, f); break;
+    case 2: r16_tile_avxvnni<2, Q8>(pk, nb, q, t0, f); break;
+    default: r16_tile_avxvnni<1, Q8>(pk, nb, q, t0, f); break;
+  }
+}
+
 GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0, int r1,
                                           const Q16Act& q, int m, const float* bias, float* out,
                                           int ldo) {
   constexpr int TM = 4;  // tokens a tile (both codes; 1-3 measured no faster for the int8 one)
   alignas(32) float f[TM * 16];
+  const bool vnni = active_isa() == Isa::Avx2Vnni;
   for (int g = r0 / kR16; g * kR16 < r1; ++g) {
     const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
     const int rows = std::min(kR16, r1 - g * kR16);
     for (int t = 0; t < m;) {
       const int T = std::min(TM, m - t);
-      if (q.levels == 1)
+      if (vnni) {
+        if (q.levels == 1)
+          r16_tile_avxvnni_n<true>(T, pk, nb, q, t, f);
+        else
+          r16_tile_avxvnni_n<false>(T, pk, nb, q, t, f);
+      } else if (q.levels == 1) {
         r16_tile_avx2_n<true>(T, pk, nb, q, t, f);
-      else
+      } else {
         r16_tile_avx2_n<false>(T, pk, nb, q, t, f);
+      }
       for (int j = 0; j < T; ++j) {
         float* o = out + size_t(t + j) * ldo + size_t(g) * kR16;
         const float* fj = f + 16 * j;

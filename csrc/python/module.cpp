@@ -379,11 +379,12 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   m.def("force_simd", [](const std::string& s) { cpu::force_isa(isa_from(s)); }, py::arg("level"),
-        "pin the CPU kernels to one SIMD level (plain, avx2, avx512bw, avx512, avx512bf16, amx) for "
+        "pin the CPU kernels to one SIMD level (plain, avx2, avx2vnni, avx512bw, avx512, avx512bf16, amx) for "
         "tests");
   m.def("simd_levels", [] {
     std::vector<std::string> out;
-    for (int i = 0; i <= int(cpu::detect_isa()); ++i) out.push_back(cpu::isa_name(cpu::Isa(i)));
+    for (cpu::Isa i : cpu::kIsas)
+      if (cpu::isa_supported(i)) out.push_back(cpu::isa_name(i));
     return out;
   });
   m.def("read_bandwidth", [](double gb, int repeats) {
