@@ -56,6 +56,8 @@ constexpr int kDynamicRows = 8;
 static_assert(kBand % cpu::kR16 == 0, "bands must hold whole r16 groups");
 // tokens per pass of a dense product at the amx level (a multiple of the 16-token tiles)
 constexpr int kAmxTokenBlock = 64;
+// an expert's tokens per pass over its rows at the amx level (a multiple of the 16-token tiles)
+constexpr int kAmxExpertTokens = 128;
 static_assert(kAmxTokenBlock % 16 == 0, "token blocks must hold whole AMX tiles");
 
 // The repacked layout's name in the weight cache; bump the version when mf4_r16_pack changes.
@@ -456,17 +458,17 @@ class CpuBackend final : public Backend {
                    float alpha, float limit, Prep&& prep, Mul&& mul) {
     const auto qt = prep(tg_.data(), A, H, qws1_);
     grow(u_, size_t(A) * 2 * I);
-    run_items(E, 2 * I, [&](int e, int r0, int r1) {
-      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      mul(0, e, qt, off, m, r0, r1, w1_bias + size_t(e) * 2 * I, &u_[size_t(off) * 2 * I], 2 * I);
+    run_items(E, 2 * I, [&](int e, int r0, int r1, int t0, int t1) {
+      const int off = count_[size_t(e)] + t0;
+      mul(0, e, qt, off, t1 - t0, r0, r1, w1_bias + size_t(e) * 2 * I, &u_[size_t(off) * 2 * I], 2 * I);
     });
     grow(a_, size_t(A) * I);
     cpu::swiglu(u_.data(), A, I, alpha, limit, a_.data());
     const auto qa = prep(a_.data(), A, I, qws2_);
     grow(y_, size_t(A) * H);
-    run_items(E, H, [&](int e, int r0, int r1) {
-      const int off = count_[size_t(e)], m = count_[size_t(e) + 1] - off;
-      mul(1, e, qa, off, m, r0, r1, w2_bias + size_t(e) * H, &y_[size_t(off) * H], H);
+    run_items(E, H, [&](int e, int r0, int r1, int t0, int t1) {
+      const int off = count_[size_t(e)] + t0;
+      mul(1, e, qa, off, t1 - t0, r0, r1, w2_bias + size_t(e) * H, &y_[size_t(off) * H], H);
     });
   }
 
@@ -547,13 +549,25 @@ class CpuBackend final : public Backend {
 
   template <typename F>
   void run_items(int E, int rows, F&& f) {
+    // At the amx level an expert's tokens go kAmxExpertTokens at a time, all bands for one chunk
+    // before the next (static schedule: a thread's run of items shares a chunk), so a chunk's
+    // activations (two bf16 terms each) stay in L2 across the bands; elsewhere all at once.
+    const int chunk = cpu::active_isa() >= cpu::Isa::Amx ? kAmxExpertTokens : 1 << 30;
     items_.clear();
     for (int e = 0; e < E; ++e) {
-      if (count_[size_t(e) + 1] == count_[size_t(e)]) continue;
-      for (int r = 0; r < rows; r += kBand) items_.push_back({e, r, std::min(rows, r + kBand)});
+      const int m = count_[size_t(e) + 1] - count_[size_t(e)];
+      // chunks of equal size (in whole tiles), so that none is left with a few tokens
+      const int nc = (m + chunk - 1) / chunk;
+      const int cs = nc > 1 ? ((m + nc - 1) / nc + 15) / 16 * 16 : m;
+      for (int t = 0; t < m; t += cs)
+        for (int r = 0; r < rows; r += kBand)
+          items_.push_back({e, r, std::min(rows, r + kBand), t, std::min(m, t + cs)});
     }
     const long long ni = (long long)items_.size();
-    auto item = [&](long long i) { f(items_[size_t(i)].e, items_[size_t(i)].r0, items_[size_t(i)].r1); };
+    auto item = [&](long long i) {
+      const Item& it = items_[size_t(i)];
+      f(it.e, it.r0, it.r1, it.t0, it.t1);
+    };
     if (count_[size_t(E)] <= kDynamicRows * 4) {  // decode (4 assignments a token): as linear()
 #pragma omp parallel for schedule(dynamic, 4)
       for (long long i = 0; i < ni; ++i) item(i);
@@ -577,7 +591,7 @@ class CpuBackend final : public Backend {
   }
 
   struct Item {
-    int e, r0, r1;
+    int e, r0, r1, t0, t1;  // expert e's rows [r0, r1) for its tokens [t0, t1)
   };
   std::vector<int> count_, fill_, order_;
   std::vector<Item> items_;
