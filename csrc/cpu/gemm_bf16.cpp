@@ -238,6 +238,8 @@ GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int 
 
 static void bf16_amx_prepare(const float* x, int m, int K, uint16_t* out) {
   const int KC = (K + 31) / 32;
+  // token tiles over the threads (a prefill's; each value on its own)
+#pragma omp parallel for schedule(static) if (m > 16)
   for (int t0 = 0; t0 < m; t0 += 16) {
     const int N = std::min(16, m - t0);
     uint16_t* base = out + size_t(t0) * KC * 64;
@@ -340,6 +342,7 @@ void bf16_pair_order(const float* x, int m, int K, float* out) {
 #endif
   // runs of 16 (AVX2) or 32 (AVX-512): the even values, then the odd ones; the tail in place
   const int run = active_isa() >= Isa::Avx512Bw ? 32 : 16, half = run / 2;
+#pragma omp parallel for schedule(static) if (m > 16)
   for (int t = 0; t < m; ++t) {
     const float* xr = x + size_t(t) * K;
     float* o = out + size_t(t) * K;

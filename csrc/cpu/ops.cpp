@@ -76,6 +76,8 @@ void topk_softmax(const float* logits, int n, int E, int k, int32_t* experts, fl
 }
 
 void swiglu(const float* u, int m, int I, float alpha, float limit, float* a) {
+  // a prefill's expert rows over the threads (each element on its own: the same values)
+#pragma omp parallel for schedule(static) if (size_t(m) * I > 65536)
   for (int t = 0; t < m; ++t) {
     const float* ur = u + size_t(t) * 2 * I;
     float* ar = a + size_t(t) * I;
