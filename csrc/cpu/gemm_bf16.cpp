@@ -236,25 +236,48 @@ GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int 
 #define GPTOSS_AMX_BF16 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")))
 
 
-static void bf16_amx_prepare(const float* x, int m, int K, uint16_t* out) {
+// bf16(v) rounded to nearest even in the low 16 bits of each lane, a NaN a quiet NaN (as
+// f32_to_bf16)
+GPTOSS_AMX_BF16 __attribute__((always_inline)) static inline __m512i bf16_rne16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                       _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
+      16);
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+}
+
+// x in the prepared layout above: a token's chunk of 32 values becomes 16 pairs of each term,
+// pair i scattered to row i of the chunk's B tiles.
+GPTOSS_AMX_BF16 static void bf16_amx_prepare(const float* x, int m, int K, uint16_t* out) {
   const int KC = (K + 31) / 32;
-  // token tiles over the threads (a prefill's; each value on its own)
 #pragma omp parallel for schedule(static) if (m > 16)
   for (int t0 = 0; t0 < m; t0 += 16) {
     const int N = std::min(16, m - t0);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(N));
     uint16_t* base = out + size_t(t0) * KC * 64;
-    for (int kc = 0; kc < KC; ++kc) {
-      uint16_t* bh = base + size_t(2 * kc) * 32 * N;
-      uint16_t* bl = bh + 32 * N;
-      for (int i = 0; i < 16; ++i)
-        for (int t = 0; t < N; ++t)
-          for (int e = 0; e < 2; ++e) {
-            const int k = 32 * kc + 2 * i + e;
-            const float v = k < K ? x[size_t(t0 + t) * K + k] : 0.f;
-            const uint16_t h = f32_to_bf16(v);
-            bh[(i * N + t) * 2 + e] = h;
-            bl[(i * N + t) * 2 + e] = f32_to_bf16(v - bf16_to_f32(h));
-          }
+    for (int t = 0; t < N; ++t) {
+      const float* xr = x + size_t(t0 + t) * K;
+      for (int kc = 0; kc < KC; ++kc) {
+        const int k0 = 32 * kc, left = K - k0;
+        const __mmask16 m0 = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
+        const __mmask16 m1 = left >= 32 ? __mmask16(0xffff)
+                             : left > 16 ? __mmask16((1u << (left - 16)) - 1u) : __mmask16(0);
+        const __m512 v0 = _mm512_maskz_loadu_ps(m0, xr + k0);
+        const __m512 v1 = _mm512_maskz_loadu_ps(m1, xr + k0 + 16);
+        const __m512i h0 = bf16_rne16(v0), h1 = bf16_rne16(v1);
+        const __m512i l0 = bf16_rne16(_mm512_sub_ps(v0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16))));
+        const __m512i l1 = bf16_rne16(_mm512_sub_ps(v1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16))));
+        // 16 pairs (value 2i, 2i + 1) as 32-bit words
+        const __m512i hp = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(h0)),
+                                              _mm512_cvtepi32_epi16(h1), 1);
+        const __m512i lp = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(l0)),
+                                              _mm512_cvtepi32_epi16(l1), 1);
+        uint16_t* bh = base + size_t(2 * kc) * 32 * N;
+        _mm512_i32scatter_epi32(bh + 2 * t, idx, hp, 4);
+        _mm512_i32scatter_epi32(bh + 32 * N + 2 * t, idx, lp, 4);
+      }
     }
   }
 }
