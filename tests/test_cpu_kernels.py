@@ -231,8 +231,11 @@ def test_mxfp4_r16_same_bits_at_every_level_and_grouping(levels):
             # partial; 8: one partial)
             for lo, hi in ((0, 35), (6, 41), (13, 21), (33, 41), (0, 16), (1, 17)):
                 assert np.array_equal(f(x[lo:hi], P, 40), outs[lv][lo:hi]), (lo, hi)
-            # fewer tokens (decode) take the AVX-512 integer code: the plain code's bits
+            # fewer tokens (decode) take the AVX-512 integer code: the plain code's bits; so does
+            # any number with exact=True (batch_invariant)
             assert np.array_equal(alone, outs["plain"])
+            assert np.array_equal(C.ops.mxfp4_r16_linear(x, P, 40, levels=levels, exact=True),
+                                  outs["plain"])
             assert np.array_equal(f(x[:7], P, 40), outs["plain"][:7])
             # and the two agree within the integer code's bound
             q = Q16_BOUND if levels == 2 else Q1_BOUND

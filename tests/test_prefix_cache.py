@@ -3,7 +3,11 @@
 The CPU engine computes each row of a step in an order that does not depend on how many rows
 share the step or where a chunk starts, so a sequence's logits are asserted bit-identical (not
 within a tolerance) whether its prompt was prefilled at once, in chunks, from a cached prefix, or
-decoded in a batch with other sequences; on tiny checkpoints of both layouts. Under the CUDA
+decoded in a batch with other sequences; on tiny checkpoints of both layouts. That holds at every
+SIMD level by default except amx, where an expert's 8 tokens or more take the AMX-BF16 tiles and
+fewer the exact integer code: the engines here are opened with batch_invariant=True, which keeps
+the integer code there too (and changes nothing at the other levels), and
+test_cpu_default_at_the_amx_level_within_the_bound checks the default. Under the CUDA
 backend (emulated or on a GPU) the prefill and decode paths round differently (bf16 activations in
 the tensor-core GEMMs for more than 8 rows), so there a cached prefix is checked against the
 uncached run with test_cuda_engine's derived bound instead, unless the backend is opened with
@@ -39,7 +43,25 @@ def toks(seed, n):
 
 
 def engine(path, **kw):
-    return C.Engine(path, device="cpu", **kw)
+    return C.Engine(path, device="cpu", batch_invariant=True, **kw)
+
+
+def test_cpu_default_at_the_amx_level_within_the_bound(ckpts):
+    """By default a prompt in chunks gives the logits it gets at once bit for bit below the amx
+    level; at the amx level within the float32-class bound the engine is held to against NumPy
+    (the tiles and the integer code each are), and batch_invariant=True is exact there too."""
+    from test_cpu_engine import bound
+    w = Weights(ckpts["hf"])
+    t = toks(1, 300)
+    for inv in (False, True):
+        ref = C.Engine(ckpts["hf"], device="cpu", prefix_cache_gb=0, batch_invariant=inv).prefill(t, True)
+        e = C.Engine(ckpts["hf"], device="cpu", prefix_cache_gb=0, batch_invariant=inv)
+        got = np.concatenate([e.prefill(t[:150], True), e.prefill(t[150:299], True),
+                              e.decode(int(t[299]))[None]])
+        if inv or C.build_info()["simd"] != "amx":
+            assert np.array_equal(got, ref), inv
+        else:
+            assert rel_err(got, ref) < 2 * bound(w.config), rel_err(got, ref)
 
 
 @pytest.mark.parametrize("kv", ["float32", "bf16"])

@@ -65,8 +65,10 @@ constexpr const char* kR16Format = "mxfp4-r16-v1";
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int levels, std::string repack, std::string cache_dir, const std::string& kv_dtype)
-      : levels_(levels), repack_(std::move(repack)), cache_dir_(std::move(cache_dir)) {
+  CpuBackend(int levels, std::string repack, std::string cache_dir, const std::string& kv_dtype,
+             bool batch_invariant)
+      : levels_(levels), invariant_(batch_invariant), repack_(std::move(repack)),
+        cache_dir_(std::move(cache_dir)) {
     GPTOSS_CHECK(levels == 1 || levels == 2,
                  "activation_levels = " << levels << ": must be 1 or 2");
     GPTOSS_CHECK(kv_dtype == "auto" || kv_dtype == "float32" || kv_dtype == "bf16",
@@ -479,7 +481,8 @@ class CpuBackend final : public Backend {
         int(P.w1.size()), w1_bias, w2_bias, A, H, I, alpha, limit,
         [&](const float* x, int m, int K, std::vector<uint8_t>& ws) {
           grow(ws, cpu::Q16Act::bytes(m, K));
-          const cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels_);
+          cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels_);
+          q.exact = invariant_;
           quantize16(x, m, K, q);
           return q;
         },
@@ -532,6 +535,7 @@ class CpuBackend final : public Backend {
     size_t snap_rows = 0;
   };
   int levels_;
+  bool invariant_;  // Options::batch_invariant: the experts' exact code at any number of tokens
   size_t eb_ = 4;  // bytes per cached K/V element: 4 (float32) or 2 (bf16)
   std::string repack_, cache_dir_, note_;
   std::unique_ptr<WeightCache> cache_;
@@ -603,8 +607,9 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cpu_backend(int activation_levels, const std::string& repack,
                                           const std::string& cache_dir,
-                                          const std::string& kv_dtype) {
-  return std::unique_ptr<Backend>(new CpuBackend(activation_levels, repack, cache_dir, kv_dtype));
+                                          const std::string& kv_dtype, bool batch_invariant) {
+  return std::unique_ptr<Backend>(
+      new CpuBackend(activation_levels, repack, cache_dir, kv_dtype, batch_invariant));
 }
 
 void cpu_backend_repack_in_memory(Backend& be, const LayerTensors& L) {

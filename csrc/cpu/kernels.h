@@ -66,6 +66,9 @@ void mf4_r16_pack(const uint8_t* blocks, const uint8_t* scales, int R, int nb, i
 struct Q16Act {
   int nb = 0;
   int levels = 2;
+  // the exact integer code for any number of tokens (batch_invariant): at the amx level no
+  // AMX-BF16 tiles, whose results differ from it in the last bits
+  bool exact = false;
   // levels 2: [m, nb, 32] in the pair order of the packed weights. levels 1: the same memory as
   // [m, nb, 16] 32-bit words, word 2c + j of a block the int8 pair (q8[4c + j], q8[4c + j + 2])
   // twice (the pair one vpmaddubsw lane meets, ready for a 32-bit broadcast)

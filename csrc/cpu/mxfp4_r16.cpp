@@ -194,7 +194,7 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
                "q16_quantize: K = " << K << " does not match " << q.nb << " blocks");
   const int nb = q.nb;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (active_isa() >= Isa::Amx)  // the AMX kernel's bf16 terms (levels 1: the first only)
+  if (active_isa() >= Isa::Amx && !q.exact)  // the AMX kernel's bf16 terms (levels 1: the first only)
     bf16_terms_avx512(x, size_t(m) * K, q.xh, q.levels == 2 ? q.xl : nullptr);
   if (q.levels == 2 && active_isa() >= Isa::Avx512Bw) {
     for (int t = 0; t < m; ++t)
@@ -947,7 +947,7 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
   GPTOSS_CHECK(nb == q.nb, "mf4w_r16_gemm_rows: " << nb << " weight blocks per row, activations "
                                                   << q.nb);
 #if defined(GPTOSS_HAVE_AMX)
-  if (active_isa() >= Isa::Amx && m >= kAmxMinTokens) {
+  if (active_isa() >= Isa::Amx && m >= kAmxMinTokens && !q.exact) {
     r16_rows_amx(packed, nb, r0, r1, q, m, bias, out, ldo);
     return;
   }

@@ -680,7 +680,8 @@ std::unique_ptr<Backend> make_backend(const Options& o) {
   GPTOSS_CHECK(o.device != "cuda" || o.kv_dtype != "float32",
                "kv_dtype = 'float32': device 'cuda' keeps K and V in bf16 (kv_dtype 'auto' or 'bf16')");
   return o.device == "cuda" ? make_cuda_backend(o.batch_invariant)
-                            : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir, o.kv_dtype);
+                            : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir, o.kv_dtype,
+                                                               o.batch_invariant);
 }
 }  // namespace
 

@@ -177,7 +177,8 @@ py::array_t<uint8_t> op_mxfp4_pack_r16(const py::array& blocks_in, const py::arr
 }
 
 py::array_t<float> op_mxfp4_r16_linear(const py::array& x_in, const py::array& packed_in,
-                                       int rows, const py::object& bias_in, int levels) {
+                                       int rows, const py::object& bias_in, int levels,
+                                       bool exact) {
   need(levels == 1 || levels == 2, "levels = " + std::to_string(levels) + ": must be 1 or 2");
   auto packed = need_array<uint8_t>(packed_in, "packed", {-1, -1, py::ssize_t(cpu::kR16RecordBytes)});
   const py::ssize_t G = packed.shape(0), nb = packed.shape(1);
@@ -197,6 +198,7 @@ py::array_t<float> op_mxfp4_r16_linear(const py::array& x_in, const py::array& p
     py::gil_scoped_release nogil;
     std::vector<uint8_t> ws(cpu::Q16Act::bytes(m, K));
     cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels);
+    q.exact = exact;
     cpu::q16_quantize(xp, m, K, q);
     const int band = 32, bands = (rows + band - 1) / band;
 #pragma omp parallel for schedule(static)
@@ -568,9 +570,12 @@ PYBIND11_MODULE(_C, m) {
           "16 rows of each 32-block interleaved with their scales (csrc/cpu/mxfp4_r16.cpp)");
   ops.def("mxfp4_r16_linear", &op_mxfp4_r16_linear, py::arg("x"), py::arg("packed"),
           py::arg("rows"), py::arg("bias") = py::none(), py::arg("levels") = 2,
+          py::arg("exact") = false,
           "x [m, K] float32, packed [G, K/32, 272] from mxfp4_pack_r16 of a matrix with `rows` "
           "rows -> [m, rows]; activations quantized per 32-block to int16 (levels 2: error below "
-          "max|x|/65534) or int8 (levels 1, as activation_levels 1: below max|x|/254)");
+          "max|x|/65534) or int8 (levels 1, as activation_levels 1: below max|x|/254); at the amx "
+          "level 8 tokens or more take the AMX-BF16 tiles unless exact (batch_invariant: the "
+          "integer code's bits at any number of tokens)");
   ops.def("moe", &op_moe, py::arg("t"), py::arg("experts"), py::arg("weights"),
           py::arg("w1_blocks"), py::arg("w1_scales"), py::arg("w1_bias"), py::arg("w2_blocks"),
           py::arg("w2_scales"), py::arg("w2_bias"), py::arg("alpha") = 1.702f,

@@ -378,9 +378,10 @@ def _engine_flags(p) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="where repacked weights are cached (default $GPTOSS_CACHE or ~/.cache/gptoss)")
     p.add_argument("--batch-invariant", action="store_const", const=True, default=None,
-                   help="CUDA backend: per-row kernels for any batch, so logits are bit-identical "
-                        "however a prompt is split, cached or batched (slower prefill; the CPU "
-                        "engine always is)")
+                   help="logits bit-identical however a prompt is split, cached or batched: on "
+                        "CUDA the per-row kernels, on the CPU at the amx level the experts' integer "
+                        "code instead of the AMX-BF16 tiles (slower prefill; other CPU levels "
+                        "always are)")
     p.add_argument("--kv-dtype", choices=("auto", "float32", "bf16"), default=None,
                    help="how the KV cache holds keys and values: auto (float32 on the CPU, bf16 "
                         "on CUDA), bf16 (half the memory and the bytes long contexts read) or "

@@ -97,10 +97,12 @@ class Model:
         "memory" repacks into memory; "off" keeps the checkpoint's layout (slower kernels).
         cache_dir: where repacked weights are cached (default $GPTOSS_CACHE, else
         $XDG_CACHE_HOME/gptoss, else ~/.cache/gptoss).
-        batch_invariant: the CUDA backend's kernels take their per-row paths for any number of
-        rows, so a sequence's logits are bit-identical however its prompt was split, cached or
-        batched (slower prefill; off by default). The C++ CPU engine is always batch-invariant;
-        the numpy backend refuses True.
+        batch_invariant: a sequence's logits are bit-identical however its prompt was split,
+        cached or batched (off by default). CUDA: the per-row kernels for any number of rows
+        (slower prefill). CPU: already so at every SIMD level but amx, where by default an
+        expert's 8 tokens or more take the AMX-BF16 tiles and fewer the exact integer code
+        (float32-class either way); True keeps the integer code for all (slower prefill there).
+        The numpy backend refuses True.
         kv_dtype: how the KV cache holds keys and values: "auto" (default: float32 on the CPU and
         in numpy, bf16 on CUDA), "bf16" (half the memory and the bytes a long-context step reads;
         K and V rounded to bf16 after RoPE, attention itself in float32) or "float32" (not CUDA).

@@ -89,8 +89,10 @@ struct Options {
   // for the dense and expert products, one-warp-per-row attention), so a sequence's logits are
   // bit-identical whether its prompt was prefilled at once, in chunks, from a cached prefix, or
   // decoded in a batch. It costs speed (prefill reads the weights once per 8 rows instead of
-  // per tile; long-context decode runs one split per row), so it is off by default. The CPU
-  // backend is always batch-invariant and accepts either value.
+  // per tile; long-context decode runs one split per row), so it is off by default. Device
+  // 'cpu': batch-invariant anyway at every SIMD level but amx, where by default an expert's 8
+  // tokens or more take the AMX-BF16 tiles and fewer the exact integer code; true keeps the
+  // integer code for any number (slower prefill there).
   bool batch_invariant = false;
   // How the KV cache holds keys and values (after RoPE): "auto" is float32 on the CPU (4 KiB
   // per position per layer for gpt-oss) and bf16 on CUDA; "bf16" (2 KiB) halves the cache and
