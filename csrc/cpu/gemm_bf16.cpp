@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common/numeric.h"
+#include "cpu/bf16_simd.h"
 #include "cpu/kernels.h"
 #include "gptoss/error.h"
 
@@ -236,17 +237,6 @@ GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int 
 #define GPTOSS_AMX_BF16 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq")))
 
 
-// bf16(v) rounded to nearest even in the low 16 bits of each lane, a NaN a quiet NaN (as
-// f32_to_bf16)
-GPTOSS_AMX_BF16 __attribute__((always_inline)) static inline __m512i bf16_rne16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i r = _mm512_srli_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                       _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
-      16);
-  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-}
-
 // x in the prepared layout above: a token's chunk of 32 values becomes 16 pairs of each term,
 // pair i scattered to row i of the chunk's B tiles.
 GPTOSS_AMX_BF16 static void bf16_amx_prepare(const float* x, int m, int K, uint16_t* out) {
@@ -266,9 +256,9 @@ GPTOSS_AMX_BF16 static void bf16_amx_prepare(const float* x, int m, int K, uint1
                              : left > 16 ? __mmask16((1u << (left - 16)) - 1u) : __mmask16(0);
         const __m512 v0 = _mm512_maskz_loadu_ps(m0, xr + k0);
         const __m512 v1 = _mm512_maskz_loadu_ps(m1, xr + k0 + 16);
-        const __m512i h0 = bf16_rne16(v0), h1 = bf16_rne16(v1);
-        const __m512i l0 = bf16_rne16(_mm512_sub_ps(v0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16))));
-        const __m512i l1 = bf16_rne16(_mm512_sub_ps(v1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16))));
+        const __m512i h0 = bf16_rne_avx512(v0), h1 = bf16_rne_avx512(v1);
+        const __m512i l0 = bf16_rne_avx512(_mm512_sub_ps(v0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16))));
+        const __m512i l1 = bf16_rne_avx512(_mm512_sub_ps(v1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16))));
         // 16 pairs (value 2i, 2i + 1) as 32-bit words
         const __m512i hp = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(h0)),
                                               _mm512_cvtepi32_epi16(h1), 1);

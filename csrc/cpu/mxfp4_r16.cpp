@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "common/numeric.h"
+#include "cpu/bf16_simd.h"
 #include "cpu/kernels.h"
 #include "gptoss/error.h"
 
@@ -166,23 +167,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void q16_bl
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // x as two bf16 terms for the AMX tiles: h = bf16(x) rounded to nearest even (a NaN a quiet NaN,
 // as f32_to_bf16), l = bf16(x - h) (where l is given); n a multiple of 16
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline)) static inline __m512i
-bf16_rne_avx512(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i r = _mm512_srli_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                       _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
-      16);
-  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-}
-
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void bf16_terms_avx512(
     const float* x, size_t n, uint16_t* h, uint16_t* l) {
-  auto rne = bf16_rne_avx512;
   for (size_t i = 0; i < n; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i);
-    const __m512i hb = rne(v);
-    const __m512i lb = rne(_mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16))));
+    const __m512i hb = bf16_rne_avx512(v);
+    const __m512i lb = bf16_rne_avx512(_mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16))));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm512_cvtepi32_epi16(hb));
     if (l) _mm256_storeu_si256(reinterpret_cast<__m256i*>(l + i), _mm512_cvtepi32_epi16(lb));
   }
@@ -308,6 +298,32 @@ static void r16_rows_plain(const uint8_t* packed, int nb, int r0, int r1, const 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GPTOSS_AVX2_FMA __attribute__((target("avx2,fma")))
 
+// The float steps of a block, shared by the AVX2 and AVX-VNNI tiles: the exact int32 block sums
+// aa (rows 0-3, 8-11) and ab (4-7, 12-15) of T tokens times the scale and the token's step into
+// fa, fb, one fma per block in block order; then the lanes into row order.
+template <int T>
+GPTOSS_AVX2_FMA __attribute__((always_inline)) static inline void r16_block_fma_avx2(
+    const uint8_t* rec, const Q16Act& q, int t0, int nb, int b, const __m256i* aa,
+    const __m256i* ab, __m256* fa, __m256* fb) {
+  const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
+  const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
+  const __m256 sb = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
+  for (int t = 0; t < T; ++t) {
+    const __m256 st = _mm256_set1_ps(q.step[size_t(t0 + t) * nb + b]);
+    fa[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st), fa[t]);
+    fb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st), fb[t]);
+  }
+}
+template <int T>
+GPTOSS_AVX2_FMA __attribute__((always_inline)) static inline void r16_store_avx2(
+    const __m256* fa, const __m256* fb, float* f) {
+  for (int t = 0; t < T; ++t) {  // lanes (rows 0-3, 8-11 | 4-7, 12-15) -> row order
+    _mm256_storeu_ps(f + 16 * t, _mm256_permute2f128_ps(fa[t], fb[t], 0x20));
+    _mm256_storeu_ps(f + 16 * t + 8, _mm256_permute2f128_ps(fa[t], fb[t], 0x31));
+  }
+}
+
 // One group of 16 rows against T tokens (t0 .. t0 + T): each chunk's 64 decoded weights serve
 // all T tokens. f receives [T][16] floats in row order.
 //
@@ -377,20 +393,9 @@ GPTOSS_AVX2_FMA static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Ac
         }
       }
     }
-    const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
-    const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
-    const __m256 sb = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
-    for (int t = 0; t < T; ++t) {
-      const __m256 st = _mm256_set1_ps(q.step[size_t(t0 + t) * nb + b]);
-      fa[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st), fa[t]);
-      fb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st), fb[t]);
-    }
+    r16_block_fma_avx2<T>(rec, q, t0, nb, b, aa, ab, fa, fb);
   }
-  for (int t = 0; t < T; ++t) {  // lanes (rows 0-3, 8-11 | 4-7, 12-15) -> row order
-    _mm256_storeu_ps(f + 16 * t, _mm256_permute2f128_ps(fa[t], fb[t], 0x20));
-    _mm256_storeu_ps(f + 16 * t + 8, _mm256_permute2f128_ps(fa[t], fb[t], 0x31));
-  }
+  r16_store_avx2<T>(fa, fb, f);
 }
 
 template <bool Q8>
@@ -479,21 +484,9 @@ GPTOSS_AVX2_VNNI static void r16_tile_avxvnni(const uint8_t* pk, int nb, const Q
         }
       }
     }
-    // the AVX2 code's float steps
-    const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
-    const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
-    const __m256 sb = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
-    for (int t = 0; t < T; ++t) {
-      const __m256 st = _mm256_set1_ps(q.step[size_t(t0 + t) * nb + b]);
-      fa[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st), fa[t]);
-      fb[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st), fb[t]);
-    }
+    r16_block_fma_avx2<T>(rec, q, t0, nb, b, aa, ab, fa, fb);
   }
-  for (int t = 0; t < T; ++t) {  // lanes (rows 0-3, 8-11 | 4-7, 12-15) -> row order
-    _mm256_storeu_ps(f + 16 * t, _mm256_permute2f128_ps(fa[t], fb[t], 0x20));
-    _mm256_storeu_ps(f + 16 * t + 8, _mm256_permute2f128_ps(fa[t], fb[t], 0x31));
-  }
+  r16_store_avx2<T>(fa, fb, f);
 }
 
 template <bool Q8>
