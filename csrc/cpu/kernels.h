@@ -79,8 +79,9 @@ struct Q16Act {
   // each, the values in the pair order of q
   int8_t* hi = nullptr;
   uint8_t* lo = nullptr;
-  // levels 2 at the amx level only (q16_quantize fills them there): x as two bf16 terms,
-  // xh = bf16(x), xl = bf16(x - xh), [m, nb * 32] each in K order (the AMX-BF16 tiles' A rows)
+  // at the amx level only, unless exact (q16_quantize fills them there): x as two bf16 terms,
+  // xh = bf16(x), xl = bf16(x - xh) (levels 1: xh alone), [m, nb * 32] each in K order (the
+  // AMX-BF16 tiles' A rows)
   uint16_t* xh = nullptr;
   uint16_t* xl = nullptr;
   static size_t bytes(int m, int K);
@@ -103,8 +104,8 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q);
 
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]) for rows [r0, r1) (r0 a multiple of kR16) of
 // the packed matrix with nb blocks per row, and the m rows of q. Single-threaded. At the amx
-// level with levels 2, 8 tokens or more go through the AMX-BF16 tiles (float32-class, not the
-// int16 code's bits; mxfp4_r16.cpp says why), fewer through the AVX-512 code.
+// level, unless q.exact, 8 tokens or more go through the AMX-BF16 tiles (float32-class, not the
+// integer code's bits; mxfp4_r16.cpp says why), fewer through the AVX-512 code.
 void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
                         const float* bias, float* out, int ldo);
 
