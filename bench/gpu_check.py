@@ -41,9 +41,9 @@ def step(report, out_path, name, cmd, timeout=300, env=None):
             return False, ""
         timeout = min(timeout, left - 5)
     try:
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, **(env or {})})
-        ok, out = r.returncode == 0, (r.stdout + r.stderr)
+        r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+        ok, out = r.returncode == 0, r.stdout
     except subprocess.TimeoutExpired as e:
         ok, out = False, f"timed out after {timeout} s: {e}"
     except OSError as e:
@@ -51,6 +51,9 @@ def step(report, out_path, name, cmd, timeout=300, env=None):
     report["steps"].append({"name": name, "cmd": cmd if isinstance(cmd, str) else " ".join(cmd),
                             "ok": ok, "seconds": round(time.time() - t, 1), "tail": out[-4000:]})
     print(f"{'PASS' if ok else 'FAIL'}  {name}  ({time.time() - t:.1f} s)", flush=True)
+    # every step's whole output, in order, beside the report (the JSON keeps only the tail)
+    with open(os.path.splitext(out_path)[0] + ".log", "a") as f:
+        f.write(f"\n===== {'PASS' if ok else 'FAIL'} {name} ({time.time() - t:.1f} s)\n{out}\n")
     save(report, out_path)
     return ok, out
 
@@ -68,6 +71,8 @@ def main():
     p.add_argument("--skip-build", action="store_true")
     p.add_argument("--quick", action="store_true", help="no 120b engine run")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "gpu_check.json"))
+    p.add_argument("--deselect", action="append", default=[],
+                   help="a test id to leave out of the test and sanitizer stages (repeatable)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole check: each step's limit is cut to what is left, "
                         "and steps past it are skipped (recorded as such)")
@@ -94,9 +99,10 @@ def main():
                    if f.startswith("test_cuda_") and f.endswith(".py")
                    and f not in ("test_cuda_emu.py", "test_cuda_sanitizers.py", "test_cuda_build.py"))
     # test_cuda_build.py compiles for every architecture (needs nvcc, no GPU): CI's job, not this one's
+    desel = [x for d in a.deselect for x in ("--deselect", d)]
     step(report, a.out, "CUDA kernel and backend tests",
          [sys.executable, "-m", "pytest", "-q", "-rfE", "--durations=8", "-o", "timeout=120",
-          *tests], 600)
+          *tests, *desel], 600)
     kjson = os.path.join(os.path.dirname(a.out), "cuda_kernels.json")
     ok, out = step(report, a.out, "CUDA kernel benchmarks",
                    [sys.executable, "bench/bench_cuda_kernels.py", "--out", kjson], 400)
@@ -118,7 +124,7 @@ def main():
     for tool in ("memcheck", "racecheck", "synccheck"):
         step(report, a.out, f"compute-sanitizer {tool}",
              [cs, "--tool", tool, "--error-exitcode", "3", sys.executable, "-m", "pytest", "-q",
-              "-x", "tests/test_cuda_emu.py", *tests, "-k", "not real_shape"], 900)
+              "-x", "tests/test_cuda_emu.py", *tests, *desel, "-k", "not real_shape"], 900)
     save(report, a.out)
     print("\n".join(f"{'ok ' if s['ok'] else ('---' if s['ok'] is None else 'BAD')} {s['seconds']:7.1f} s  {s['name']}"
                     for s in report["steps"]))
