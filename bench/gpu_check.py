@@ -93,6 +93,21 @@ def main():
              [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
               f"-Ccmake.define.CMAKE_CUDA_ARCHITECTURES={arch}", "."], 900,
              env={"GPTOSS_CUDA": "ON"})
+    # the toolchain that built the module, and whether it carries its own copies of libstdc++'s
+    # stream code (the 2026-12-04 run crashed in such a copy when a native check failed)
+    so = "$(python3 -c 'import gptoss._C as c; print(c.__file__)')"
+    step(report, a.out, "toolchain", ["sh", "-c",
+         "g++ --version | head -1; nvcc --version | tail -1; cmake --version | head -1; "
+         "python3 -c 'import pybind11, sys; print(sys.version.split()[0], pybind11.__version__)'; "
+         f"ldd {so}; echo libstdc++ stream symbols defined in the module: "
+         f"$(nm -D -C --defined-only {so} | grep -c -E 'std::basic_ostream|std::codecvt')"], 60)
+    # a failing native check, thrown with the GIL released, must reach Python as a ValueError
+    step(report, a.out, "a native error reaches Python", [sys.executable, "-c",
+         "import gptoss._C as C, gptoss.testing as T, tempfile, sys\n"
+         "d = T.write_random_checkpoint(tempfile.mkdtemp(), 'tiny', layout='hf', seed=1)\n"
+         "try:\n    C.Engine(d, device='cuda', kv_dtype='float32')\n"
+         "except ValueError as e:\n    print('raised:', e); sys.exit(0)\n"
+         "sys.exit('no error raised')"], 120)
     step(report, a.out, "emulator self-tests, natively",
          [sys.executable, "-m", "pytest", "-q", "tests/test_cuda_emu.py"], 120)
     tests = sorted(f"tests/{f}" for f in os.listdir(os.path.join(ROOT, "tests"))
@@ -100,8 +115,11 @@ def main():
                    and f not in ("test_cuda_emu.py", "test_cuda_sanitizers.py", "test_cuda_build.py"))
     # test_cuda_build.py compiles for every architecture (needs nvcc, no GPU): CI's job, not this one's
     desel = [x for d in a.deselect for x in ("--deselect", d)]
+    # with pytest-xdist, a test that crashes its worker is reported and the rest still run
+    import importlib.util
+    par = ["-n", "4"] if importlib.util.find_spec("xdist") else []
     step(report, a.out, "CUDA kernel and backend tests",
-         [sys.executable, "-m", "pytest", "-q", "-rfE", "--durations=8", "-o", "timeout=120",
+         [sys.executable, "-m", "pytest", "-q", "-rfE", "--durations=8", "-o", "timeout=120", *par,
           *tests, *desel], 600)
     kjson = os.path.join(os.path.dirname(a.out), "cuda_kernels.json")
     ok, out = step(report, a.out, "CUDA kernel benchmarks",

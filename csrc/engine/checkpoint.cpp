@@ -8,12 +8,11 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <dirent.h>
 #include <algorithm>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <tuple>
 
 #include "common/numeric.h"
@@ -61,11 +60,16 @@ std::string read_text(const std::string& path) {
   struct stat st;
   GPTOSS_CHECK(::stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode),
                path << ": not a regular file");
-  std::ifstream f(path, std::ios::binary);
-  GPTOSS_CHECK(f.good(), path << ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  FILE* f = std::fopen(path.c_str(), "rb");
+  GPTOSS_CHECK(f != nullptr, path << ": cannot open");
+  std::string text;
+  char buf[1 << 14];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, got);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  GPTOSS_CHECK(!failed, path << ": read error");
+  return text;
 }
 
 // --- config.json ------------------------------------------------------------------------------
@@ -227,7 +231,7 @@ namespace {
 std::string clip(const std::string& s) { return s.size() > 80 ? s.substr(0, 80) + "..." : s; }
 
 std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream os;
+  Message os;
   os << "[";
   for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
   os << "]";

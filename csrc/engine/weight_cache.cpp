@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 
 #include "cpu/cpu_features.h"
 #include "gptoss/error.h"
@@ -139,10 +138,12 @@ bool map_file(const std::string& path, Mapping* m, std::string* why) {
 
 bool mkdirs(const std::string& dir, std::string* why) {
   std::string cur;
-  std::stringstream ss(dir);
-  std::string part;
   if (!dir.empty() && dir[0] == '/') cur = "/";
-  while (std::getline(ss, part, '/')) {
+  for (size_t at = 0; at < dir.size();) {
+    size_t end = dir.find('/', at);
+    if (end == std::string::npos) end = dir.size();
+    const std::string part = dir.substr(at, end - at);
+    at = end + 1;
     if (part.empty()) continue;
     cur += part + "/";
     if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
@@ -207,7 +208,7 @@ uint64_t hash64(const void* data, size_t bytes, uint64_t seed) {
 uint64_t checkpoint_fingerprint(const std::vector<const Tensor*>& tensors, const std::string& format) {
   uint64_t h = hash64(format.data(), format.size(), 3);
   for (const Tensor* t : tensors) {
-    std::ostringstream os;
+    Message os;
     os << t->name << '|' << t->file << '|' << dtype_name(t->dtype);
     size_t n = 1;
     for (int64_t d : t->shape) os << ',' << d, n *= size_t(d);
