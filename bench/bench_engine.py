@@ -94,6 +94,9 @@ def main():
     p.add_argument("--kv-dtype", default=None, choices=("auto", "float32", "bf16"),
                    help="how the KV cache holds keys and values (auto: float32 on the CPU, bf16 "
                         "on CUDA)")
+    p.add_argument("--dense-weights", default=None, choices=("bf16", "int8"),
+                   help="C++ CPU engine: the dense matrices as bf16 (default) or int8 per 32-block "
+                        "(the floor then counts their int8 bytes: 1.125 per weight)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
@@ -108,7 +111,7 @@ def main():
                                   activation_levels=a.activation_levels,
                                   prefix_cache_gb=None if a.backend == "numpy" else 0,
                                   repack=a.repack, batch_invariant=a.batch_invariant,
-                                  kv_dtype=a.kv_dtype)
+                                  kv_dtype=a.kv_dtype, dense_weights=a.dense_weights)
     model_load_s = time.perf_counter() - t0
     # the first pass over a freshly written checkpoint may come from disk: touch every page once
     # so the timings measure the engine, not the disk (a hollow checkpoint's matrices are made in
@@ -187,6 +190,13 @@ def main():
                 "kv_bytes_per_decode_step": kv_bytes})
     if preset in FLOOR_BYTES_PER_TOKEN:
         floor = FLOOR_BYTES_PER_TOKEN[preset]
+        if a.dense_weights == "int8":
+            # QKV, output, router and unembedding at 1 byte + a float32 scale per 32 instead of 2
+            H = cfg.hidden_size
+            dense = cfg.num_layers * (H * (cfg.q_width + 2 * cfg.num_kv_heads * cfg.head_dim)
+                                      + cfg.q_width * H + cfg.num_experts * H) + cfg.vocab_size * H
+            res["floor_bytes_per_token_bf16_dense"] = floor
+            floor = floor - 2 * dense + 1.125 * dense
         res["floor_bytes_per_token"] = floor
         res["floor_tok_s_this_machine"] = bw * 1e9 / floor
         res["fraction_of_floor"] = (1.0 / dec) / res["floor_tok_s_this_machine"]
@@ -198,7 +208,8 @@ def main():
                                 f"{'_lv%d' % a.activation_levels if a.activation_levels else ''}"
                                 f"{'_' + a.simd if a.simd else ''}"
                                 f"{'_repack-' + a.repack if a.repack else ''}"
-                                f"{'_kv-' + a.kv_dtype if a.kv_dtype else ''}.json")
+                                f"{'_kv-' + a.kv_dtype if a.kv_dtype else ''}"
+                                f"{'_dense-' + a.dense_weights if a.dense_weights else ''}.json")
     write_json(out, res)
     if res["simd"]:
         print(f"SIMD level: {res['simd']}")
@@ -212,6 +223,9 @@ def main():
     print(f"peak RSS {mem['peak_rss_gb']:.2f} GB (anon {mem.get('RssAnon', float('nan')):.2f} GB "
           f"now, file-backed {mem.get('RssFile', float('nan')):.2f} GB now)")
     if "fraction_of_floor" in res:
+        if "floor_bytes_per_token_bf16_dense" in res:
+            print(f"dense weights int8: the floor counts {res['floor_bytes_per_token'] / 1e9:.2f} GB "
+                  f"a token (bf16: {res['floor_bytes_per_token_bf16_dense'] / 1e9:.2f} GB)")
         print(f"floor on this machine ({bw:.1f} GB/s read): "
               f"{res['floor_tok_s_this_machine']:.2f} tok/s; achieved "
               f"{100 * res['fraction_of_floor']:.1f}% of it")

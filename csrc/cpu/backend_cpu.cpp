@@ -62,13 +62,17 @@ static_assert(kAmxTokenBlock % 16 == 0, "token blocks must hold whole AMX tiles"
 
 // The repacked layout's name in the weight cache; bump the version when mf4_r16_pack changes.
 constexpr const char* kR16Format = "mxfp4-r16-v1";
+// The int8 dense layout's name (dense_weights "int8"); bump the version when q8_r16_pack changes.
+constexpr const char* kQ8Format = "dense-q8r16-v1";
 
 class CpuBackend final : public Backend {
  public:
   CpuBackend(int levels, std::string repack, std::string cache_dir, const std::string& kv_dtype,
-             bool batch_invariant)
-      : levels_(levels), invariant_(batch_invariant), repack_(std::move(repack)),
-        cache_dir_(std::move(cache_dir)) {
+             bool batch_invariant, const std::string& dense_weights)
+      : levels_(levels), invariant_(batch_invariant), dense_int8_(dense_weights == "int8"),
+        repack_(std::move(repack)), cache_dir_(std::move(cache_dir)) {
+    GPTOSS_CHECK(dense_weights == "bf16" || dense_weights == "int8",
+                 "dense_weights = '" << dense_weights << "': must be 'bf16' or 'int8'");
     GPTOSS_CHECK(levels == 1 || levels == 2,
                  "activation_levels = " << levels << ": must be 1 or 2");
     GPTOSS_CHECK(kv_dtype == "auto" || kv_dtype == "float32" || kv_dtype == "bf16",
@@ -115,6 +119,52 @@ class CpuBackend final : public Backend {
       repack(layers, repack_ == "memory" ? "" : cache_dir_.empty() ? default_cache_dir() : cache_dir_,
              repack_ == "memory", /*release_source=*/true);
     }
+    dense_q8_.clear();
+    dense_cache_.reset();
+    if (dense_int8_) quantize_dense(ck);
+  }
+
+  // dense_weights "int8": QKV, the output projections, the routers and the unembedding quantized
+  // into the q8r16 layout (cpu/dense_q8.cpp), in the weight cache beside the experts' (repack
+  // "auto") or in memory (repack "memory" or "off", or where no cache can be written). The bf16
+  // sources' pages are dropped from this process once quantized; the embedding stays bf16.
+  void quantize_dense(const Checkpoint& ck) {
+    std::vector<const Tensor*> mats;
+    for (const LayerTensors& L : ck.layers)
+      for (const Tensor* t : {&L.q_w, &L.k_w, &L.v_w, &L.out_w, &L.router_w}) mats.push_back(t);
+    mats.push_back(&ck.unembedding);
+    std::vector<CacheEntry> entries;
+    for (size_t i = 0; i < mats.size(); ++i) {
+      const Tensor* t = mats[i];
+      GPTOSS_CHECK(t->dtype == DType::BF16 && t->shape.size() == 2,
+                   "dense_weights 'int8': " << t->name << " in " << t->file
+                                            << " is not a bf16 matrix");
+      const int R = int(t->shape[0]), K = int(t->shape[1]);
+      GPTOSS_CHECK(K % 32 == 0, "dense_weights 'int8': " << t->name << " has " << K
+                                                         << " columns, not a multiple of 32");
+      const uint16_t* w = reinterpret_cast<const uint16_t*>(t->data);
+      const size_t ldw = t->row_stride_bytes / 2;
+      entries.push_back({"dense" + std::to_string(i), cpu::q8_r16_bytes(R, K / 32), [=](uint8_t* dst) {
+                           cpu::q8_r16_pack(w, ldw, R, K, 0, (R + cpu::kR16 - 1) / cpu::kR16, dst);
+                           release_pages(t->data, size_t(R) * t->row_stride_bytes);
+                         }});
+    }
+    std::string how;
+    if (repack_ != "auto") {
+      dense_cache_ = WeightCache::in_memory(entries);
+      how = "quantized into memory (repack '" + repack_ + "')";
+    } else {
+      const std::string dir = cache_dir_.empty() ? default_cache_dir() : cache_dir_;
+      dense_cache_ = WeightCache::open(dir, kQ8Format, checkpoint_fingerprint(mats, kQ8Format),
+                                       entries, &how);
+    }
+    for (size_t i = 0; i < mats.size(); ++i) dense_q8_.emplace_back(mats[i]->data, dense_cache_->data(i));
+    note_ += std::string("; dense weights int8 (") + kQ8Format + "): " + how;
+  }
+  const uint8_t* dense_q8_for(const Tensor& W) const {
+    for (const auto& p : dense_q8_)
+      if (p.first == W.data) return p.second;
+    return nullptr;
   }
   std::string weights_note() const override { return note_; }
 
@@ -263,6 +313,7 @@ class CpuBackend final : public Backend {
   void linear(const float* x, int n, const Tensor& W, const float* bias, float* out,
               int ldo) override {
     const int R = int(W.shape[0]), K = int(W.shape[1]);
+    if (const uint8_t* q8 = dense_q8_for(W)) return linear_q8(x, n, q8, R, K, bias, out, ldo);
     const uint16_t* w = reinterpret_cast<const uint16_t*>(W.data);
     const size_t ldw = W.row_stride_bytes / 2;
     const float* xp = nullptr;
@@ -281,6 +332,28 @@ class CpuBackend final : public Backend {
       linear_tokens(w, ldw, R, K, x + size_t(t0) * K,
                     xp ? xp + cpu::bf16_pair_order_floats(t0, K) : nullptr, std::min(tb, n - t0),
                     bias, out + size_t(t0) * ldo, ldo);
+  }
+
+  // The int8 dense product: x quantized to int16 per 32-block (Q16Act, the exact code: no
+  // AMX-BF16 terms), rows in bands over the threads as the bf16 product's.
+  void linear_q8(const float* x, int n, const uint8_t* packed, int R, int K, const float* bias,
+                 float* out, int ldo) {
+    grow(qwsd_, cpu::Q16Act::bytes(n, K));
+    cpu::Q16Act q = cpu::Q16Act::carve(qwsd_.data(), n, K, 2);
+    q.exact = true;
+    cpu::q16_quantize(x, n, K, q);
+    const int bands = (R + kBand - 1) / kBand, nb = K / 32;
+    auto band = [&](int b) {
+      cpu::q8w_r16_gemm_rows(packed, nb, b * kBand, std::min(R, (b + 1) * kBand), q, n, bias, out,
+                             ldo);
+    };
+    if (n <= kDynamicRows) {
+#pragma omp parallel for schedule(dynamic, 8) if (size_t(R) * K > 65536)
+      for (int b = 0; b < bands; ++b) band(b);
+    } else {
+#pragma omp parallel for schedule(static) if (size_t(R) * K > 65536)
+      for (int b = 0; b < bands; ++b) band(b);
+    }
   }
 
   void linear_tokens(const uint16_t* w, size_t ldw, int R, int K, const float* x,
@@ -536,10 +609,12 @@ class CpuBackend final : public Backend {
   };
   int levels_;
   bool invariant_;  // Options::batch_invariant: the experts' exact code at any number of tokens
+  bool dense_int8_;  // Options::dense_weights "int8"
   size_t eb_ = 4;  // bytes per cached K/V element: 4 (float32) or 2 (bf16)
   std::string repack_, cache_dir_, note_;
-  std::unique_ptr<WeightCache> cache_;
+  std::unique_ptr<WeightCache> cache_, dense_cache_;
   std::vector<std::pair<const uint8_t*, Packed>> packed_;  // by the layer's w1_blocks data
+  std::vector<std::pair<const uint8_t*, const uint8_t*>> dense_q8_;  // bf16 data -> int8 copy
   KVGeometry geo_;
   std::vector<Pool> kv_;
   std::vector<float> cos_, sin_, cs_, sn_;
@@ -600,16 +675,17 @@ class CpuBackend final : public Backend {
   std::vector<int> count_, fill_, order_;
   std::vector<Item> items_;
   std::vector<float> tg_, u_, a_, y_, xpair_;
-  std::vector<uint8_t> qws1_, qws2_;
+  std::vector<uint8_t> qws1_, qws2_, qwsd_;
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(int activation_levels, const std::string& repack,
                                           const std::string& cache_dir,
-                                          const std::string& kv_dtype, bool batch_invariant) {
-  return std::unique_ptr<Backend>(
-      new CpuBackend(activation_levels, repack, cache_dir, kv_dtype, batch_invariant));
+                                          const std::string& kv_dtype, bool batch_invariant,
+                                          const std::string& dense_weights) {
+  return std::unique_ptr<Backend>(new CpuBackend(activation_levels, repack, cache_dir, kv_dtype,
+                                                 batch_invariant, dense_weights));
 }
 
 void cpu_backend_repack_in_memory(Backend& be, const LayerTensors& L) {

@@ -120,9 +120,10 @@ GPTOSS_AVX2 static inline float hsum256(__m256 v) {
 // RB weight rows x TB activation rows, two 8-lane accumulators each, on x in pair order
 // (bf16_pair_order): a 32-byte load holds 16 bf16 weights as 8 pairs, a 16-bit shift makes the
 // even ones floats and a mask the odd ones, two ALU operations per 16 weights, no lane crossing;
-// they meet the even and the odd halves of the arranged x. Decode takes RB = 1, TB = 1 (a
-// thread's rows one sequential stream, the two accumulators two FMA chains: at the avx2 level on
-// a Zen 4 12% faster than four rows interleaved), prefill RB = 1, TB = 6 (each widened weight
+// they meet the even and the odd halves of the arranged x. Decode takes RB = 4, TB = 1: four
+// rows interleaved, eight FMA chains, where one row's two chains left a Zen 3 core waiting on the
+// FMA latency (2026-12-04, 24 q_proj matrices streamed: 28-29 -> 34-37 GB/s, the unembedding
+// 28-29 -> 34-35 GB/s; an earlier Zen 4 run had found one row 12% faster); prefill RB = 1, TB = 6 (each widened weight
 // vector serves six tokens; tokens outermost so a band of rows stays in L2). Each accumulator
 // sees the same operations in the same order whatever the tile.
 //
@@ -213,6 +214,7 @@ GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int 
     case 1: {
       const int k16 = K / 16 * 16;
       int r = r0;
+      for (; r + 4 <= r1; r += 4) bf16w_tile_avx2<4, 1>(W, ldw, r, xp, t, K, 0, k16, nullptr, bias, out, ldo);
       for (; r < r1; ++r) bf16w_tile_avx2<1, 1>(W, ldw, r, xp, t, K, 0, k16, nullptr, bias, out, ldo);
       return;
     }

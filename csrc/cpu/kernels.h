@@ -109,6 +109,21 @@ void q16_quantize(const float* x, int m, int K, const Q16Act& q);
 void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
                         const float* bias, float* out, int ldo);
 
+// ------------------------------------------------------------------------------------ int8 dense
+// The dense products with int8 weights (Options::dense_weights "int8"; dense_q8.cpp has the
+// quantization, the layout and the arithmetic): 16 rows of each 32-block of codes stored
+// together with their float32 scales, against int16 activations (Q16Act, levels 2). The same
+// bits at every SIMD level and for any grouping of rows and tokens.
+constexpr size_t kQ8R16RecordBytes = 576;  // one group's 32-block: 512 code bytes + 16 scales
+size_t q8_r16_bytes(int R, int nb);        // packed size of an [R, nb * 32] matrix
+// Quantizes the row groups [g0, g1) of the bf16 matrix W [R, K] (row stride ldw elements,
+// K % 32 == 0) into out (the whole packed matrix; only those groups' records are written).
+void q8_r16_pack(const uint16_t* W, size_t ldw, int R, int K, int g0, int g1, uint8_t* out);
+// out[t, r] = sum_k W8[r, k] * x[t, k] (+ bias[r]) for rows [r0, r1) (r0 a multiple of kR16) of
+// the packed matrix with nb blocks per row and the m rows of q (levels 2). Single-threaded.
+void q8w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
+                       const float* bias, float* out, int ldo);
+
 // ------------------------------------------------------------------------------------ bf16
 // out[t, r] = sum_k W[r, k] * x[t, k] (+ bias[r]), W bf16 [R, K] with row stride ldw elements,
 // x [m, K] f32, rows r in [r0, r1). Single-threaded; callers split rows over threads.

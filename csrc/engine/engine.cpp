@@ -679,9 +679,14 @@ std::unique_ptr<Backend> make_backend(const Options& o) {
                "kv_dtype = '" << o.kv_dtype << "': must be 'auto', 'float32' or 'bf16'");
   GPTOSS_CHECK(o.device != "cuda" || o.kv_dtype != "float32",
                "kv_dtype = 'float32': device 'cuda' keeps K and V in bf16 (kv_dtype 'auto' or 'bf16')");
+  GPTOSS_CHECK(o.dense_weights == "bf16" || o.dense_weights == "int8",
+               "dense_weights = '" << o.dense_weights << "': must be 'bf16' or 'int8'");
+  GPTOSS_CHECK(o.device != "cuda" || o.dense_weights == "bf16",
+               "dense_weights = 'int8': device 'cuda' runs the dense products in bf16 only "
+               "(dense_weights 'bf16'); 'int8' is the cpu device's");
   return o.device == "cuda" ? make_cuda_backend(o.batch_invariant)
                             : make_cpu_backend(o.activation_levels, o.repack, o.cache_dir, o.kv_dtype,
-                                                               o.batch_invariant);
+                                               o.batch_invariant, o.dense_weights);
 }
 }  // namespace
 

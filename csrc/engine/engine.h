@@ -19,11 +19,12 @@ namespace gptoss {
 // repack and cache_dir as in Options ("off" and "" where the caller has no checkpoint to bind).
 // kv_dtype as Options::kv_dtype ("auto" is float32 here).
 // batch_invariant as Options::batch_invariant (at the amx level: the experts' exact integer code
-// for any number of tokens instead of the AMX-BF16 tiles).
+// for any number of tokens instead of the AMX-BF16 tiles). dense_weights as Options::dense_weights.
 std::unique_ptr<Backend> make_cpu_backend(int activation_levels, const std::string& repack = "off",
                                           const std::string& cache_dir = "",
                                           const std::string& kv_dtype = "auto",
-                                          bool batch_invariant = false);
+                                          bool batch_invariant = false,
+                                          const std::string& dense_weights = "bf16");
 // Repacks one layer's experts into memory for the AVX2 kernels (the single-kernel bindings).
 void cpu_backend_repack_in_memory(Backend& be, const LayerTensors& L);
 // The CUDA backend (on the GPU, or on the host under GPTOSS_CUDA_EMULATE); throws where the build

@@ -209,6 +209,52 @@ py::array_t<float> op_mxfp4_r16_linear(const py::array& x_in, const py::array& p
   return out;
 }
 
+py::array_t<uint8_t> op_q8_pack_r16(const py::array& w_in) {
+  auto w = need_array<uint16_t>(w_in, "w", {-1, -1});
+  const py::ssize_t R = w.shape(0), K = w.shape(1);
+  need(K % 32 == 0 && K > 0, "w: K = " + std::to_string(K) + " must be a positive multiple of 32");
+  const py::ssize_t G = (R + cpu::kR16 - 1) / cpu::kR16, nb = K / 32;
+  py::array_t<uint8_t> out({G, nb, py::ssize_t(cpu::kQ8R16RecordBytes)});
+  uint8_t* o = out.mutable_data();
+  const uint16_t* wp = w.data();
+  {
+    py::gil_scoped_release nogil;
+    cpu::q8_r16_pack(wp, size_t(K), int(R), int(K), 0, int(G), o);
+  }
+  return out;
+}
+
+py::array_t<float> op_q8_r16_linear(const py::array& x_in, const py::array& packed_in, int rows,
+                                    const py::object& bias_in) {
+  auto packed = need_array<uint8_t>(packed_in, "packed", {-1, -1, py::ssize_t(cpu::kQ8R16RecordBytes)});
+  const py::ssize_t G = packed.shape(0), nb = packed.shape(1);
+  need(rows > (G - 1) * cpu::kR16 && rows <= G * cpu::kR16,
+       "rows = " + std::to_string(rows) + " does not match " + std::to_string(G) +
+           " packed groups of 16");
+  auto x = f32(x_in, "x", {-1, nb * 32});
+  carray<float> bias;
+  if (!bias_in.is_none()) bias = f32(bias_in.cast<py::array>(), "bias", {rows});
+  const int m = int(x.shape(0)), K = int(nb * 32);
+  py::array_t<float> out({py::ssize_t(m), py::ssize_t(rows)});
+  const float* b = bias_in.is_none() ? nullptr : bias.data();
+  const uint8_t* pp = packed.data();
+  const float* xp = x.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    std::vector<uint8_t> ws(cpu::Q16Act::bytes(m, K));
+    cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, 2);
+    q.exact = true;  // the int16 codes only (no AMX-BF16 terms)
+    cpu::q16_quantize(xp, m, K, q);
+    const int band = 32, bands = (rows + band - 1) / band;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < bands; ++i)
+      cpu::q8w_r16_gemm_rows(pp, int(nb), i * band, std::min(rows, (i + 1) * band), q, m, b, o,
+                             rows);
+  }
+  return out;
+}
+
 py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
                           const py::array& weights_in, const py::array& w1b_in,
                           const py::array& w1s_in, const py::array& w1bias_in,
@@ -406,8 +452,10 @@ PYBIND11_MODULE(_C, m) {
                        int threads, int activation_levels, const std::string& device,
                        bool random_device_weights, double prefix_cache_gb,
                        const std::string& repack, const std::string& cache_dir,
-                       bool batch_invariant, const std::string& kv_dtype) {
+                       bool batch_invariant, const std::string& kv_dtype,
+                       const std::string& dense_weights) {
              Options o;
+             o.dense_weights = dense_weights;
              o.batch_invariant = batch_invariant;
              o.kv_dtype = kv_dtype;
              o.prefix_cache_gb = prefix_cache_gb;
@@ -426,7 +474,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("threads") = 0, py::arg("activation_levels") = 2, py::arg("device") = "cpu",
            py::arg("random_device_weights") = false, py::arg("prefix_cache_gb") = 2.0,
            py::arg("repack") = "auto", py::arg("cache_dir") = "",
-           py::arg("batch_invariant") = false, py::arg("kv_dtype") = "auto")
+           py::arg("batch_invariant") = false, py::arg("kv_dtype") = "auto",
+           py::arg("dense_weights") = "bf16")
       .def_property_readonly("weights_note", &Model::weights_note,
                              "how the backend holds the weights (repacked, mapped from where)")
       .def("start_from_cache", [](Model& m, int seq, const carray<int64_t>& tokens64) {
@@ -576,6 +625,13 @@ PYBIND11_MODULE(_C, m) {
           "max|x|/65534) or int8 (levels 1, as activation_levels 1: below max|x|/254); at the amx "
           "level 8 tokens or more take the AMX-BF16 tiles unless exact (batch_invariant: the "
           "integer code's bits at any number of tokens)");
+  ops.def("q8_pack_r16", &op_q8_pack_r16, py::arg("w"),
+          "w [R, K] bf16 bits (uint16), K % 32 == 0 -> int8 codes per row and 32-block with float32 "
+          "scales in the dense_weights='int8' layout [ceil(R/16), K/32, 576] u8 (csrc/cpu/dense_q8.cpp)");
+  ops.def("q8_r16_linear", &op_q8_r16_linear, py::arg("x"), py::arg("packed"), py::arg("rows"),
+          py::arg("bias") = py::none(),
+          "x [m, K] float32, packed from q8_pack_r16 of a matrix with `rows` rows -> [m, rows]: the "
+          "int8 weights against x quantized per 32-block to int16 (error below max|x|/65534)");
   ops.def("moe", &op_moe, py::arg("t"), py::arg("experts"), py::arg("weights"),
           py::arg("w1_blocks"), py::arg("w1_scales"), py::arg("w1_bias"), py::arg("w2_blocks"),
           py::arg("w2_scales"), py::arg("w2_bias"), py::arg("alpha") = 1.702f,

@@ -602,7 +602,7 @@ def app_builder(args: Dict[str, Any]):
     """For `serve run gptoss.ray_serve:app_builder model=CKPT replicas=2 backend=cpu` and Serve
     config files (KubeRay's RayService): args model (required), replicas, backend,
     cpus_per_replica, gpus_per_replica, max_context, prefix_cache_gb, repack, cache_dir,
-    batch_invariant, kv_dtype, threads, model_name,
+    batch_invariant, kv_dtype, dense_weights, threads, model_name,
     api_key, and the server's limits max_batch, max_waiting, max_body_bytes, request_timeout,
     prefill_chunk (serve_ops.Limits)."""
     args = dict(args or {})
@@ -610,7 +610,7 @@ def app_builder(args: Dict[str, Any]):
                   "request_timeout": float, "prefill_chunk": int}
     known = {"model", "replicas", "backend", "cpus_per_replica", "gpus_per_replica",
              "max_context", "prefix_cache_gb", "repack", "cache_dir", "batch_invariant",
-             "kv_dtype", "threads", "model_name",
+             "kv_dtype", "dense_weights", "threads", "model_name",
              "api_key", *limit_args}
     unknown = sorted(set(args) - known)
     if unknown:
@@ -620,7 +620,8 @@ def app_builder(args: Dict[str, Any]):
         raise ValueError("'model' is required (a checkpoint directory or random:PRESET)")
     mk = {k: _arg(args, k, t, None) for k, t in (("max_context", int), ("threads", int),
                                                   ("prefix_cache_gb", float), ("repack", str),
-                                                  ("cache_dir", str), ("kv_dtype", str))
+                                                  ("cache_dir", str), ("kv_dtype", str),
+                                                  ("dense_weights", str))
           if args.get(k) is not None}
     if args.get("batch_invariant") is not None:
         v = args["batch_invariant"]

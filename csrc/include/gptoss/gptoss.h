@@ -99,6 +99,14 @@ struct Options {
   // the bytes a long-context step reads, rounding K and V to bf16 (relative error <= 2^-9,
   // attention itself stays float32); "float32" is the CPU's only.
   std::string kv_dtype = "auto";
+  // The dense matrices' storage on the CPU backend: "bf16" (default) uses the checkpoint's bf16
+  // tensors in place; "int8" quantizes QKV, the output projection, the router and the
+  // unembedding once at load into int8 codes per row and 32-block with a float32 scale
+  // (csrc/cpu/dense_q8.cpp; an error up to 1/254 of each block's largest weight), kept in the
+  // weight cache like the repacked experts (repack, cache_dir), so a decode step reads about
+  // 1.3 GB of dense weights instead of 2.4 GB (gpt-oss-20b). An accuracy trade for speed where
+  // decode is bound by memory; the embedding stays bf16. Device 'cuda' has only "bf16".
+  std::string dense_weights = "bf16";
 };
 
 struct PrefixCacheStats {

@@ -76,7 +76,7 @@ def make_engine(weights, backend: str = "auto", max_context: Optional[int] = Non
     """(engine, note) for `backend`; `auto` takes the fastest available and says why.
 
     native_options (threads, activation_levels, ...) go to the C++ engine and are ignored by
-    numpy, except kv_dtype, which every engine takes.
+    numpy, except kv_dtype and dense_weights, which every engine takes (CUDA refuses "int8").
     """
     infos = {b.name: b for b in backends()}
     if backend != "auto":
@@ -112,7 +112,8 @@ def _build(name: str, weights, max_context, native_options):
                              "backend 'cpu' (always batch-invariant) or 'cuda'")
         from .numpy import NumpyEngine
         return NumpyEngine(weights, max_context=max_context,
-                           kv_dtype=native_options.get("kv_dtype") or "auto")
+                           kv_dtype=native_options.get("kv_dtype") or "auto",
+                           dense_weights=native_options.get("dense_weights") or "bf16")
     from .native import NativeEngine
     opts = {k: v for k, v in native_options.items() if v is not None}
     return NativeEngine(weights, device=name, max_context=max_context, **opts)

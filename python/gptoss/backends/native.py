@@ -16,7 +16,8 @@ class NativeEngine:
     def __init__(self, weights, device: str = "cpu", max_context: Optional[int] = None,
                  threads: int = 0, activation_levels: int = 2, prefix_cache_gb: float = 2.0,
                  repack: str = "auto", cache_dir: Optional[str] = None,
-                 batch_invariant: bool = False, kv_dtype: str = "auto"):
+                 batch_invariant: bool = False, kv_dtype: str = "auto",
+                 dense_weights: str = "bf16"):
         from .. import _C
         self.name = device
         self.weights = weights
@@ -27,7 +28,8 @@ class NativeEngine:
                                random_device_weights=bool(getattr(weights, "hollow", None)),
                                prefix_cache_gb=float(prefix_cache_gb), repack=str(repack),
                                cache_dir=str(cache_dir or ""),
-                               batch_invariant=bool(batch_invariant), kv_dtype=str(kv_dtype))
+                               batch_invariant=bool(batch_invariant), kv_dtype=str(kv_dtype),
+                               dense_weights=str(dense_weights))
         self.max_context = self._e.max_context
         # how the engine holds the weights: e.g. the CPU backend's experts repacked for its
         # kernels and mapped from the weight cache (Options::repack in gptoss.h)

@@ -71,6 +71,27 @@ def linear(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None,
     return out if b is None else out + b
 
 
+def quantize_dense_int8(w: np.ndarray) -> np.ndarray:
+    """The weights dense_weights="int8" stands for: w float32 [R, K] (K % 32 == 0), per row and
+    32-block s = max|w| / 127 and code = clip(rint(w / s), -127, 127) in float32 (0 where s is 0),
+    returned as code * s. csrc/cpu/dense_q8.cpp packs the same codes and scales."""
+    R, K = w.shape
+    if K % 32:
+        raise ValueError(f"dense_weights='int8': {K} columns is not a multiple of 32")
+    b = w.reshape(R, K // 32, 32)
+    s = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
+    safe = np.where(s > 0, s, np.float32(1))
+    c = np.where(s > 0, np.clip(np.rint(b / safe), -127, 127), np.float32(0))
+    return (c * s).astype(np.float32).reshape(R, K)
+
+
+def linear_int8(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None) -> np.ndarray:
+    """x @ quantize_dense_int8(bf16 w).T + b, band by band."""
+    out = _banded(x, w.shape[0], w.shape[1],
+                  lambda lo, hi: quantize_dense_int8(bf16_to_f32(w[lo:hi])))
+    return out if b is None else out + b
+
+
 def linear_mxfp4(x: np.ndarray, blocks: np.ndarray, scales: np.ndarray,
                  b: Optional[np.ndarray] = None) -> np.ndarray:
     """x [n, K] float32, blocks [R, K/32, 16], scales [R, K/32] -> x @ W.T + b."""
@@ -227,9 +248,16 @@ class NumpyEngine:
 
     name = "numpy"
 
-    def __init__(self, weights, max_context: Optional[int] = None, kv_dtype: str = "auto"):
+    # the matrices dense_weights="int8" quantizes (the embedding stays as stored)
+    INT8_ROLES = ("q_w", "k_w", "v_w", "out_w", "router_w", "unembedding")
+
+    def __init__(self, weights, max_context: Optional[int] = None, kv_dtype: str = "auto",
+                 dense_weights: str = "bf16"):
         if kv_dtype not in ("auto", "float32", "bf16"):
             raise ValueError(f"kv_dtype={kv_dtype!r}: must be 'auto', 'float32' or 'bf16'")
+        if dense_weights not in ("bf16", "int8"):
+            raise ValueError(f"dense_weights={dense_weights!r}: must be 'bf16' or 'int8'")
+        self.dense_int8 = dense_weights == "int8"
         # "bf16": keys and values (after RoPE) are rounded to bf16 before any query reads them,
         # the chunk's own included, as the C++ engines' bf16 caches do; attention stays float32
         self.kv_bf16 = kv_dtype == "bf16"
@@ -255,6 +283,10 @@ class NumpyEngine:
                 bias: Optional[str] = None) -> np.ndarray:
         W = self.weights
         b = self._v(bias, layer) if bias else None
+        if self.dense_int8 and role in self.INT8_ROLES:
+            if W.dtype(role, layer) != "BF16":
+                raise ValueError(f"dense_weights='int8': {role} is {W.dtype(role, layer)}, not bf16")
+            return linear_int8(x, W.raw(role, layer), b)
         return linear(x, W.raw(role, layer), b, W.dtype(role, layer))
 
     # ---------------------------------------------------------------- state
