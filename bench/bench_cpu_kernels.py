@@ -62,7 +62,17 @@ def main():
     t, _ = median_time(lambda: _C.ops.bf16_linear(x512, Q[0]), 3)
     record("bf16_linear (prefill 512, q_proj)", "[512,2880] x [4096,2880]", t,
            flops=2 * 512 * Q[0].size)
+    # the same matrices with dense_weights="int8" (csrc/cpu/dense_q8.cpp)
+    P8 = [_C.ops.q8_pack_r16(q) for q in Q]
     del Q
+    t, _ = median_time(lambda: [_C.ops.q8_r16_linear(x1, p, HQ * D) for p in P8],
+                       max(3, a.repeats // 3))
+    record("q8_r16_linear (decode, 24 x q_proj)", "24 x [1,2880] x [4096,2880] int8", t,
+           sum(p.nbytes for p in P8))
+    t, _ = median_time(lambda: _C.ops.q8_r16_linear(x512, P8[0], HQ * D), 3)
+    record("q8_r16_linear (prefill 512, q_proj)", "[512,2880] x [4096,2880] int8", t,
+           flops=2 * 512 * HQ * D * H)
+    del P8
 
     # MXFP4: the decode GEMV over all 32 experts of a layer (streamed), and the fused MoE
     B1 = rng.integers(0, 256, (E, 2 * I, H // 32, 16), dtype=np.uint8)

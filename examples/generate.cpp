@@ -18,7 +18,7 @@
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s CHECKPOINT_DIR [-n NEW] [-t TEMP] [--seed S] [--threads T] "
-                         "[--prompt-len N | TOKEN_ID ...]\n", argv[0]);
+                         "[--dense-weights bf16|int8] [--prompt-len N | TOKEN_ID ...]\n", argv[0]);
     return 2;
   }
   std::string path = argv[1];
@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   float temp = 0.0f;
   unsigned long long seed = 0;
   std::vector<int32_t> prompt;
+  std::string dense_weights = "bf16";
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -40,11 +41,13 @@ int main(int argc, char** argv) {
     else if (a == "--seed") seed = std::strtoull(next(), nullptr, 10);
     else if (a == "--threads") threads = std::atoi(next());
     else if (a == "--prompt-len") prompt_len = std::atoi(next());
+    else if (a == "--dense-weights") dense_weights = next();
     else prompt.push_back(int32_t(std::atol(a.c_str())));
   }
   try {
     gptoss::Options opts;
     opts.num_threads = threads;
+    opts.dense_weights = dense_weights;
     gptoss::Model model(path, opts);
     const gptoss::Config& c = model.config();
     std::fprintf(stderr, "loaded %s (%s layout): %d layers, %d experts, vocab %d\n", path.c_str(),

@@ -78,6 +78,12 @@ def test_engine_under_address_sanitizer(tmp_path, tiny_hf):
         assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-4000:]
         outs[level] = r.stdout.split()
         assert len(outs[level]) == 8
+        # the int8 dense kernels (dense_weights "int8") and their quantization at load
+        r = subprocess.run([exe, tiny_hf, "-n", "4", "--prompt-len", "40", "--dense-weights", "int8"],
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0, (level, r.stderr[-4000:])
+        assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-4000:]
+        assert len(r.stdout.split()) == 4
     env = dict(os.environ, GPTOSS_SIMD="sse9")
     r = subprocess.run([exe, tiny_hf, "-n", "1"], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "GPTOSS_SIMD=sse9" in r.stderr
