@@ -342,38 +342,34 @@ class CpuBackend final : public Backend {
     cpu::Q16Act q = cpu::Q16Act::carve(qwsd_.data(), n, K, 2);
     q.exact = true;
     cpu::q16_quantize(x, n, K, q);
-    const int bands = (R + kBand - 1) / kBand, nb = K / 32;
-    auto band = [&](int b) {
-      cpu::q8w_r16_gemm_rows(packed, nb, b * kBand, std::min(R, (b + 1) * kBand), q, n, bias, out,
-                             ldo);
-    };
+    const int nb = K / 32;
+    run_bands(R, K, n, [&](int r0, int r1) {
+      cpu::q8w_r16_gemm_rows(packed, nb, r0, r1, q, n, bias, out, ldo);
+    });
+  }
+
+  // A dense product's rows [0, R) in bands of kBand over the threads. Decode streams the rows
+  // from memory: bands handed out as threads free up, so a thread slowed down (another process, a
+  // busier memory channel) does not hold the other at the barrier (measured 5-8% of decode on a
+  // 2-core Zen 3); prefill's equal bands stay static. Either way a row's result does not depend
+  // on which thread computes it.
+  template <class F>
+  static void run_bands(int R, int K, int n, F&& band) {
+    const int bands = (R + kBand - 1) / kBand;
     if (n <= kDynamicRows) {
 #pragma omp parallel for schedule(dynamic, 8) if (size_t(R) * K > 65536)
-      for (int b = 0; b < bands; ++b) band(b);
+      for (int b = 0; b < bands; ++b) band(b * kBand, std::min(R, (b + 1) * kBand));
     } else {
 #pragma omp parallel for schedule(static) if (size_t(R) * K > 65536)
-      for (int b = 0; b < bands; ++b) band(b);
+      for (int b = 0; b < bands; ++b) band(b * kBand, std::min(R, (b + 1) * kBand));
     }
   }
 
   void linear_tokens(const uint16_t* w, size_t ldw, int R, int K, const float* x,
                      const float* xp, int n, const float* bias, float* out, int ldo) {
-    const int bands = (R + kBand - 1) / kBand;
-    auto band = [&](int b) {
-      cpu::bf16w_gemm_rows(w, ldw, b * kBand, std::min(R, (b + 1) * kBand), x, xp, n, K, bias,
-                           out, ldo);
-    };
-    // Decode streams the rows from memory: bands handed out as threads free up, so a thread
-    // slowed down (another process, a busier memory channel) does not hold the other at the
-    // barrier (measured 5-8% of decode on a 2-core Zen 3); prefill's equal bands stay static.
-    // Either way a row's result does not depend on which thread computes it.
-    if (n <= kDynamicRows) {
-#pragma omp parallel for schedule(dynamic, 8) if (size_t(R) * K > 65536)
-      for (int b = 0; b < bands; ++b) band(b);
-    } else {
-#pragma omp parallel for schedule(static) if (size_t(R) * K > 65536)
-      for (int b = 0; b < bands; ++b) band(b);
-    }
+    run_bands(R, K, n, [&](int r0, int r1) {
+      cpu::bf16w_gemm_rows(w, ldw, r0, r1, x, xp, n, K, bias, out, ldo);
+    });
   }
 
   void rope_kv_write(float* qkv, int n, int layer, int Hq, int Hkv, int d) override {

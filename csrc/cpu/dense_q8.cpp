@@ -203,30 +203,20 @@ GPTOSS_Q8_TILE_AVX512(q8_tile_avx512vnni, GPTOSS_Q8_AVX512VNNI, _mm512_dpwssd_ep
 
 using Q8Tile = void (*)(const uint8_t*, int, const Q16Act&, int, float*);
 
-template <int T>
-struct Avx2Fn {
-  static constexpr Q8Tile fn = &q8_tile_avx2<T>;
-};
-template <int T>
-struct AvxVnniFn {
-  static constexpr Q8Tile fn = &q8_tile_avxvnni<T>;
-};
-template <int T>
-struct Avx512Fn {
-  static constexpr Q8Tile fn = &q8_tile_avx512<T>;
-};
-template <int T>
-struct Avx512VnniFn {
-  static constexpr Q8Tile fn = &q8_tile_avx512vnni<T>;
-};
+// each level's tiles for 1..6 tokens (a level of fewer repeats its widest)
+const Q8Tile kAvx2Tiles[6] = {&q8_tile_avx2<1>, &q8_tile_avx2<2>, &q8_tile_avx2<3>,
+                              &q8_tile_avx2<3>, &q8_tile_avx2<3>, &q8_tile_avx2<3>};
+const Q8Tile kAvxVnniTiles[6] = {&q8_tile_avxvnni<1>, &q8_tile_avxvnni<2>, &q8_tile_avxvnni<3>,
+                                 &q8_tile_avxvnni<3>, &q8_tile_avxvnni<3>, &q8_tile_avxvnni<3>};
+const Q8Tile kAvx512Tiles[6] = {&q8_tile_avx512<1>, &q8_tile_avx512<2>, &q8_tile_avx512<3>,
+                                &q8_tile_avx512<4>, &q8_tile_avx512<5>, &q8_tile_avx512<6>};
+const Q8Tile kAvx512VnniTiles[6] = {&q8_tile_avx512vnni<1>, &q8_tile_avx512vnni<2>,
+                                    &q8_tile_avx512vnni<3>, &q8_tile_avx512vnni<4>,
+                                    &q8_tile_avx512vnni<5>, &q8_tile_avx512vnni<6>};
 
-// Rows [r0, r1) against m tokens, TM tokens a tile (the weights of a group re-read per tile).
-template <template <int> class F, int TM>
-static void q8_rows_simd(const uint8_t* packed, int nb, int r0, int r1, const Q16Act& q, int m,
-                         const float* bias, float* out, int ldo) {
-  static_assert(TM >= 1 && TM <= 6, "tiles of 1..6 tokens");
-  const Q8Tile fns[6] = {F<1>::fn, F<2 <= TM ? 2 : 1>::fn, F<3 <= TM ? 3 : 1>::fn,
-                         F<4 <= TM ? 4 : 1>::fn, F<5 <= TM ? 5 : 1>::fn, F<6 <= TM ? 6 : 1>::fn};
+// Rows [r0, r1) against m tokens, up to TM tokens a tile (the weights of a group re-read per tile).
+static void q8_rows_simd(const Q8Tile* fns, int TM, const uint8_t* packed, int nb, int r0, int r1,
+                         const Q16Act& q, int m, const float* bias, float* out, int ldo) {
   alignas(64) float f[6 * kR16];
   for (int g = r0 / kR16; g * kR16 < r1; ++g) {
     const uint8_t* grp = packed + size_t(g) * nb * kQ8R16RecordBytes;
@@ -258,10 +248,10 @@ void q8w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16A
                "q8w_r16_gemm_rows: needs int16 activations (levels 2) of " << nb << " blocks");
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const Isa isa = active_isa();
-  if (isa >= Isa::Avx512) return q8_rows_simd<Avx512VnniFn, 6>(packed, nb, r0, r1, q, m, bias, out, ldo);
-  if (isa >= Isa::Avx512Bw) return q8_rows_simd<Avx512Fn, 6>(packed, nb, r0, r1, q, m, bias, out, ldo);
-  if (isa == Isa::Avx2Vnni) return q8_rows_simd<AvxVnniFn, 3>(packed, nb, r0, r1, q, m, bias, out, ldo);
-  if (isa >= Isa::Avx2) return q8_rows_simd<Avx2Fn, 3>(packed, nb, r0, r1, q, m, bias, out, ldo);
+  if (isa >= Isa::Avx512) return q8_rows_simd(kAvx512VnniTiles, 6, packed, nb, r0, r1, q, m, bias, out, ldo);
+  if (isa >= Isa::Avx512Bw) return q8_rows_simd(kAvx512Tiles, 6, packed, nb, r0, r1, q, m, bias, out, ldo);
+  if (isa == Isa::Avx2Vnni) return q8_rows_simd(kAvxVnniTiles, 3, packed, nb, r0, r1, q, m, bias, out, ldo);
+  if (isa >= Isa::Avx2) return q8_rows_simd(kAvx2Tiles, 3, packed, nb, r0, r1, q, m, bias, out, ldo);
 #endif
   q8_rows_plain(packed, nb, r0, r1, q, m, bias, out, ldo);
 }

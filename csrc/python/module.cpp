@@ -176,11 +176,14 @@ py::array_t<uint8_t> op_mxfp4_pack_r16(const py::array& blocks_in, const py::arr
   return out;
 }
 
-py::array_t<float> op_mxfp4_r16_linear(const py::array& x_in, const py::array& packed_in,
-                                       int rows, const py::object& bias_in, int levels,
-                                       bool exact) {
-  need(levels == 1 || levels == 2, "levels = " + std::to_string(levels) + ": must be 1 or 2");
-  auto packed = need_array<uint8_t>(packed_in, "packed", {-1, -1, py::ssize_t(cpu::kR16RecordBytes)});
+// x [m, K] against a matrix packed in groups of 16 rows ([G, K/32, record_bytes]): the int16 (or,
+// levels 1, int8) activation code, then gemm_rows over bands of 32 rows on the threads.
+using PackedRows = void (*)(const uint8_t*, int, int, int, const cpu::Q16Act&, int, const float*,
+                            float*, int);
+py::array_t<float> packed_linear(const py::array& x_in, const py::array& packed_in, int rows,
+                                 const py::object& bias_in, size_t record_bytes, int levels,
+                                 bool exact, PackedRows gemm_rows) {
+  auto packed = need_array<uint8_t>(packed_in, "packed", {-1, -1, py::ssize_t(record_bytes)});
   const py::ssize_t G = packed.shape(0), nb = packed.shape(1);
   need(rows > (G - 1) * cpu::kR16 && rows <= G * cpu::kR16,
        "rows = " + std::to_string(rows) + " does not match " + std::to_string(G) +
@@ -203,10 +206,17 @@ py::array_t<float> op_mxfp4_r16_linear(const py::array& x_in, const py::array& p
     const int band = 32, bands = (rows + band - 1) / band;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < bands; ++i)
-      cpu::mf4w_r16_gemm_rows(pp, int(nb), i * band, std::min(rows, (i + 1) * band), q, m, b, o,
-                              rows);
+      gemm_rows(pp, int(nb), i * band, std::min(rows, (i + 1) * band), q, m, b, o, rows);
   }
   return out;
+}
+
+py::array_t<float> op_mxfp4_r16_linear(const py::array& x_in, const py::array& packed_in,
+                                       int rows, const py::object& bias_in, int levels,
+                                       bool exact) {
+  need(levels == 1 || levels == 2, "levels = " + std::to_string(levels) + ": must be 1 or 2");
+  return packed_linear(x_in, packed_in, rows, bias_in, cpu::kR16RecordBytes, levels, exact,
+                       &cpu::mf4w_r16_gemm_rows);
 }
 
 py::array_t<uint8_t> op_q8_pack_r16(const py::array& w_in) {
@@ -226,33 +236,9 @@ py::array_t<uint8_t> op_q8_pack_r16(const py::array& w_in) {
 
 py::array_t<float> op_q8_r16_linear(const py::array& x_in, const py::array& packed_in, int rows,
                                     const py::object& bias_in) {
-  auto packed = need_array<uint8_t>(packed_in, "packed", {-1, -1, py::ssize_t(cpu::kQ8R16RecordBytes)});
-  const py::ssize_t G = packed.shape(0), nb = packed.shape(1);
-  need(rows > (G - 1) * cpu::kR16 && rows <= G * cpu::kR16,
-       "rows = " + std::to_string(rows) + " does not match " + std::to_string(G) +
-           " packed groups of 16");
-  auto x = f32(x_in, "x", {-1, nb * 32});
-  carray<float> bias;
-  if (!bias_in.is_none()) bias = f32(bias_in.cast<py::array>(), "bias", {rows});
-  const int m = int(x.shape(0)), K = int(nb * 32);
-  py::array_t<float> out({py::ssize_t(m), py::ssize_t(rows)});
-  const float* b = bias_in.is_none() ? nullptr : bias.data();
-  const uint8_t* pp = packed.data();
-  const float* xp = x.data();
-  float* o = out.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    std::vector<uint8_t> ws(cpu::Q16Act::bytes(m, K));
-    cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, 2);
-    q.exact = true;  // the int16 codes only (no AMX-BF16 terms)
-    cpu::q16_quantize(xp, m, K, q);
-    const int band = 32, bands = (rows + band - 1) / band;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < bands; ++i)
-      cpu::q8w_r16_gemm_rows(pp, int(nb), i * band, std::min(rows, (i + 1) * band), q, m, b, o,
-                             rows);
-  }
-  return out;
+  // the int16 codes only (exact: no AMX-BF16 terms)
+  return packed_linear(x_in, packed_in, rows, bias_in, cpu::kQ8R16RecordBytes, 2, true,
+                       &cpu::q8w_r16_gemm_rows);
 }
 
 py::array_t<float> op_moe(const py::array& t_in, const py::array& experts_in,
