@@ -175,7 +175,7 @@ def test_mxfp4_pack_r16_layout(R, nb):
 @pytest.mark.parametrize("m,R,nb", [(1, 5760, 90), (1, 2880, 90), (4, 64, 90), (7, 33, 3),
                                     (1, 1, 1), (2, 5, 5), (13, 17, 6), (9, 48, 7), (16, 48, 7),
                                     (35, 33, 3), (22, 48, 7), (25, 48, 7), (64, 256, 90), (17, 20, 100), (8, 33, 5), (33, 80, 9),
-                                    (30, 40, 100)])
+                                    (30, 40, 100), (150, 48, 9)])
 @pytest.mark.parametrize("levels", [2, 1])
 def test_mxfp4_r16_linear(simd, m, R, nb, levels):
     rng = np.random.default_rng(R * nb + m + 1)

@@ -84,6 +84,13 @@ struct Q16Act {
   // AMX-BF16 tiles' A rows)
   uint16_t* xh = nullptr;
   uint16_t* xl = nullptr;
+  // At the AVX-512 VNNI levels and more than 8 tokens (prefill), the same q, corr and step again
+  // block-major for the panel kernels: qb [nb][ms][64 bytes], corrb and stepb [nb][ms], so the
+  // tokens of a tile are one pointer and constant offsets apart (ms = 0: not made)
+  int ms = 0;
+  uint8_t* qb = nullptr;
+  int32_t* corrb = nullptr;
+  float* stepb = nullptr;
   static size_t bytes(int m, int K);
   static Q16Act carve(void* workspace, int m, int K, int levels = 2);
   // the same workspace from token row `off` on
@@ -97,6 +104,11 @@ struct Q16Act {
     r.lo += n * 32;
     r.xh += n * 32;
     r.xl += n * 32;
+    if (r.ms) {
+      r.qb += size_t(off) * 64;
+      r.corrb += off;
+      r.stepb += off;
+    }
     return r;
   }
 };

@@ -98,7 +98,18 @@ void mf4_r16_pack(const uint8_t* blocks, const uint8_t* scales, int R, int nb, i
 // 16 tokens may read past the last token (and drops those rows' results).
 size_t Q16Act::bytes(int m, int K) {
   const size_t nb = size_t(K / 32);
-  return size_t(m) * nb * (32 * 2 + 4) + size_t(m + 15) * nb * (4 + 32 + 32 + 64 + 64) + 5 * 64;
+  return size_t(m) * nb * (32 * 2 + 4) + size_t(m + 15) * nb * (4 + 32 + 32 + 64 + 64) +
+         size_t(m) * nb * (64 + 4 + 4) + 8 * 64;
+}
+
+// whether carve makes the block-major copies (the AVX-512 VNNI panel kernels' prefill input)
+static bool q16_block_major(int m) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return m > 8 && active_isa() >= Isa::Avx512;
+#else
+  (void)m;
+  return false;
+#endif
 }
 
 Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
@@ -125,6 +136,15 @@ Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
   q.xh = reinterpret_cast<uint16_t*>(p);
   p = align(p + size_t(m + 15) * nb * 64);
   q.xl = reinterpret_cast<uint16_t*>(p);
+  p = align(p + size_t(m + 15) * nb * 64);
+  if (q16_block_major(m)) {
+    q.ms = m;
+    q.qb = p;
+    p = align(p + size_t(m) * nb * 64);
+    q.corrb = reinterpret_cast<int32_t*>(p);
+    p = align(p + size_t(m) * nb * 4);
+    q.stepb = reinterpret_cast<float*>(p);
+  }
   return q;
 }
 
@@ -179,9 +199,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void bf16_t
 }
 #endif
 
+static void q16_quantize_rows(const float* x, int m, int K, const Q16Act& q);
+
 void q16_quantize(const float* x, int m, int K, const Q16Act& q) {
   GPTOSS_CHECK(K % 32 == 0 && K / 32 == q.nb,
                "q16_quantize: K = " << K << " does not match " << q.nb << " blocks");
+  q16_quantize_rows(x, m, K, q);
+  if (!q.ms) return;
+  const size_t nb = size_t(q.nb), ms = size_t(q.ms);
+  for (int t = 0; t < m; ++t)  // the block-major copies (rows t of this call: from_row keeps them)
+    for (size_t b = 0; b < nb; ++b) {
+      const size_t i = size_t(t) * nb + b, j = b * ms + size_t(t);
+      std::memcpy(q.qb + j * 64, q.q + i * 32, 64);
+      q.corrb[j] = q.corr[i];
+      q.stepb[j] = q.step[i];
+    }
+}
+
+static void q16_quantize_rows(const float* x, int m, int K, const Q16Act& q) {
   const int nb = q.nb;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if (active_isa() >= Isa::Amx && !q.exact)  // the AMX kernel's bf16 terms (levels 1: the first only)
@@ -722,6 +757,149 @@ GPTOSS_AVX512_VNNI static void r16_tile2_vnni(const uint8_t* pk0, const uint8_t*
   }
 }
 
+// More tokens than one tile (prefill) with VNNI: the codes of a panel of kPanelBlocks blocks
+// are decoded once into an L1-resident buffer (what the tile above computes per chunk: la, lb,
+// ha, hb of the int16 code, pa, pb of the int8 one) and every tile of tokens then runs over
+// it, where the tile above decodes them again for each tile. The block sums are the same
+// integers. The float accumulators stay in the block sums' lanes (aa: rows 0-3, 8-11 of both
+// groups, ab: 4-7, 12-15), with the scales put in those lanes once per block instead of the
+// sums moved to the scales' lanes once per block and token; each (row, token) sees the same
+// fma(S, scale * step, f) in block order, so the bits are the tile's. They wait in memory
+// between blocks (one load and store per block and token against 64 or 128 dot products), so
+// the registers hold the 16 block sums, the decoded chunk and the activations without spills.
+// acc += the dot products of w with the 32-bit word at p broadcast (vpdpbusd: w unsigned bytes,
+// the word's four signed; vpdpwssd: int16 pairs), the broadcast folded into the instruction. In
+// asm so that the accumulator stays in its register: the intrinsics' separate result made GCC
+// copy every accumulator twice around each instruction (2026-12-04, r16_panel_tile<8, true>).
+#define GPTOSS_DP_BCAST(op, acc, w, p)                                          \
+  __asm__(op " %[x]%{1to16%}, %[wv], %[a]"                                      \
+          : [a] "+v"(acc)                                                       \
+          : [wv] "v"(w), [x] "m"(*reinterpret_cast<const int32_t*>(p)))
+constexpr int kPanelBlocks = 8;   // 16 KB of decoded int16 codes (8 KB int8)
+constexpr int kPanelTokens = 128;  // tokens whose float accumulators wait at once (16 KB)
+
+template <bool Q8>
+GPTOSS_AVX512_VNNI static void r16_panel_decode(const uint8_t* pk0, const uint8_t* pk1, int b0,
+                                                int nbp, __m512i* wd, __m512* sc) {
+  const __m512i lut =
+      _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m512i zero = _mm512_setzero_si512();
+  for (int i = 0; i < nbp; ++i) {
+    const uint8_t* rec0 = pk0 + size_t(b0 + i) * kR16RecordBytes;
+    const uint8_t* rec1 = pk1 + size_t(b0 + i) * kR16RecordBytes;
+    r16_prefetch2(rec0, rec1);
+    for (int c = 0; c < 8; ++c) {
+      __m512i lo, hi;
+      r16_codes2(rec0, rec1, c, lut, lo, hi);
+      if constexpr (Q8) {
+        _mm512_store_si512(wd + (8 * i + c) * 2, _mm512_unpacklo_epi16(lo, hi));
+        _mm512_store_si512(wd + (8 * i + c) * 2 + 1, _mm512_unpackhi_epi16(lo, hi));
+      } else {
+        _mm512_store_si512(wd + (8 * i + c) * 4, _mm512_unpacklo_epi8(lo, zero));
+        _mm512_store_si512(wd + (8 * i + c) * 4 + 1, _mm512_unpackhi_epi8(lo, zero));
+        _mm512_store_si512(wd + (8 * i + c) * 4 + 2, _mm512_unpacklo_epi8(hi, zero));
+        _mm512_store_si512(wd + (8 * i + c) * 4 + 3, _mm512_unpackhi_epi8(hi, zero));
+      }
+    }
+    __m512 s0, s1;
+    r16_scales2(rec0, rec1, s0, s1);  // kLaneRow order per group -> the lanes of aa and ab
+    sc[2 * i] = _mm512_shuffle_f32x4(s0, s1, 0x44);
+    sc[2 * i + 1] = _mm512_shuffle_f32x4(s0, s1, 0xEE);
+  }
+}
+
+// T tokens from t0 over a decoded panel (blocks b0 .. b0 + nbp); f: [T][2][16] floats in the
+// lanes of aa, ab
+template <int T, bool Q8>
+GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_panel_tile(const __m512i* wd, const __m512* sc, int b0, int nbp,
+                                              const Q16Act& q, int t0, float* f) {
+  const size_t bs = size_t(q.ms);  // tokens a block of the block-major copies
+  const uint8_t* xb = q.qb + (size_t(b0) * bs + size_t(t0)) * 64;
+  const int32_t* cr = q.corrb + size_t(b0) * bs + size_t(t0);
+  const float* sp = q.stepb + size_t(b0) * bs + size_t(t0);
+  for (int i = 0; i < nbp; ++i, xb += bs * 64, cr += bs, sp += bs) {
+    // f is memory: keep the compiler from holding its 2T vectors in registers across blocks
+    __asm__ volatile("" ::: "memory");
+    __m512i aa[T], ab[T];
+    for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm512_set1_epi32(cr[t]);
+    for (int c = 0; c < 8; ++c) {
+      if constexpr (Q8) {
+        const __m512i pa = _mm512_load_si512(wd + (8 * i + c) * 2);
+        const __m512i pb = _mm512_load_si512(wd + (8 * i + c) * 2 + 1);
+        for (int t = 0; t < T; ++t) {
+          GPTOSS_DP_BCAST("vpdpbusd", aa[t], pa, xb + 64 * t + 8 * c + 2);
+          GPTOSS_DP_BCAST("vpdpbusd", ab[t], pb, xb + 64 * t + 8 * c + 2);
+        }
+      } else {
+        const __m512i la = _mm512_load_si512(wd + (8 * i + c) * 4);
+        const __m512i lb = _mm512_load_si512(wd + (8 * i + c) * 4 + 1);
+        const __m512i ha = _mm512_load_si512(wd + (8 * i + c) * 4 + 2);
+        const __m512i hb = _mm512_load_si512(wd + (8 * i + c) * 4 + 3);
+        for (int t = 0; t < T; ++t) {
+          const uint8_t* xp = xb + 64 * t + 8 * c;
+          GPTOSS_DP_BCAST("vpdpwssd", aa[t], la, xp);
+          GPTOSS_DP_BCAST("vpdpwssd", aa[t], ha, xp + 4);
+          GPTOSS_DP_BCAST("vpdpwssd", ab[t], lb, xp);
+          GPTOSS_DP_BCAST("vpdpwssd", ab[t], hb, xp + 4);
+        }
+      }
+    }
+    const __m512 sa = sc[2 * i], sb = sc[2 * i + 1];
+    for (int t = 0; t < T; ++t) {
+      const __m512 st = _mm512_set1_ps(sp[t]);
+      float* ft = f + 32 * t;
+      _mm512_store_ps(ft, _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa[t]), _mm512_mul_ps(sa, st),
+                                          _mm512_load_ps(ft)));
+      _mm512_store_ps(ft + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab[t]), _mm512_mul_ps(sb, st),
+                                               _mm512_load_ps(ft + 16)));
+    }
+  }
+}
+
+// Groups g, g + 1 (pk0, pk1) against tokens [0, m) through decoded panels, plus the bias (b0v,
+// b1v), into out (the rows of the second group that exist: mask m1).
+template <bool Q8>
+GPTOSS_AVX512_VNNI static void r16_pair_panels(const uint8_t* pk0, const uint8_t* pk1, int nb,
+                                               const Q16Act& q, int m, __m512 b0v, __m512 b1v,
+                                               __mmask16 m1, float* out, size_t ldo) {
+  constexpr int kTM = 8;
+  alignas(64) __m512i wd[kPanelBlocks * 8 * (Q8 ? 2 : 4)];
+  alignas(64) __m512 sc[kPanelBlocks * 2];
+  alignas(64) float f[kPanelTokens * 32];
+  const __m512i to_rows = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int ts = 0; ts < m; ts += kPanelTokens) {
+    const int mt = std::min(kPanelTokens, m - ts);
+    std::memset(f, 0, sizeof(float) * 32 * size_t(mt));
+    for (int b0 = 0; b0 < nb; b0 += kPanelBlocks) {
+      const int nbp = std::min(kPanelBlocks, nb - b0);
+      r16_panel_decode<Q8>(pk0, pk1, b0, nbp, wd, sc);
+      for (int t = 0; t < mt;) {
+        const int T = std::min(kTM, mt - t);
+        float* ft = f + 32 * t;
+        switch (T) {
+          case 8: r16_panel_tile<8, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 7: r16_panel_tile<7, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 6: r16_panel_tile<6, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 5: r16_panel_tile<5, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 4: r16_panel_tile<4, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 3: r16_panel_tile<3, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 2: r16_panel_tile<2, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          default: r16_panel_tile<1, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
+        }
+        t += T;
+      }
+    }
+    for (int j = 0; j < mt; ++j) {
+      const __m512 fa = _mm512_load_ps(f + 32 * j), fb = _mm512_load_ps(f + 32 * j + 16);
+      float* o = out + size_t(ts + j) * ldo;
+      _mm512_storeu_ps(o, _mm512_add_ps(
+          _mm512_permutexvar_ps(to_rows, _mm512_shuffle_f32x4(fa, fb, 0x44)), b0v));
+      _mm512_mask_storeu_ps(o + kR16, m1, _mm512_add_ps(
+          _mm512_permutexvar_ps(to_rows, _mm512_shuffle_f32x4(fa, fb, 0xEE)), b1v));
+    }
+  }
+}
+
 // Which AVX-512 tile: 0 the int16 code without VNNI, 1 with (one token: its byte split), 2 the
 // int8 code (VNNI).
 template <int Code, int T>
@@ -752,6 +930,13 @@ GPTOSS_AVX512_R16 static void r16_rows_avx512_code(const uint8_t* packed, int nb
     const __mmask16 m1 = __mmask16((1u << rows1) - 1u);
     const __m512 b0 = bias ? _mm512_loadu_ps(bias + size_t(g) * kR16) : _mm512_setzero_ps();
     const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + size_t(g + 1) * kR16) : _mm512_setzero_ps();
+    if constexpr (Code != 0) {
+      if (m > kTM && q.ms) {
+        r16_pair_panels<Code == 2>(pk0, pk1, nb, q, m, b0, b1, m1, out + size_t(g) * kR16,
+                                   size_t(ldo));
+        continue;
+      }
+    }
     __m512 f0[kTM], f1[kTM];
     for (int t = 0; t < m;) {
       const int T = std::min(kTM, m - t);
