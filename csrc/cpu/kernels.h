@@ -84,7 +84,7 @@ struct Q16Act {
   // AMX-BF16 tiles' A rows)
   uint16_t* xh = nullptr;
   uint16_t* xl = nullptr;
-  // At the AVX-512 VNNI levels and more than 8 tokens (prefill), the same q, corr and step again
+  // At the AVX2 levels and up and more than 8 tokens (prefill), the same q, corr and step again
   // block-major for the panel kernels: qb [nb][ms][64 bytes], corrb and stepb [nb][ms], so the
   // tokens of a tile are one pointer and constant offsets apart (ms = 0: not made)
   int ms = 0;

@@ -102,10 +102,10 @@ size_t Q16Act::bytes(int m, int K) {
          size_t(m) * nb * (64 + 4 + 4) + 8 * 64;
 }
 
-// whether carve makes the block-major copies (the AVX-512 VNNI panel kernels' prefill input)
+// whether carve makes the block-major copies (the panel kernels' prefill input: AVX2 and AVX-512 VNNI)
 static bool q16_block_major(int m) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  return m > 8 && active_isa() >= Isa::Avx512;
+  return m > 8 && active_isa() >= Isa::Avx2;
 #else
   (void)m;
   return false;
@@ -535,6 +535,124 @@ GPTOSS_AVX2_VNNI static void r16_tile_avxvnni_n(int T, const uint8_t* pk, int nb
   }
 }
 
+// More tokens than one tile (prefill), int16 code without AVX-VNNI: as the AVX-512 VNNI panels
+// below (r16_pair_panels): the codes of kPanelBlocks2 blocks decoded once into an L1-resident
+// buffer (la, lb, ha, hb of each chunk) that every tile of T2 tokens then reads, the activations
+// from the quantizer's block-major copies, the float accumulators in memory between blocks. The
+// block sums are the same integers (int32 addition in another order) and each lane sees the same
+// fma(S, scale * step, f) in block order, so the bits are r16_tile_avx2's. The vpmaddwd + vpaddd
+// pairs are asm: with 16 registers GCC spilled the tile's accumulators to the stack every chunk
+// (the 8 block sums, 4 decoded chunks and 2 broadcasts fit exactly when it does not).
+#define GPTOSS_MADD_ACC(acc, w, x, tmp)                                        \
+  __asm__("vpmaddwd %[xv], %[wv], %[t]\n\tvpaddd %[t], %[a], %[a]"           \
+          : [a] "+x"(acc), [t] "=&x"(tmp)                                      \
+          : [wv] "x"(w), [xv] "x"(x))
+constexpr int kPanelBlocks2 = 16;  // 16 KB of decoded codes
+constexpr int kPanelTokens2 = 128;
+constexpr int kT2 = 4;
+
+GPTOSS_AVX2_FMA static void r16_panel_decode_avx2(const uint8_t* pk, int b0, int nbp, __m256i* wd,
+                                                  __m256* sc) {
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  for (int i = 0; i < nbp; ++i) {
+    const uint8_t* rec = pk + size_t(b0 + i) * kR16RecordBytes;
+    for (int o = 0; o < 320; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(rec + kR16PrefetchAhead * kR16RecordBytes + o), _MM_HINT_T0);
+    for (int c = 0; c < 8; ++c) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, low4));
+      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+      __m256i* d = wd + (8 * i + c) * 4;
+      _mm256_store_si256(d, _mm256_unpacklo_epi8(lo, zero));
+      _mm256_store_si256(d + 1, _mm256_unpackhi_epi8(lo, zero));
+      _mm256_store_si256(d + 2, _mm256_unpacklo_epi8(hi, zero));
+      _mm256_store_si256(d + 3, _mm256_unpackhi_epi8(hi, zero));
+    }
+    // the scales in the block sums' lanes: bytes 0-7 (rows 0-3, 8-11) and 8-15 (4-7, 12-15)
+    const __m128i s8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256));
+    sc[2 * i] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(s8), 23));
+    sc[2 * i + 1] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)), 23));
+  }
+}
+
+// T tokens from t0 over a decoded panel; f: [T][16] floats (fa lanes, then fb lanes)
+template <int T>
+GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_panel_tile_avx2(
+    const __m256i* wd, const __m256* sc, int b0, int nbp, const Q16Act& q, int t0, float* f) {
+  const size_t bs = size_t(q.ms);
+  const uint8_t* xb = q.qb + (size_t(b0) * bs + size_t(t0)) * 64;
+  const int32_t* cr = q.corrb + size_t(b0) * bs + size_t(t0);
+  const float* sp = q.stepb + size_t(b0) * bs + size_t(t0);
+  for (int i = 0; i < nbp; ++i, xb += bs * 64, cr += bs, sp += bs) {
+    __asm__ volatile("" ::: "memory");  // f is memory (see r16_panel_tile)
+    __m256i aa[T], ab[T];
+    for (int t = 0; t < T; ++t) aa[t] = ab[t] = _mm256_set1_epi32(cr[t]);
+    for (int c = 0; c < 8; ++c) {
+      const __m256i* d = wd + (8 * i + c) * 4;
+      const __m256i la = _mm256_load_si256(d), lb = _mm256_load_si256(d + 1);
+      const __m256i ha = _mm256_load_si256(d + 2), hb = _mm256_load_si256(d + 3);
+      for (int t = 0; t < T; ++t) {
+        int32_t pl, ph;
+        std::memcpy(&pl, xb + 64 * t + 8 * c, 4);
+        std::memcpy(&ph, xb + 64 * t + 8 * c + 4, 4);
+        const __m256i xl = _mm256_set1_epi32(pl), xh = _mm256_set1_epi32(ph);
+        __m256i tmp;
+        GPTOSS_MADD_ACC(aa[t], la, xl, tmp);
+        GPTOSS_MADD_ACC(aa[t], ha, xh, tmp);
+        GPTOSS_MADD_ACC(ab[t], lb, xl, tmp);
+        GPTOSS_MADD_ACC(ab[t], hb, xh, tmp);
+      }
+    }
+    const __m256 sa = sc[2 * i], sb = sc[2 * i + 1];
+    for (int t = 0; t < T; ++t) {
+      const __m256 st = _mm256_set1_ps(sp[t]);
+      float* ft = f + 16 * t;
+      _mm256_store_ps(ft, _mm256_fmadd_ps(_mm256_cvtepi32_ps(aa[t]), _mm256_mul_ps(sa, st),
+                                          _mm256_load_ps(ft)));
+      _mm256_store_ps(ft + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(ab[t]), _mm256_mul_ps(sb, st),
+                                              _mm256_load_ps(ft + 8)));
+    }
+  }
+}
+
+// group g (pk) against tokens [0, m) through decoded panels, plus the bias, into out (rows of it)
+GPTOSS_AVX2_FMA static void r16_group_panels_avx2(const uint8_t* pk, int nb, const Q16Act& q, int m,
+                                                  const float* bias, int rows, float* out,
+                                                  size_t ldo) {
+  alignas(32) __m256i wd[kPanelBlocks2 * 8 * 4];
+  alignas(32) __m256 sc[kPanelBlocks2 * 2];
+  alignas(32) float f[kPanelTokens2 * 16];
+  for (int ts = 0; ts < m; ts += kPanelTokens2) {
+    const int mt = std::min(kPanelTokens2, m - ts);
+    std::memset(f, 0, sizeof(float) * 16 * size_t(mt));
+    for (int b0 = 0; b0 < nb; b0 += kPanelBlocks2) {
+      const int nbp = std::min(kPanelBlocks2, nb - b0);
+      r16_panel_decode_avx2(pk, b0, nbp, wd, sc);
+      for (int t = 0; t < mt;) {
+        const int T = std::min(kT2, mt - t);
+        float* ft = f + 16 * t;
+        switch (T) {
+          case 4: r16_panel_tile_avx2<4>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 3: r16_panel_tile_avx2<3>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          case 2: r16_panel_tile_avx2<2>(wd, sc, b0, nbp, q, ts + t, ft); break;
+          default: r16_panel_tile_avx2<1>(wd, sc, b0, nbp, q, ts + t, ft); break;
+        }
+        t += T;
+      }
+    }
+    for (int j = 0; j < mt; ++j) {  // lanes (rows 0-3, 8-11 | 4-7, 12-15) -> row order
+      const __m256 fa = _mm256_load_ps(f + 16 * j), fb = _mm256_load_ps(f + 16 * j + 8);
+      alignas(32) float r[16];
+      _mm256_store_ps(r, _mm256_permute2f128_ps(fa, fb, 0x20));
+      _mm256_store_ps(r + 8, _mm256_permute2f128_ps(fa, fb, 0x31));
+      float* o = out + size_t(ts + j) * ldo;
+      for (int i = 0; i < rows; ++i) o[i] = r[i] + (bias ? bias[i] : 0.f);
+    }
+  }
+}
+
 GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0, int r1,
                                           const Q16Act& q, int m, const float* bias, float* out,
                                           int ldo) {
@@ -544,6 +662,11 @@ GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0,
   for (int g = r0 / kR16; g * kR16 < r1; ++g) {
     const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
     const int rows = std::min(kR16, r1 - g * kR16);
+    if (!vnni && q.levels == 2 && m > 2 * TM && q.ms) {
+      r16_group_panels_avx2(pk, nb, q, m, bias ? bias + size_t(g) * kR16 : nullptr, rows,
+                            out + size_t(g) * kR16, size_t(ldo));
+      continue;
+    }
     for (int t = 0; t < m;) {
       const int T = std::min(TM, m - t);
       if (vnni) {
