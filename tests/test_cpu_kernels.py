@@ -83,6 +83,33 @@ def test_bf16_linear_rows_do_not_depend_on_the_batch(simd):
         assert np.array_equal(C.ops.bf16_linear(x[lo:hi], w), full[lo:hi]), (simd, lo, hi)
 
 
+@pytest.mark.parametrize("m,R,K", [(1, 4096, 2880), (5, 33, 2880), (3, 7, 40), (9, 19, 24),
+                                   (17, 35, 100), (40, 64, 2880)])
+def test_bf16_linear_one_level(simd, m, R, K):
+    # levels=1 (the engine's activation_levels=1): at the avx512bf16 level x is rounded to bf16
+    # (relative error <= 2^-9 per value, so |error| <= 2^-9 * sum |w x| on top of the float32
+    # sums) and held to that rounding emulated (float32 accumulation only); elsewhere the float32
+    # code, the bits of levels=2
+    rng = np.random.default_rng(m * R + K + 7)
+    w = f32_to_bf16(rng.standard_normal((R, K)).astype(np.float32) / math.sqrt(K))
+    x = rng.standard_normal((m, K)).astype(np.float32)
+    b = rng.standard_normal(R).astype(np.float32)
+    got = C.ops.bf16_linear(x, w, b, levels=1)
+    wf = bf16_to_f32(w).astype(np.float64)
+    scale = np.abs(x.astype(np.float64)) @ np.abs(wf).T
+    if simd == "avx512bf16":
+        xb = bf16_to_f32(f32_to_bf16(x)).astype(np.float64)
+        assert np.all(np.abs(got - (x.astype(np.float64) @ wf.T + b)) <= 2.0 ** -9 * scale + 1e-6)
+        emu = xb @ wf.T + b
+        assert np.all(np.abs(got - emu) <= f32_bound(K) * (scale + np.abs(b))), simd
+        assert not np.array_equal(got, C.ops.bf16_linear(x, w, b))  # the one-level code ran
+    else:
+        assert np.array_equal(got, C.ops.bf16_linear(x, w, b)), simd
+    if m > 1:  # decode and prefill tiles: the same bits
+        rows = np.concatenate([C.ops.bf16_linear(x[i:i + 1], w, b, levels=1) for i in range(m)])
+        assert np.array_equal(rows, got), simd
+
+
 def test_bf16_linear_strided_rows():
     # rows of a fused tensor (the original layout's QKV) are a strided view
     rng = np.random.default_rng(0)

@@ -318,10 +318,10 @@ class CpuBackend final : public Backend {
     const size_t ldw = W.row_stride_bytes / 2;
     const float* xp = nullptr;
     if (cpu::bf16_wants_pair_order()) {  // 64-byte aligned: the AVX-512 loads stay in one line
-      grow(xpair_, cpu::bf16_pair_order_floats(n, K) + 16);
+      grow(xpair_, cpu::bf16_pair_order_floats(n, K, levels_) + 16);
       float* a = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(xpair_.data()) + 63) &
                                           ~uintptr_t(63));
-      cpu::bf16_pair_order(x, n, K, a);
+      cpu::bf16_pair_order(x, n, K, a, levels_);
       xp = a;
     }
     // At the amx level a long prompt's products go 64 tokens at a time, so that a band's tokens
@@ -330,7 +330,7 @@ class CpuBackend final : public Backend {
     const int tb = cpu::active_isa() >= cpu::Isa::Amx ? kAmxTokenBlock : n;
     for (int t0 = 0; t0 < n; t0 += tb)
       linear_tokens(w, ldw, R, K, x + size_t(t0) * K,
-                    xp ? xp + cpu::bf16_pair_order_floats(t0, K) : nullptr, std::min(tb, n - t0),
+                    xp ? xp + cpu::bf16_pair_order_floats(t0, K, levels_) : nullptr, std::min(tb, n - t0),
                     bias, out + size_t(t0) * ldo, ldo);
   }
 
@@ -368,7 +368,7 @@ class CpuBackend final : public Backend {
   void linear_tokens(const uint16_t* w, size_t ldw, int R, int K, const float* x,
                      const float* xp, int n, const float* bias, float* out, int ldo) {
     run_bands(R, K, n, [&](int r0, int r1) {
-      cpu::bf16w_gemm_rows(w, ldw, r0, r1, x, xp, n, K, bias, out, ldo);
+      cpu::bf16w_gemm_rows(w, ldw, r0, r1, x, xp, n, K, bias, out, ldo, levels_);
     });
   }
 

@@ -19,6 +19,14 @@ bf16_rne_avx512(__m512 v) {
   return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
 }
 
+// n floats (a multiple of 16) to their bf16 bits, as bf16_rne_avx512
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline void bf16_round_avx512(
+    const float* x, size_t n, uint16_t* out) {
+  for (size_t i = 0; i < n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtepi32_epi16(bf16_rne_avx512(_mm512_loadu_ps(x + i))));
+}
+
 }  // namespace cpu
 }  // namespace gptoss
 #endif

@@ -110,6 +110,68 @@ GPTOSS_AVX512 static void bf16w_gemm_rows_avx512(const uint16_t* W, size_t ldw, 
   }
 }
 
+// One activation level (activation_levels=1) at the avx512bf16 level: x rounded to bf16 (an error
+// below 2^-9 of each value, within the int8 expert activations' 1/254 of their block maximum) and
+// the products on vdpbf16ps, 32 weights against 32 activations in one instruction where the
+// float32 code takes two FMAs and the widening: twice the rate at prefill. x is prepared once
+// per product in K order (bf16_pair_order with levels 1). Decode takes one row at a time, as
+// above; prefill tiles 4 rows x 4 tokens. Each accumulator sees the same instructions in the
+// same order whatever the tile, so decode and prefill give the same bits.
+#define GPTOSS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+template <int RB, int TB>
+GPTOSS_AVX512_BF16 static void bf16x_tile_avx512(const uint16_t* W, size_t ldw, int r,
+                                                 const uint16_t* xb, int t0, int K,
+                                                 const float* bias, float* out, int ldo) {
+  __m512 acc[RB][TB];
+  for (int i = 0; i < RB; ++i)
+    for (int t = 0; t < TB; ++t) acc[i][t] = _mm512_setzero_ps();
+  const int k32 = K / 32 * 32;
+  for (int k = 0; k < k32; k += 32) {
+    __m512bh w[RB];
+    for (int i = 0; i < RB; ++i)
+      w[i] = (__m512bh)_mm512_loadu_si512(W + size_t(r + i) * ldw + k);
+    for (int t = 0; t < TB; ++t) {
+      const __m512bh x = (__m512bh)_mm512_loadu_si512(xb + size_t(t0 + t) * K + k);
+      for (int i = 0; i < RB; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], w[i], x);
+    }
+  }
+  for (int i = 0; i < RB; ++i) {
+    const uint16_t* wr = W + size_t(r + i) * ldw;
+    for (int t = 0; t < TB; ++t) {
+      const uint16_t* xt = xb + size_t(t0 + t) * K;
+      float sum = _mm512_reduce_add_ps(acc[i][t]);
+      for (int kk = k32; kk < K; ++kk) sum += bf16_to_f32(wr[kk]) * bf16_to_f32(xt[kk]);
+      out[size_t(t0 + t) * ldo + r + i] = sum + (bias ? bias[r + i] : 0.f);
+    }
+  }
+}
+
+template <int TB>
+GPTOSS_AVX512_BF16 static void bf16x_tokens_avx512(const uint16_t* W, size_t ldw, int r0, int r1,
+                                                   const uint16_t* xb, int t, int K,
+                                                   const float* bias, float* out, int ldo) {
+  int r = r0;
+  for (; r + 4 <= r1; r += 4) bf16x_tile_avx512<4, TB>(W, ldw, r, xb, t, K, bias, out, ldo);
+  for (; r < r1; ++r) bf16x_tile_avx512<1, TB>(W, ldw, r, xb, t, K, bias, out, ldo);
+}
+
+GPTOSS_AVX512_BF16 static void bf16x_gemm_rows_avx512(const uint16_t* W, size_t ldw, int r0,
+                                                      int r1, const uint16_t* xb, int m, int K,
+                                                      const float* bias, float* out, int ldo) {
+  if (m == 1) {
+    for (int r = r0; r < r1; ++r) bf16x_tile_avx512<1, 1>(W, ldw, r, xb, 0, K, bias, out, ldo);
+    return;
+  }
+  int t = 0;
+  for (; t + 4 <= m; t += 4) bf16x_tokens_avx512<4>(W, ldw, r0, r1, xb, t, K, bias, out, ldo);
+  switch (m - t) {
+    case 3: return bf16x_tokens_avx512<3>(W, ldw, r0, r1, xb, t, K, bias, out, ldo);
+    case 2: return bf16x_tokens_avx512<2>(W, ldw, r0, r1, xb, t, K, bias, out, ldo);
+    case 1: return bf16x_tokens_avx512<1>(W, ldw, r0, r1, xb, t, K, bias, out, ldo);
+    default: return;
+  }
+}
+
 GPTOSS_AVX2 static inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -336,6 +398,9 @@ static bool bf16_amx_active() {
 #endif
 }
 
+// the one-level code (bf16 activations on vdpbf16ps) serves this call
+static bool bf16_x_active(int levels) { return levels == 1 && active_isa() == Isa::Avx512Bf16; }
+
 bool bf16_wants_pair_order() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   return active_isa() >= Isa::Avx2;  // every SIMD level (AVX2, AVX-512, AMX) reads prepared x
@@ -344,11 +409,21 @@ bool bf16_wants_pair_order() {
 #endif
 }
 
-size_t bf16_pair_order_floats(int m, int K) {
+size_t bf16_pair_order_floats(int m, int K, int levels) {
+  if (bf16_x_active(levels)) return (size_t(m) * size_t(K) + 1) / 2;
   return bf16_amx_active() ? size_t(m) * size_t((K + 31) / 32) * 32 : size_t(m) * size_t(K);
 }
 
-void bf16_pair_order(const float* x, int m, int K, float* out) {
+void bf16_pair_order(const float* x, int m, int K, float* out, int levels) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (bf16_x_active(levels)) {  // bf16(x) in K order
+    uint16_t* o = reinterpret_cast<uint16_t*>(out);
+    const size_t n = size_t(m) * size_t(K), n16 = n / 16 * 16;
+    bf16_round_avx512(x, n16, o);
+    for (size_t i = n16; i < n; ++i) o[i] = f32_to_bf16(x[i]);
+    return;
+  }
+#endif
 #if defined(GPTOSS_HAVE_AMX_BF16)
   if (bf16_amx_active()) {
     bf16_amx_prepare(x, m, K, reinterpret_cast<uint16_t*>(out));
@@ -369,9 +444,15 @@ void bf16_pair_order(const float* x, int m, int K, float* out) {
 }
 
 void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x,
-                     const float* xpair, int m, int K, const float* bias, float* out, int ldo) {
+                     const float* xpair, int m, int K, const float* bias, float* out, int ldo,
+                     int levels) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const Isa isa = active_isa();
+  if (bf16_x_active(levels)) {
+    GPTOSS_CHECK(xpair != nullptr, "bf16w_gemm_rows: the one-level kernel needs x as bf16 (bf16_pair_order)");
+    return bf16x_gemm_rows_avx512(W, ldw, r0, r1, reinterpret_cast<const uint16_t*>(xpair), m, K,
+                                  bias, out, ldo);
+  }
 #if defined(GPTOSS_HAVE_AMX_BF16)
   if (isa >= Isa::Amx) {
     GPTOSS_CHECK(xpair != nullptr, "bf16w_gemm_rows: the AMX kernel needs x prepared (bf16_pair_order)");

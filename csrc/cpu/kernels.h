@@ -143,13 +143,17 @@ void q8w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16A
 // the even then the odd ones (the tail past the last whole run in place), prepared by
 // bf16_pair_order. bf16_wants_pair_order(): whether the active level reads xpair (callers
 // arrange x once per product, not per band of rows).
+// levels: the activation levels (activation_levels): with 1 at the avx512bf16 level x is taken
+// as bf16 (prepared by bf16_pair_order with the same levels) on vdpbf16ps.
 void bf16w_gemm_rows(const uint16_t* W, size_t ldw, int r0, int r1, const float* x,
-                     const float* xpair, int m, int K, const float* bias, float* out, int ldo);
+                     const float* xpair, int m, int K, const float* bias, float* out, int ldo,
+                     int levels = 2);
 // At the amx level the prepared x is the AMX kernel's (gemm_bf16.cpp): two bf16 terms per value
-// in tile order, bf16_pair_order_floats(m, K) floats of it.
+// in tile order, bf16_pair_order_floats(m, K) floats of it; with levels 1 at the avx512bf16
+// level bf16(x) in K order.
 bool bf16_wants_pair_order();
-size_t bf16_pair_order_floats(int m, int K);
-void bf16_pair_order(const float* x, int m, int K, float* out);
+size_t bf16_pair_order_floats(int m, int K, int levels = 2);
+void bf16_pair_order(const float* x, int m, int K, float* out, int levels = 2);
 
 // ------------------------------------------------------------------------------------ small ops
 // out [n, H] = x * rsqrt(mean(x^2) + eps) * w

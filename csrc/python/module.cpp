@@ -109,7 +109,8 @@ Tensor tensor_of(const py::array& a, DType dt, const char* name) {
 }
 
 py::array_t<float> op_bf16_linear(const py::array& x_in, const py::array& w_in,
-                                  const py::object& bias_in) {
+                                  const py::object& bias_in, int levels) {
+  need(levels == 1 || levels == 2, "levels must be 1 or 2");
   auto w = need_array<uint16_t>(w_in, "w (bf16 bits as uint16)", {-1, -1});
   const py::ssize_t R = w.shape(0), K = w.shape(1);
   auto x = f32(x_in, "x", {-1, K});
@@ -117,7 +118,7 @@ py::array_t<float> op_bf16_linear(const py::array& x_in, const py::array& w_in,
   if (!bias_in.is_none()) bias = f32(bias_in.cast<py::array>(), "bias", {R});
   const int m = int(x.shape(0));
   py::array_t<float> out({py::ssize_t(m), R});
-  auto be = make_cpu_backend(2);
+  auto be = make_cpu_backend(levels);
   Tensor W = tensor_of(w, DType::BF16, "w");
   const float* b = bias_in.is_none() ? nullptr : bias.data();
   const float* xp = x.data();
@@ -594,7 +595,9 @@ PYBIND11_MODULE(_C, m) {
   ops.def("mxfp4_dequantize", &mxfp4_dequantize, py::arg("blocks"), py::arg("scales"),
           "blocks [..., nb, 16] uint8, scales [..., nb] uint8 -> float32 [..., nb * 32]");
   ops.def("bf16_linear", &op_bf16_linear, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
-          "x [m, K] float32, w [R, K] bf16 bits (uint16), bias [R] or None -> [m, R] = x @ w.T + bias");
+          py::arg("levels") = 2,
+          "x [m, K] float32, w [R, K] bf16 bits (uint16), bias [R] or None -> [m, R] = x @ w.T + "
+          "bias; levels=1: the engine's activation_levels=1 (x as bf16 at the avx512bf16 level)");
   ops.def("mxfp4_linear", &op_mxfp4_linear, py::arg("x"), py::arg("blocks"), py::arg("scales"),
           py::arg("bias") = py::none(), py::arg("levels") = 2,
           "x [m, K] float32, blocks [R, K/32, 16] u8, scales [R, K/32] u8 -> [m, R]; activations are "
