@@ -202,7 +202,8 @@ void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVView
 void attention(const float* q, int n, int ldq, const int32_t* qpos, const KVViewBf16* kv, int Hq,
                int Hkv, int d, int window, const float* sinks, float* out);
 
-// Measured read bandwidth of this machine in GB/s (all threads stream a buffer of `bytes`).
+// Measured read bandwidth of this machine in GB/s: all threads stream a buffer of `bytes`
+// (transparent huge pages where the kernel gives them), the best of `repeats` passes.
 double read_bandwidth_gbs(size_t bytes, int repeats);
 
 }  // namespace cpu
