@@ -795,6 +795,14 @@ GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t
 // vpdpbusd(u, hi) and vpdpbusd(lo, u) (u fits a signed byte) give the two exact sums, and
 // 256 * S_hi + S_lo is the block sum S: 2 unpacks and 4 vpdpbusd a chunk where the int16 lanes
 // take 4 unpacks and 4 vpdpwssd, at one token most of the work. The same integers again.
+// acc += the dot products of w with the 32-bit word at p broadcast (vpdpbusd: w unsigned bytes,
+// the word's four signed; vpdpwssd: int16 pairs), the broadcast folded into the instruction. In
+// asm so that the accumulator stays in its register: the intrinsics' separate result made GCC
+// copy every accumulator twice around each instruction (2026-12-04, r16_panel_tile<8, true>).
+#define GPTOSS_DP_BCAST(op, acc, w, p)                                          \
+  __asm__(op " %[x]%{1to16%}, %[wv], %[a]"                                      \
+          : [a] "+v"(acc)                                                       \
+          : [wv] "v"(w), [x] "m"(*reinterpret_cast<const int32_t*>(p)))
 #define GPTOSS_AVX512_VNNI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")))
 GPTOSS_AVX512_VNNI static void r16_tile2_vnni_1tok(const uint8_t* pk0, const uint8_t* pk1, int nb,
@@ -853,23 +861,19 @@ GPTOSS_AVX512_VNNI static void r16_tile2_vnni(const uint8_t* pk0, const uint8_t*
       if constexpr (Q8) {
         const __m512i pa = _mm512_unpacklo_epi16(lo, hi), pb = _mm512_unpackhi_epi16(lo, hi);
         for (int t = 0; t < T; ++t) {
-          int32_t x4;
-          std::memcpy(&x4, xq + size_t(t0 + t) * xs + size_t(b) * 64 + 8 * c + 2, 4);
-          const __m512i x = _mm512_set1_epi32(x4);
-          aa[t] = _mm512_dpbusd_epi32(aa[t], pa, x);
-          ab[t] = _mm512_dpbusd_epi32(ab[t], pb, x);
+          const uint8_t* xp = xq + size_t(t0 + t) * xs + size_t(b) * 64 + 8 * c + 2;
+          GPTOSS_DP_BCAST("vpdpbusd", aa[t], pa, xp);
+          GPTOSS_DP_BCAST("vpdpbusd", ab[t], pb, xp);
         }
       } else {
         const __m512i la = _mm512_unpacklo_epi8(lo, zero), lb = _mm512_unpackhi_epi8(lo, zero);
         const __m512i ha = _mm512_unpacklo_epi8(hi, zero), hb = _mm512_unpackhi_epi8(hi, zero);
         for (int t = 0; t < T; ++t) {
           const uint8_t* xp = xq + size_t(t0 + t) * xs + size_t(b) * 64 + 8 * c;
-          int32_t pl, ph;
-          std::memcpy(&pl, xp, 4);
-          std::memcpy(&ph, xp + 4, 4);
-          const __m512i xl = _mm512_set1_epi32(pl), xh = _mm512_set1_epi32(ph);
-          aa[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(aa[t], la, xl), ha, xh);
-          ab[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(ab[t], lb, xl), hb, xh);
+          GPTOSS_DP_BCAST("vpdpwssd", aa[t], la, xp);
+          GPTOSS_DP_BCAST("vpdpwssd", aa[t], ha, xp + 4);
+          GPTOSS_DP_BCAST("vpdpwssd", ab[t], lb, xp);
+          GPTOSS_DP_BCAST("vpdpwssd", ab[t], hb, xp + 4);
         }
       }
     }
@@ -890,14 +894,6 @@ GPTOSS_AVX512_VNNI static void r16_tile2_vnni(const uint8_t* pk0, const uint8_t*
 // fma(S, scale * step, f) in block order, so the bits are the tile's. They wait in memory
 // between blocks (one load and store per block and token against 64 or 128 dot products), so
 // the registers hold the 16 block sums, the decoded chunk and the activations without spills.
-// acc += the dot products of w with the 32-bit word at p broadcast (vpdpbusd: w unsigned bytes,
-// the word's four signed; vpdpwssd: int16 pairs), the broadcast folded into the instruction. In
-// asm so that the accumulator stays in its register: the intrinsics' separate result made GCC
-// copy every accumulator twice around each instruction (2026-12-04, r16_panel_tile<8, true>).
-#define GPTOSS_DP_BCAST(op, acc, w, p)                                          \
-  __asm__(op " %[x]%{1to16%}, %[wv], %[a]"                                      \
-          : [a] "+v"(acc)                                                       \
-          : [wv] "v"(w), [x] "m"(*reinterpret_cast<const int32_t*>(p)))
 constexpr int kPanelBlocks = 8;   // 16 KB of decoded int16 codes (8 KB int8)
 constexpr int kPanelTokens = 128;  // tokens whose float accumulators wait at once (16 KB)
 
