@@ -370,7 +370,7 @@ GPTOSS_AVX2_FMA __attribute__((always_inline)) static inline void r16_store_avx2
 // the rows' int32 lanes in the order of the int16 code. So the block sum is the same exact
 // integer the plain code computes, and the float steps after it are the int16 code's.
 template <int T, bool Q8>
-GPTOSS_AVX2_FMA static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Act& q, int t0,
+GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Act& q, int t0,
                                           float* f) {
   const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
   const __m256i low4 = _mm256_set1_epi8(0x0f);
@@ -618,7 +618,7 @@ GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_panel_tile_avx2(
 }
 
 // group g (pk) against tokens [0, m) through decoded panels, plus the bias, into out (rows of it)
-GPTOSS_AVX2_FMA static void r16_group_panels_avx2(const uint8_t* pk, int nb, const Q16Act& q, int m,
+GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_group_panels_avx2(const uint8_t* pk, int nb, const Q16Act& q, int m,
                                                   const float* bias, int rows, float* out,
                                                   size_t ldo) {
   alignas(32) __m256i wd[kPanelBlocks2 * 8 * 4];
@@ -657,16 +657,18 @@ GPTOSS_AVX2_FMA static void r16_rows_avx2(const uint8_t* packed, int nb, int r0,
                                           const Q16Act& q, int m, const float* bias, float* out,
                                           int ldo) {
   constexpr int TM = 4;  // tokens a tile (both codes; 1-3 measured no faster for the int8 one)
-  alignas(32) float f[TM * 16];
   const bool vnni = active_isa() == Isa::Avx2Vnni;
+  if (!vnni && q.levels == 2 && m > 2 * TM && q.ms) {  // prefill: the decoded panels
+    for (int g = r0 / kR16; g * kR16 < r1; ++g)
+      r16_group_panels_avx2(packed + size_t(g) * nb * kR16RecordBytes, nb, q, m,
+                            bias ? bias + size_t(g) * kR16 : nullptr,
+                            std::min(kR16, r1 - g * kR16), out + size_t(g) * kR16, size_t(ldo));
+    return;
+  }
+  alignas(32) float f[TM * 16];
   for (int g = r0 / kR16; g * kR16 < r1; ++g) {
     const uint8_t* pk = packed + size_t(g) * nb * kR16RecordBytes;
     const int rows = std::min(kR16, r1 - g * kR16);
-    if (!vnni && q.levels == 2 && m > 2 * TM && q.ms) {
-      r16_group_panels_avx2(pk, nb, q, m, bias ? bias + size_t(g) * kR16 : nullptr, rows,
-                            out + size_t(g) * kR16, size_t(ldo));
-      continue;
-    }
     for (int t = 0; t < m;) {
       const int T = std::min(TM, m - t);
       if (vnni) {
@@ -978,7 +980,7 @@ GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_panel_tile(const __
 // Groups g, g + 1 (pk0, pk1) against tokens [0, m) through decoded panels, plus the bias (b0v,
 // b1v), into out (the rows of the second group that exist: mask m1).
 template <bool Q8>
-GPTOSS_AVX512_VNNI static void r16_pair_panels(const uint8_t* pk0, const uint8_t* pk1, int nb,
+GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_pair_panels(const uint8_t* pk0, const uint8_t* pk1, int nb,
                                                const Q16Act& q, int m, __m512 b0v, __m512 b1v,
                                                __mmask16 m1, float* out, size_t ldo) {
   constexpr int kTM = 8;
