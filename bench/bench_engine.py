@@ -82,7 +82,8 @@ def main():
     p.add_argument("--repeats", type=int, default=1, help="prefill repeats (median)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--activation-levels", type=int, default=None,
-                   help="C++ engine: 2 (float32-class, default) or 1 (int8 activations)")
+                   help="C++ engine: 2 (float32-class, default) or 1 (int8 activations "
+                        "for the experts; bf16 for the dense products at avx512bf16)")
     p.add_argument("--batch", type=int, default=0,
                    help="C++ engine: also time decode steps of this many sequences at once")
     p.add_argument("--simd", default=None,

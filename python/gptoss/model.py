@@ -89,7 +89,8 @@ class Model:
         backend: "auto" (fastest available), "cuda", "cpu" or "numpy".
         threads: CPU threads for the C++ engine (default: all cores).
         activation_levels: 2 (default, float32-class accuracy) or 1 (int8 activations for the
-        MXFP4 experts: faster prefill, ~0.5% error per product) for the C++ CPU engine.
+        MXFP4 experts, and at the avx512bf16 level bf16 activations for the dense products:
+        faster prefill, ~0.5% error per product) for the C++ CPU engine.
         prefix_cache_gb: the C++ engines' prefix cache (default 2 GB of idle cached KV pages; 0
         turns it off): a prompt that starts like an earlier one reuses its KV pages.
         repack: the C++ CPU engine's MXFP4 experts at every SIMD level (AVX2, AVX-512, AMX), whose

@@ -59,7 +59,9 @@ struct Options {
   int num_threads = 0;      // 0: all cores (OpenMP default)
   // How the CPU backend quantizes activations for the MXFP4 expert products: 2 (default) keeps
   // float32-class accuracy (error ~2^-16 of each 32-block's maximum); 1 is plain int8 per block
-  // (error up to 1/254 of the maximum, as other CPU engines do), faster where compute-bound.
+  // (error up to 1/254 of the maximum, as other CPU engines do), faster where compute-bound;
+  // at the avx512bf16 level 1 also takes the bf16 dense products' activations as bf16
+  // (vdpbf16ps; error below 2^-9 of each value).
   int activation_levels = 2;
   // Benchmarking only: device 'cuda' makes every matrix it would copy from the checkpoint
   // (embedding, unembedding, projections, router, MXFP4 experts) as seeded random values in
