@@ -330,8 +330,8 @@ class CpuBackend final : public Backend {
     const int tb = cpu::active_isa() >= cpu::Isa::Amx ? kAmxTokenBlock : n;
     for (int t0 = 0; t0 < n; t0 += tb)
       linear_tokens(w, ldw, R, K, x + size_t(t0) * K,
-                    xp ? xp + cpu::bf16_pair_order_floats(t0, K, levels_) : nullptr, std::min(tb, n - t0),
-                    bias, out + size_t(t0) * ldo, ldo);
+                    xp ? xp + cpu::bf16_pair_order_floats(t0, K, levels_) : nullptr,
+                    std::min(tb, n - t0), bias, out + size_t(t0) * ldo, ldo);
   }
 
   // The int8 dense product: x quantized to int16 per 32-block (Q16Act, the exact code: no
@@ -339,8 +339,7 @@ class CpuBackend final : public Backend {
   void linear_q8(const float* x, int n, const uint8_t* packed, int R, int K, const float* bias,
                  float* out, int ldo) {
     grow(qwsd_, cpu::Q16Act::bytes(n, K));
-    cpu::Q16Act q = cpu::Q16Act::carve(qwsd_.data(), n, K, 2);
-    q.exact = true;
+    const cpu::Q16Act q = cpu::Q16Act::carve(qwsd_.data(), n, K, 2, true);
     cpu::q16_quantize(x, n, K, q);
     const int nb = K / 32;
     run_bands(R, K, n, [&](int r0, int r1) {
@@ -550,8 +549,7 @@ class CpuBackend final : public Backend {
         int(P.w1.size()), w1_bias, w2_bias, A, H, I, alpha, limit,
         [&](const float* x, int m, int K, std::vector<uint8_t>& ws) {
           grow(ws, cpu::Q16Act::bytes(m, K));
-          cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels_);
-          q.exact = invariant_;
+          const cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels_, invariant_, true);
           quantize16(x, m, K, q);
           return q;
         },

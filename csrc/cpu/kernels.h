@@ -84,15 +84,17 @@ struct Q16Act {
   // AMX-BF16 tiles' A rows)
   uint16_t* xh = nullptr;
   uint16_t* xl = nullptr;
-  // At the AVX2 levels and up and more than 8 tokens (prefill), the same q, corr and step again
-  // block-major for the panel kernels: qb [nb][ms][64 bytes], corrb and stepb [nb][ms], so the
-  // tokens of a tile are one pointer and constant offsets apart (ms = 0: not made)
+  // Where mf4w_r16_gemm_rows's prefill panels run (carve with r16, more than 8 tokens), the
+  // same q, corr and step again block-major: qb [nb][ms][64 bytes], corrb and stepb [nb][ms], so
+  // the tokens of a tile are one pointer and constant offsets apart (ms = 0: not made)
   int ms = 0;
   uint8_t* qb = nullptr;
   int32_t* corrb = nullptr;
   float* stepb = nullptr;
   static size_t bytes(int m, int K);
-  static Q16Act carve(void* workspace, int m, int K, int levels = 2);
+  // r16: the activations of mf4w_r16_gemm_rows (then the block-major copies where it reads them)
+  static Q16Act carve(void* workspace, int m, int K, int levels = 2, bool exact = false,
+                      bool r16 = false);
   // the same workspace from token row `off` on
   Q16Act from_row(int off) const {
     Q16Act r = *this;

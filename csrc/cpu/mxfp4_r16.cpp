@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/numeric.h"
@@ -102,21 +103,14 @@ size_t Q16Act::bytes(int m, int K) {
          size_t(m) * nb * (64 + 4 + 4) + 8 * 64;
 }
 
-// whether carve makes the block-major copies (the panel kernels' prefill input: AVX2 and AVX-512 VNNI)
-static bool q16_block_major(int m) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  return m > 8 && active_isa() >= Isa::Avx2;
-#else
-  (void)m;
-  return false;
-#endif
-}
+static bool r16_panels_run(int m, int levels, bool exact);
 
-Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
+Q16Act Q16Act::carve(void* ws, int m, int K, int levels, bool exact, bool r16) {
   GPTOSS_CHECK(levels == 1 || levels == 2, "Q16Act: levels = " << levels << ": must be 1 or 2");
   Q16Act q;
   q.nb = K / 32;
   q.levels = levels;
+  q.exact = exact;
   const size_t nb = size_t(q.nb);
   uint8_t* p = static_cast<uint8_t*>(ws);
   auto align = [](uint8_t* x) {
@@ -137,7 +131,7 @@ Q16Act Q16Act::carve(void* ws, int m, int K, int levels) {
   p = align(p + size_t(m + 15) * nb * 64);
   q.xl = reinterpret_cast<uint16_t*>(p);
   p = align(p + size_t(m + 15) * nb * 64);
-  if (q16_block_major(m)) {
+  if (r16 && r16_panels_run(m, levels, exact)) {
     q.ms = m;
     q.qb = p;
     p = align(p + size_t(m) * nb * 64);
@@ -370,8 +364,9 @@ GPTOSS_AVX2_FMA __attribute__((always_inline)) static inline void r16_store_avx2
 // the rows' int32 lanes in the order of the int16 code. So the block sum is the same exact
 // integer the plain code computes, and the float steps after it are the int16 code's.
 template <int T, bool Q8>
-GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_tile_avx2(const uint8_t* pk, int nb, const Q16Act& q, int t0,
-                                          float* f) {
+GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_tile_avx2(const uint8_t* pk, int nb,
+                                                                    const Q16Act& q, int t0,
+                                                                    float* f) {
   const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kU8)));
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
@@ -535,6 +530,15 @@ GPTOSS_AVX2_VNNI static void r16_tile_avxvnni_n(int T, const uint8_t* pk, int nb
   }
 }
 
+// f(std::integral_constant<int, n>{}) for 1 <= n <= N: a tile of n tokens as a compile-time size
+template <int N, class F>
+inline void with_tokens(int n, F&& f) {
+  if constexpr (N > 1) {
+    if (n < N) return with_tokens<N - 1>(n, f);
+  }
+  f(std::integral_constant<int, N>{});
+}
+
 // More tokens than one tile (prefill), int16 code without AVX-VNNI: as the AVX-512 VNNI panels
 // below (r16_pair_panels): the codes of kPanelBlocks2 blocks decoded once into an L1-resident
 // buffer (la, lb, ha, hb of each chunk) that every tile of T2 tokens then reads, the activations
@@ -618,9 +622,9 @@ GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_panel_tile_avx2(
 }
 
 // group g (pk) against tokens [0, m) through decoded panels, plus the bias, into out (rows of it)
-GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_group_panels_avx2(const uint8_t* pk, int nb, const Q16Act& q, int m,
-                                                  const float* bias, int rows, float* out,
-                                                  size_t ldo) {
+GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_group_panels_avx2(
+    const uint8_t* pk, int nb, const Q16Act& q, int m, const float* bias, int rows, float* out,
+    size_t ldo) {
   alignas(32) __m256i wd[kPanelBlocks2 * 8 * 4];
   alignas(32) __m256 sc[kPanelBlocks2 * 2];
   alignas(32) float f[kPanelTokens2 * 16];
@@ -632,13 +636,9 @@ GPTOSS_AVX2_FMA __attribute__((noinline)) static void r16_group_panels_avx2(cons
       r16_panel_decode_avx2(pk, b0, nbp, wd, sc);
       for (int t = 0; t < mt;) {
         const int T = std::min(kT2, mt - t);
-        float* ft = f + 16 * t;
-        switch (T) {
-          case 4: r16_panel_tile_avx2<4>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 3: r16_panel_tile_avx2<3>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 2: r16_panel_tile_avx2<2>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          default: r16_panel_tile_avx2<1>(wd, sc, b0, nbp, q, ts + t, ft); break;
-        }
+        with_tokens<kT2>(T, [&](auto n) {
+          r16_panel_tile_avx2<decltype(n)::value>(wd, sc, b0, nbp, q, ts + t, f + 16 * t);
+        });
         t += T;
       }
     }
@@ -785,6 +785,15 @@ GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t
   }
 }
 
+// acc += the dot products of w with the 32-bit word at p broadcast (vpdpbusd: w unsigned bytes,
+// the word's four signed; vpdpwssd: int16 pairs), the broadcast folded into the instruction. In
+// asm so that the accumulator stays in its register: the intrinsics' separate result made GCC
+// copy every accumulator twice around each instruction (2026-12-04, r16_panel_tile<8, true>).
+#define GPTOSS_DP_BCAST(op, acc, w, p)                                          \
+  __asm__(op " %[x]%{1to16%}, %[wv], %[a]"                                      \
+          : [a] "+v"(acc)                                                       \
+          : [wv] "v"(w), [x] "m"(*reinterpret_cast<const int32_t*>(p)))
+
 // With VNNI (the avx512 level and up): vpdpwssd does the int16 code's vpmaddwd and add in one,
 // the same integers. And the int8 activations (levels 1) get a tile of their own: unpacking the
 // lo and hi code bytes by 16 bits puts each row's four u of chunk c in one 32-bit lane, in the
@@ -797,14 +806,6 @@ GPTOSS_AVX512_R16 static void r16_tile2_avx512(const uint8_t* pk0, const uint8_t
 // vpdpbusd(u, hi) and vpdpbusd(lo, u) (u fits a signed byte) give the two exact sums, and
 // 256 * S_hi + S_lo is the block sum S: 2 unpacks and 4 vpdpbusd a chunk where the int16 lanes
 // take 4 unpacks and 4 vpdpwssd, at one token most of the work. The same integers again.
-// acc += the dot products of w with the 32-bit word at p broadcast (vpdpbusd: w unsigned bytes,
-// the word's four signed; vpdpwssd: int16 pairs), the broadcast folded into the instruction. In
-// asm so that the accumulator stays in its register: the intrinsics' separate result made GCC
-// copy every accumulator twice around each instruction (2026-12-04, r16_panel_tile<8, true>).
-#define GPTOSS_DP_BCAST(op, acc, w, p)                                          \
-  __asm__(op " %[x]%{1to16%}, %[wv], %[a]"                                      \
-          : [a] "+v"(acc)                                                       \
-          : [wv] "v"(w), [x] "m"(*reinterpret_cast<const int32_t*>(p)))
 #define GPTOSS_AVX512_VNNI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma")))
 GPTOSS_AVX512_VNNI static void r16_tile2_vnni_1tok(const uint8_t* pk0, const uint8_t* pk1, int nb,
@@ -932,8 +933,8 @@ GPTOSS_AVX512_VNNI static void r16_panel_decode(const uint8_t* pk0, const uint8_
 // T tokens from t0 over a decoded panel (blocks b0 .. b0 + nbp); f: [T][2][16] floats in the
 // lanes of aa, ab
 template <int T, bool Q8>
-GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_panel_tile(const __m512i* wd, const __m512* sc, int b0, int nbp,
-                                              const Q16Act& q, int t0, float* f) {
+GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_panel_tile(
+    const __m512i* wd, const __m512* sc, int b0, int nbp, const Q16Act& q, int t0, float* f) {
   const size_t bs = size_t(q.ms);  // tokens a block of the block-major copies
   const uint8_t* xb = q.qb + (size_t(b0) * bs + size_t(t0)) * 64;
   const int32_t* cr = q.corrb + size_t(b0) * bs + size_t(t0);
@@ -980,9 +981,9 @@ GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_panel_tile(const __
 // Groups g, g + 1 (pk0, pk1) against tokens [0, m) through decoded panels, plus the bias (b0v,
 // b1v), into out (the rows of the second group that exist: mask m1).
 template <bool Q8>
-GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_pair_panels(const uint8_t* pk0, const uint8_t* pk1, int nb,
-                                               const Q16Act& q, int m, __m512 b0v, __m512 b1v,
-                                               __mmask16 m1, float* out, size_t ldo) {
+GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_pair_panels(
+    const uint8_t* pk0, const uint8_t* pk1, int nb, const Q16Act& q, int m, __m512 b0v,
+    __m512 b1v, __mmask16 m1, float* out, size_t ldo) {
   constexpr int kTM = 8;
   alignas(64) __m512i wd[kPanelBlocks * 8 * (Q8 ? 2 : 4)];
   alignas(64) __m512 sc[kPanelBlocks * 2];
@@ -996,17 +997,9 @@ GPTOSS_AVX512_VNNI __attribute__((noinline)) static void r16_pair_panels(const u
       r16_panel_decode<Q8>(pk0, pk1, b0, nbp, wd, sc);
       for (int t = 0; t < mt;) {
         const int T = std::min(kTM, mt - t);
-        float* ft = f + 32 * t;
-        switch (T) {
-          case 8: r16_panel_tile<8, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 7: r16_panel_tile<7, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 6: r16_panel_tile<6, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 5: r16_panel_tile<5, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 4: r16_panel_tile<4, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 3: r16_panel_tile<3, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          case 2: r16_panel_tile<2, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-          default: r16_panel_tile<1, Q8>(wd, sc, b0, nbp, q, ts + t, ft); break;
-        }
+        with_tokens<kTM>(T, [&](auto n) {
+          r16_panel_tile<decltype(n)::value, Q8>(wd, sc, b0, nbp, q, ts + t, f + 32 * t);
+        });
         t += T;
       }
     }
@@ -1262,6 +1255,28 @@ void mf4w_r16_gemm_rows(const uint8_t* packed, int nb, int r0, int r1, const Q16
   }
 #endif
   r16_rows_plain(packed, nb, r0, r1, q, m, bias, out, ldo);
+}
+
+// Whether mf4w_r16_gemm_rows takes the decoded panels (which read Q16Act's block-major copies)
+// for a call of m tokens: the AVX2 ones for the int16 code (also an AVX-512 call's odd last
+// group), the AVX-512 VNNI ones for both codes, and at the amx level only the exact code (the
+// AMX tiles take the others).
+static bool r16_panels_run(int m, int levels, bool exact) {
+  if (m <= 8) return false;
+  switch (active_isa()) {
+    case Isa::Amx:
+#if defined(GPTOSS_HAVE_AMX)
+      return exact;
+#else
+      (void)exact;
+      return true;
+#endif
+    case Isa::Avx512Bf16:
+    case Isa::Avx512: return true;
+    case Isa::Avx512Bw:
+    case Isa::Avx2: return levels == 2;
+    default: return false;
+  }
 }
 
 }  // namespace cpu

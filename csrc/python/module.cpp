@@ -201,8 +201,8 @@ py::array_t<float> packed_linear(const py::array& x_in, const py::array& packed_
   {
     py::gil_scoped_release nogil;
     std::vector<uint8_t> ws(cpu::Q16Act::bytes(m, K));
-    cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels);
-    q.exact = exact;
+    const cpu::Q16Act q = cpu::Q16Act::carve(ws.data(), m, K, levels, exact,
+                                             gemm_rows == &cpu::mf4w_r16_gemm_rows);
     cpu::q16_quantize(xp, m, K, q);
     const int band = 32, bands = (rows + band - 1) / band;
 #pragma omp parallel for schedule(static)
