@@ -8,6 +8,7 @@
 // streaming GEMV bound by memory bandwidth.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "common/numeric.h"
 #include "cpu/bf16_simd.h"
@@ -46,16 +47,30 @@ static void bf16w_gemm_rows_plain(const uint16_t* W, size_t ldw, int r0, int r1,
 // the 16 even then the 16 odd (the tail past the last whole 32 in place). One 64-byte load holds
 // 32 bf16 weights as 16 pairs; a 16-bit shift makes the even ones floats and a mask the odd ones
 // (two single-cycle operations per 32 weights, no lane crossing), and they meet the two halves of
-// the arranged x, both FMAs into the one accumulator of that row and token. Decode takes one row
-// at a time: each thread's band of rows is then one sequential stream, which on a Zen 4 read at
-// the bandwidth probe's rate where four rows interleaved (this kernel's earlier decode, and the
-// AVX2 code's) read 25-35% slower. Prefill tiles 4 rows x 4 tokens (16 accumulators, 4 weight
-// and 8 activation loads per 32 FMAs). Each accumulator sees the same operations in the same
-// order whatever the tile, so a row's result is the same bits at decode and at prefill.
+// the arranged x, both FMAs into the one accumulator of that row and token. Decode
+// (decode_rows_split) takes two rows at a time from the two halves of a band: two sequential
+// streams that never share a 4 KiB page, and two FMA chains. On a Zen 4 (2026-12-04) adjacent
+// rows interleaved (two or four: the AVX2 code's pattern) read 25-40% slower than one row at a
+// time, and one row at a time waits on its chain's FMA latency when memory is fast: with the
+// probe at 60-68 GB/s the unembedding read 46 GB/s one row at a time and 53-54 as two halves,
+// the 24 q_proj matrices 43-44 and 49-51; at 35 GB/s both read the same. Prefill tiles 4 rows x
+// 4 tokens (16 accumulators, 4 weight and 8 activation loads per 32 FMAs). Each accumulator sees
+// the same operations in the same order whatever the tile, so a row's result is the same bits at
+// decode and at prefill.
+// Decode's rows [r0, r1) as N parts of h = (r1 - r0) / N rows read side by side, rows (r, r + h,
+// ..., r + (N - 1) h), then the rows left over one at a time: the tile is called as tile(rows,
+// first row, row step) with rows a std::integral_constant.
+template <int N, class Tile>
+static inline void decode_rows_split(int r0, int r1, Tile&& tile) {
+  const int h = (r1 - r0) / N;
+  for (int r = r0; r < r0 + h; ++r) tile(std::integral_constant<int, N>(), r, h);
+  for (int r = r0 + N * h; r < r1; ++r) tile(std::integral_constant<int, 1>(), r, 1);
+}
+
 template <int RB, int TB>
 GPTOSS_AVX512 static void bf16w_tile_avx512(const uint16_t* W, size_t ldw, int r, const float* xp,
                                             int t0, int K, const float* bias, float* out,
-                                            int ldo) {
+                                            int ldo, int rstep = 1) {
   __m512 acc[RB][TB];
   for (int i = 0; i < RB; ++i)
     for (int t = 0; t < TB; ++t) acc[i][t] = _mm512_setzero_ps();
@@ -64,7 +79,7 @@ GPTOSS_AVX512 static void bf16w_tile_avx512(const uint16_t* W, size_t ldw, int r
   for (int k = 0; k < k32; k += 32) {
     __m512 we[RB], wo[RB];
     for (int i = 0; i < RB; ++i) {
-      const __m512i raw = _mm512_loadu_si512(W + size_t(r + i) * ldw + k);
+      const __m512i raw = _mm512_loadu_si512(W + size_t(r + i * rstep) * ldw + k);
       we[i] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
       wo[i] = _mm512_castsi512_ps(_mm512_and_si512(raw, hi));
     }
@@ -76,12 +91,12 @@ GPTOSS_AVX512 static void bf16w_tile_avx512(const uint16_t* W, size_t ldw, int r
     }
   }
   for (int i = 0; i < RB; ++i) {
-    const uint16_t* w = W + size_t(r + i) * ldw;
+    const uint16_t* w = W + size_t(r + i * rstep) * ldw;
     for (int t = 0; t < TB; ++t) {
       const float* xt = xp + size_t(t0 + t) * K;  // the tail past the last 32 is in place
       float sum = _mm512_reduce_add_ps(acc[i][t]);
       for (int kk = k32; kk < K; ++kk) sum += bf16_to_f32(w[kk]) * xt[kk];
-      out[size_t(t0 + t) * ldo + r + i] = sum + (bias ? bias[r + i] : 0.f);
+      out[size_t(t0 + t) * ldo + r + i * rstep] = sum + (bias ? bias[r + i * rstep] : 0.f);
     }
   }
 }
@@ -99,7 +114,10 @@ GPTOSS_AVX512 static void bf16w_tokens_avx512(const uint16_t* W, size_t ldw, int
 GPTOSS_AVX512 static void bf16w_gemm_rows_avx512(const uint16_t* W, size_t ldw, int r0, int r1,
                                                  const float* xp, int m, int K, const float* bias,
                                                  float* out, int ldo) {
-  if (m == 1) return bf16w_tokens_avx512<1, 1>(W, ldw, r0, r1, xp, 0, K, bias, out, ldo);
+  if (m == 1)
+    return decode_rows_split<2>(r0, r1, [&](auto rb, int r, int step) {
+      bf16w_tile_avx512<decltype(rb)::value, 1>(W, ldw, r, xp, 0, K, bias, out, ldo, step);
+    });
   int t = 0;
   for (; t + 4 <= m; t += 4) bf16w_tokens_avx512<4, 4>(W, ldw, r0, r1, xp, t, K, bias, out, ldo);
   switch (m - t) {
@@ -114,14 +132,15 @@ GPTOSS_AVX512 static void bf16w_gemm_rows_avx512(const uint16_t* W, size_t ldw, 
 // below 2^-9 of each value, within the int8 expert activations' 1/254 of their block maximum) and
 // the products on vdpbf16ps, 32 weights against 32 activations in one instruction where the
 // float32 code takes two FMAs and the widening: twice the rate at prefill. x is prepared once
-// per product in K order (bf16_pair_order with levels 1). Decode takes one row at a time, as
-// above; prefill tiles 4 rows x 4 tokens. Each accumulator sees the same instructions in the
+// per product in K order (bf16_pair_order with levels 1). Decode takes two rows from the two
+// halves of a band, as above; prefill tiles 4 rows x 4 tokens. Each accumulator sees the same instructions in the
 // same order whatever the tile, so decode and prefill give the same bits.
 #define GPTOSS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 template <int RB, int TB>
 GPTOSS_AVX512_BF16 static void bf16x_tile_avx512(const uint16_t* W, size_t ldw, int r,
                                                  const uint16_t* xb, int t0, int K,
-                                                 const float* bias, float* out, int ldo) {
+                                                 const float* bias, float* out, int ldo,
+                                                 int rstep = 1) {
   __m512 acc[RB][TB];
   for (int i = 0; i < RB; ++i)
     for (int t = 0; t < TB; ++t) acc[i][t] = _mm512_setzero_ps();
@@ -129,19 +148,19 @@ GPTOSS_AVX512_BF16 static void bf16x_tile_avx512(const uint16_t* W, size_t ldw, 
   for (int k = 0; k < k32; k += 32) {
     __m512bh w[RB];
     for (int i = 0; i < RB; ++i)
-      w[i] = (__m512bh)_mm512_loadu_si512(W + size_t(r + i) * ldw + k);
+      w[i] = (__m512bh)_mm512_loadu_si512(W + size_t(r + i * rstep) * ldw + k);
     for (int t = 0; t < TB; ++t) {
       const __m512bh x = (__m512bh)_mm512_loadu_si512(xb + size_t(t0 + t) * K + k);
       for (int i = 0; i < RB; ++i) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], w[i], x);
     }
   }
   for (int i = 0; i < RB; ++i) {
-    const uint16_t* wr = W + size_t(r + i) * ldw;
+    const uint16_t* wr = W + size_t(r + i * rstep) * ldw;
     for (int t = 0; t < TB; ++t) {
       const uint16_t* xt = xb + size_t(t0 + t) * K;
       float sum = _mm512_reduce_add_ps(acc[i][t]);
       for (int kk = k32; kk < K; ++kk) sum += bf16_to_f32(wr[kk]) * bf16_to_f32(xt[kk]);
-      out[size_t(t0 + t) * ldo + r + i] = sum + (bias ? bias[r + i] : 0.f);
+      out[size_t(t0 + t) * ldo + r + i * rstep] = sum + (bias ? bias[r + i * rstep] : 0.f);
     }
   }
 }
@@ -158,10 +177,10 @@ GPTOSS_AVX512_BF16 static void bf16x_tokens_avx512(const uint16_t* W, size_t ldw
 GPTOSS_AVX512_BF16 static void bf16x_gemm_rows_avx512(const uint16_t* W, size_t ldw, int r0,
                                                       int r1, const uint16_t* xb, int m, int K,
                                                       const float* bias, float* out, int ldo) {
-  if (m == 1) {
-    for (int r = r0; r < r1; ++r) bf16x_tile_avx512<1, 1>(W, ldw, r, xb, 0, K, bias, out, ldo);
-    return;
-  }
+  if (m == 1)
+    return decode_rows_split<2>(r0, r1, [&](auto rb, int r, int step) {
+      bf16x_tile_avx512<decltype(rb)::value, 1>(W, ldw, r, xb, 0, K, bias, out, ldo, step);
+    });
   int t = 0;
   for (; t + 4 <= m; t += 4) bf16x_tokens_avx512<4>(W, ldw, r0, r1, xb, t, K, bias, out, ldo);
   switch (m - t) {
@@ -182,12 +201,15 @@ GPTOSS_AVX2 static inline float hsum256(__m256 v) {
 // RB weight rows x TB activation rows, two 8-lane accumulators each, on x in pair order
 // (bf16_pair_order): a 32-byte load holds 16 bf16 weights as 8 pairs, a 16-bit shift makes the
 // even ones floats and a mask the odd ones, two ALU operations per 16 weights, no lane crossing;
-// they meet the even and the odd halves of the arranged x. Decode takes RB = 4, TB = 1: four
-// rows interleaved, eight FMA chains, where one row's two chains left a Zen 3 core waiting on the
-// FMA latency (2026-12-04, 24 q_proj matrices streamed: 28-29 -> 34-37 GB/s, the unembedding
-// 28-29 -> 34-35 GB/s; an earlier Zen 4 run had found one row 12% faster); prefill RB = 1, TB = 6 (each widened weight
-// vector serves six tokens; tokens outermost so a band of rows stays in L2). Each accumulator
-// sees the same operations in the same order whatever the tile.
+// they meet the even and the odd halves of the arranged x. Decode takes RB = 2, TB = 1 from the
+// two halves of a band (decode_rows_split, as the AVX-512 code): four FMA chains, where one row's
+// two chains left a Zen 3 core waiting on the FMA latency (2026-12-04: 4 adjacent rows read the
+// 24 q_proj matrices at 34-37 GB/s where one row read 28-29), and two streams in different pages,
+// where 4 adjacent rows share each page (a later Zen 4 run at --simd avx2, interleaved: the
+// unembedding 24-32 GB/s with 4 adjacent rows, 32-50 with the two halves, the probe at 33-66).
+// Prefill RB = 1, TB = 6 (each widened weight vector serves six tokens; tokens outermost so a
+// band of rows stays in L2). Each accumulator sees the same operations in the same order
+// whatever the tile.
 //
 // Prefill runs over K in blocks of kKBlock so a tile's activations (6 x 512 floats) stay in L1;
 // between blocks a tile's accumulators wait in `state` (an exact store and load), so each
@@ -198,7 +220,7 @@ constexpr int kBandMax = 32;  // rows whose accumulators wait at once (the calle
 template <int RB, int TB>
 GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, const float* xp,
                                         int t0, int K, int kb, int ke, float* state,
-                                        const float* bias, float* out, int ldo) {
+                                        const float* bias, float* out, int ldo, int rstep = 1) {
   __m256 a0[RB][TB], a1[RB][TB];
   for (int i = 0; i < RB; ++i)
     for (int t = 0; t < TB; ++t) {
@@ -212,9 +234,7 @@ GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, co
   const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
   for (int k = kb; k < ke; k += 16) {
     for (int i = 0; i < RB; ++i) {
-      const uint16_t* w = W + size_t(r + i) * ldw + k;
-      if (TB == 1 && (k & 31) == 0)  // decode: one prefetch per 64-byte line, RB rows ahead
-        _mm_prefetch(reinterpret_cast<const char*>(w + size_t(RB) * ldw), _MM_HINT_T0);
+      const uint16_t* w = W + size_t(r + i * rstep) * ldw + k;
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
       const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(raw, hi));
@@ -226,7 +246,7 @@ GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, co
     }
   }
   const int k16 = K / 16 * 16;
-  if (ke < k16) {
+  if (ke < k16 && state) {  // (decode passes no state: one pass over K)
     for (int i = 0; i < RB; ++i)
       for (int t = 0; t < TB; ++t) {
         _mm256_storeu_ps(state + (i * TB + t) * 16, a0[i][t]);
@@ -235,12 +255,12 @@ GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, co
     return;
   }
   for (int i = 0; i < RB; ++i) {
-    const uint16_t* w = W + size_t(r + i) * ldw;
+    const uint16_t* w = W + size_t(r + i * rstep) * ldw;
     for (int t = 0; t < TB; ++t) {
       const float* xt = xp + size_t(t0 + t) * K;  // the tail past the last 16 is in place
       float sum = hsum256(_mm256_add_ps(a0[i][t], a1[i][t]));
       for (int kk = k16; kk < K; ++kk) sum += bf16_to_f32(w[kk]) * xt[kk];
-      out[size_t(t0 + t) * ldo + r + i] = sum + (bias ? bias[r + i] : 0.f);
+      out[size_t(t0 + t) * ldo + r + i * rstep] = sum + (bias ? bias[r + i * rstep] : 0.f);
     }
   }
 }
@@ -275,10 +295,10 @@ GPTOSS_AVX2 static void bf16w_gemm_rows_avx2(const uint16_t* W, size_t ldw, int 
     case 2: bf16w_tokens_avx2<2>(W, ldw, r0, r1, xp, t, K, bias, out, ldo); return;
     case 1: {
       const int k16 = K / 16 * 16;
-      int r = r0;
-      for (; r + 4 <= r1; r += 4) bf16w_tile_avx2<4, 1>(W, ldw, r, xp, t, K, 0, k16, nullptr, bias, out, ldo);
-      for (; r < r1; ++r) bf16w_tile_avx2<1, 1>(W, ldw, r, xp, t, K, 0, k16, nullptr, bias, out, ldo);
-      return;
+      return decode_rows_split<2>(r0, r1, [&](auto rb, int r, int step) {
+        bf16w_tile_avx2<decltype(rb)::value, 1>(W, ldw, r, xp, t, K, 0, k16, nullptr, bias, out,
+                                                ldo, step);
+      });
     }
     default: return;
   }
