@@ -43,20 +43,6 @@ static void bf16w_gemm_rows_plain(const uint16_t* W, size_t ldw, int r0, int r1,
 #define GPTOSS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define GPTOSS_AVX2 __attribute__((target("avx2,fma")))
 
-// The AVX-512 kernel reads x in its own pair order (bf16_pair_order): in each run of 32 values
-// the 16 even then the 16 odd (the tail past the last whole 32 in place). One 64-byte load holds
-// 32 bf16 weights as 16 pairs; a 16-bit shift makes the even ones floats and a mask the odd ones
-// (two single-cycle operations per 32 weights, no lane crossing), and they meet the two halves of
-// the arranged x, both FMAs into the one accumulator of that row and token. Decode
-// (decode_rows_split) takes two rows at a time from the two halves of a band: two sequential
-// streams that never share a 4 KiB page, and two FMA chains. On a Zen 4 (2026-12-04) adjacent
-// rows interleaved (two or four: the AVX2 code's pattern) read 25-40% slower than one row at a
-// time, and one row at a time waits on its chain's FMA latency when memory is fast: with the
-// probe at 60-68 GB/s the unembedding read 46 GB/s one row at a time and 53-54 as two halves,
-// the 24 q_proj matrices 43-44 and 49-51; at 35 GB/s both read the same. Prefill tiles 4 rows x
-// 4 tokens (16 accumulators, 4 weight and 8 activation loads per 32 FMAs). Each accumulator sees
-// the same operations in the same order whatever the tile, so a row's result is the same bits at
-// decode and at prefill.
 // Decode's rows [r0, r1) as N parts of h = (r1 - r0) / N rows read side by side, rows (r, r + h,
 // ..., r + (N - 1) h), then the rows left over one at a time: the tile is called as tile(rows,
 // first row, row step) with rows a std::integral_constant.
@@ -67,6 +53,20 @@ static inline void decode_rows_split(int r0, int r1, Tile&& tile) {
   for (int r = r0 + N * h; r < r1; ++r) tile(std::integral_constant<int, 1>(), r, 1);
 }
 
+// The AVX-512 kernel reads x in its own pair order (bf16_pair_order): in each run of 32 values
+// the 16 even then the 16 odd (the tail past the last whole 32 in place). One 64-byte load holds
+// 32 bf16 weights as 16 pairs; a 16-bit shift makes the even ones floats and a mask the odd ones
+// (two single-cycle operations per 32 weights, no lane crossing), and they meet the two halves of
+// the arranged x, both FMAs into the one accumulator of that row and token. Decode
+// (decode_rows_split) takes two rows at a time from the two halves of a band: two sequential
+// streams that never share a 4 KiB page, and two FMA chains. On a Zen 4 (2026-12-04) adjacent
+// rows interleaved (two or four: the AVX2 code's pattern) read 30-45% slower than one row at a
+// time, and one row at a time waits on its chain's FMA latency when memory is fast: with the
+// probe at 58-68 GB/s the unembedding read 46 GB/s one row at a time and 53-54 as two halves,
+// the 24 q_proj matrices 43-44 and 49-51; at 35 GB/s both read the same. Prefill tiles 4 rows x
+// 4 tokens (16 accumulators, 4 weight and 8 activation loads per 32 FMAs). Each accumulator sees
+// the same operations in the same order whatever the tile, so a row's result is the same bits at
+// decode and at prefill.
 template <int RB, int TB>
 GPTOSS_AVX512 static void bf16w_tile_avx512(const uint16_t* W, size_t ldw, int r, const float* xp,
                                             int t0, int K, const float* bias, float* out,
@@ -133,8 +133,8 @@ GPTOSS_AVX512 static void bf16w_gemm_rows_avx512(const uint16_t* W, size_t ldw, 
 // the products on vdpbf16ps, 32 weights against 32 activations in one instruction where the
 // float32 code takes two FMAs and the widening: twice the rate at prefill. x is prepared once
 // per product in K order (bf16_pair_order with levels 1). Decode takes two rows from the two
-// halves of a band, as above; prefill tiles 4 rows x 4 tokens. Each accumulator sees the same instructions in the
-// same order whatever the tile, so decode and prefill give the same bits.
+// halves of a band, as above; prefill tiles 4 rows x 4 tokens. Each accumulator sees the same
+// instructions in the same order whatever the tile, so decode and prefill give the same bits.
 #define GPTOSS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 template <int RB, int TB>
 GPTOSS_AVX512_BF16 static void bf16x_tile_avx512(const uint16_t* W, size_t ldw, int r,
@@ -246,7 +246,7 @@ GPTOSS_AVX2 static void bf16w_tile_avx2(const uint16_t* W, size_t ldw, int r, co
     }
   }
   const int k16 = K / 16 * 16;
-  if (ke < k16 && state) {  // (decode passes no state: one pass over K)
+  if (ke < k16 && state) {  // decode: one pass over K (ke = k16), no state
     for (int i = 0; i < RB; ++i)
       for (int t = 0; t < TB; ++t) {
         _mm256_storeu_ps(state + (i * TB + t) * 16, a0[i][t]);
